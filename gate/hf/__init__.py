@@ -1,0 +1,1 @@
+"""Model-facing code that needs transformers: embedded model, activation backend, reference routing."""

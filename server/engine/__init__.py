@@ -1,0 +1,1 @@
+"""babelgate inside vLLM: the per-request gate hook, the guarded engine and its self-check."""
