@@ -1,0 +1,417 @@
+"""The calibration pipeline behind ``babelgate calibrate``: data -> activations -> layer -> gate.
+
+Runs in the CLI process (or the API server's process on first use of the embedded model). It uses
+only the gate library and an ``ActivationBackend``; it never re-implements the method. Steps:
+
+1. load labelled prompts; training set = the high-resource languages' train splits;
+2. read the residual stream at the post-instruction token at every layer, once per prompt;
+3. choose the layer from data: fit the gate at each middle layer and keep the one with the best
+   mean high-resource *validation* AUROC (no target-language data is used to choose);
+4. fit the gate at that layer, measure per language (test split, or val where the test split
+   lacks a class) AUROC, F1 at the zero-shot threshold and F1 after k-shot recalibration;
+5. write the artifact atomically, with ``calibration_report.{json,md}`` and an AUROC plot inside.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gate.activations import ActivationBackend
+from gate.data import (
+    DataError,
+    LabelledPrompt,
+    check_both_classes,
+    load_dataset,
+    select,
+    subsample,
+)
+from gate.estimator import GateConfig, HarmfulnessGate
+from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
+from gate.metrics import auroc, f1_score
+
+REPORT_JSON = "calibration_report.json"
+REPORT_MD = "calibration_report.md"
+REPORT_PNG = "auroc_by_layer.png"
+
+
+@dataclass
+class CalibrationOptions:
+    """What ``babelgate calibrate`` exposes; defaults follow METHOD.md."""
+
+    languages: Sequence[str] | None = None  # languages to evaluate (default: all in the data)
+    layer: int | None = None  # None: choose from data
+    rank: int = 10
+    max_per_class: int | None = None  # cap per class and language, train and evaluation
+    eval_max_per_class: int | None = None  # separate cap for the evaluation splits
+    seed: int = 0
+    k_values: tuple[int, ...] = (1, 4)
+    k_draws: int = 5  # random draws of the k examples, averaged in the report
+    k_pool_per_class: int = 64  # train examples per class activations are computed for
+    threshold_k: int = 4  # per-language thresholds stored in the artifact (0: none)
+    batch_size: int = 16
+    progress: bool = True
+
+    @property
+    def eval_cap(self) -> int | None:
+        """Per-class cap for evaluation splits (falls back to ``max_per_class``)."""
+        if self.eval_max_per_class is not None:
+            return self.eval_max_per_class
+        return self.max_per_class
+
+
+@dataclass
+class _Split:
+    """Prompts of one role with their all-layer activations ``(n, n_layers, d)``."""
+
+    prompts: list[LabelledPrompt]
+    acts: np.ndarray = field(repr=False)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([p.label for p in self.prompts], dtype=np.int64)
+
+
+def _layer_train(
+    train: dict[str, _Split], j: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {lang: (s.acts[:, j], s.labels) for lang, s in train.items()}
+
+
+def candidate_layers(num_layers: int) -> list[int]:
+    """The middle half of the network, where the paper's chosen layers lie (10/32, 15/28,
+    20/42): early layers hold lexical features, the last ones next-token features."""
+    lo = max(0, num_layers // 4)
+    hi = min(num_layers - 1, (3 * num_layers) // 4)
+    return list(range(lo, hi + 1))
+
+
+def _k_shot_draws(
+    pool: list[LabelledPrompt], k: int, draws: int, seed: int
+) -> list[list[int]]:
+    """Indices of ``draws`` independent draws of k harmful + k harmless examples from ``pool``."""
+    rng = random.Random(seed * 1000 + k)
+    harmful = [i for i, p in enumerate(pool) if p.label == 1]
+    harmless = [i for i, p in enumerate(pool) if p.label == 0]
+    if len(harmful) < k or len(harmless) < k:
+        return []
+    return [rng.sample(harmful, k) + rng.sample(harmless, k) for _ in range(draws)]
+
+
+def calibrate(
+    backend: ActivationBackend,
+    data: str | Path | Sequence[LabelledPrompt],
+    out: str | Path,
+    options: CalibrationOptions | None = None,
+    *,
+    force: bool = False,
+) -> tuple[HarmfulnessGate, dict]:
+    """Fit the gate on ``data`` with ``backend`` and write the artifact and report to ``out``.
+
+    Everything is validated before model time is spent; the artifact directory appears only
+    when complete (``force`` replaces an existing one atomically).
+    """
+    opts = options or CalibrationOptions()
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
+    started = time.time()
+    prompts = list(data) if not isinstance(data, str | Path) else load_dataset(data)
+    data_name = str(data) if isinstance(data, str | Path) else "in-memory prompts"
+    present = sorted({p.language for p in prompts})
+    languages = [validate_language(x) for x in opts.languages] if opts.languages else present
+    missing = [x for x in languages if x not in present]
+    if missing:
+        raise DataError(f"language(s) {missing} not in {data_name} (it has {', '.join(present)})")
+
+    hrl = [x for x in HIGH_RESOURCE if x in present]
+    if not hrl:
+        raise DataError(f"{data_name} has no high-resource language to train on ({HIGH_RESOURCE})")
+    roles: dict[tuple[str, str], list[LabelledPrompt]] = {}
+    for lang in hrl:
+        roles[("train", lang)] = subsample(
+            select(prompts, language=lang, split="train"), opts.max_per_class, opts.seed
+        )
+        check_both_classes(roles[("train", lang)], f"{lang} train split")
+        val = select(prompts, language=lang, split="val")
+        if val:
+            roles[("val", lang)] = subsample(val, opts.eval_cap, opts.seed)
+    eval_split: dict[str, str] = {}
+    for lang in languages:
+        chosen = None
+        for split in ("test", "val"):
+            rows = select(prompts, language=lang, split=split)
+            if rows and 0 < sum(p.label for p in rows) < len(rows):
+                chosen = split
+                break
+        if chosen is None:
+            raise DataError(f"{lang}: neither a test nor a val split with both classes")
+        eval_split[lang] = chosen
+        roles[("eval", lang)] = subsample(
+            select(prompts, language=lang, split=chosen), opts.eval_cap, opts.seed
+        )
+        pool = select(prompts, language=lang, split="train")
+        if pool and 0 < sum(p.label for p in pool) < len(pool):
+            roles[("pool", lang)] = subsample(pool, opts.k_pool_per_class, opts.seed + 1)
+
+    # One forward pass per distinct prompt text, all layers at once.
+    texts = sorted({p.text for rows in roles.values() for p in rows})
+    index = {t: i for i, t in enumerate(texts)}
+    all_acts = backend.activations(texts, None, batch_size=opts.batch_size, progress=opts.progress)
+    splits = {
+        key: _Split(rows, all_acts[[index[p.text] for p in rows]]) for key, rows in roles.items()
+    }
+    train = {lang: splits[("train", lang)] for lang in hrl}
+
+    layer, selection = _choose_layer(backend.num_layers, train, splits, hrl, opts)
+    j = layer
+    gate = HarmfulnessGate(
+        GateConfig(layer=layer, rank=min(opts.rank, len(hrl)), seed=opts.seed), backend.model_info
+    )
+    gate.fit(_layer_train(train, j))
+
+    per_language: dict[str, dict] = {}
+    auroc_by_layer: dict[str, list[float]] = {}
+    layer_gates = selection.pop("_gates")
+    for lang in languages:
+        ev = splits[("eval", lang)]
+        scores = gate.score(ev.acts[:, j])
+        zero = gate.zero_shot_threshold
+        row: dict = {
+            "name": language_name(lang),
+            "tier": tier(lang),
+            "eval_split": eval_split[lang],
+            "n_harmful": int(ev.labels.sum()),
+            "n_harmless": int(len(ev.labels) - ev.labels.sum()),
+            "auroc": auroc(scores, ev.labels),
+            "f1_zero_shot": f1_score(scores >= zero, ev.labels),
+            "f1_k": {},
+            "f1_k_std": {},
+        }
+        pool = splits.get(("pool", lang))
+        for k in opts.k_values:
+            f1s = []
+            if pool is not None:
+                for draw in _k_shot_draws(pool.prompts, k, opts.k_draws, opts.seed):
+                    tau = _threshold_from(gate, pool.acts[draw, j], pool.labels[draw])
+                    f1s.append(f1_score(scores >= tau, ev.labels))
+            row["f1_k"][str(k)] = float(np.mean(f1s)) if f1s else None
+            row["f1_k_std"][str(k)] = float(np.std(f1s)) if f1s else None
+        if pool is not None and opts.threshold_k > 0:
+            draws = _k_shot_draws(pool.prompts, opts.threshold_k, 1, opts.seed)
+            if draws:
+                record = gate.recalibrate(lang, pool.acts[draws[0], j], pool.labels[draws[0]])
+                record.note = (
+                    f"babelgate calibrate: {opts.threshold_k} per class drawn from the {lang} "
+                    f"train split (seed {opts.seed})"
+                )
+                row["threshold"] = record.value
+        per_language[lang] = row
+        auroc_by_layer[lang] = [
+            auroc(g.score(ev.acts[:, lj]), ev.labels) if g is not None else float("nan")
+            for lj, g in enumerate(layer_gates)
+        ]
+
+    wall = time.time() - started
+    report = {
+        "model": asdict(backend.model_info),
+        "data": data_name,
+        "layer": layer,
+        "layer_selection": selection,
+        "rank": gate.config.rank,
+        "alpha": gate.alpha,
+        "zero_shot_threshold": gate.zero_shot_threshold,
+        "training_languages": hrl,
+        "n_train": {lang: len(s.prompts) for lang, s in train.items()},
+        "seed": opts.seed,
+        "max_per_class": opts.max_per_class,
+        "eval_max_per_class": opts.eval_cap,
+        "k_draws": opts.k_draws,
+        "languages": per_language,
+        "auroc_by_layer": auroc_by_layer,
+        "wall_time_s": round(wall, 1),
+        "n_prompts_encoded": len(texts),
+    }
+    gate.metadata = {
+        "layer_selection": selection["reason"],
+        "data": data_name,
+        "report": REPORT_JSON,
+        "wall_time_s": report["wall_time_s"],
+    }
+    extra = {
+        REPORT_JSON: json.dumps(report, indent=2, ensure_ascii=False).encode(),
+        REPORT_MD: render_markdown(report).encode(),
+        REPORT_PNG: render_auroc_plot(report),
+    }
+    gate.save(out, force=force, extra_files=extra)
+    return gate, report
+
+
+def _threshold_from(gate: HarmfulnessGate, acts: np.ndarray, labels: np.ndarray) -> float:
+    """The paper's k-shot threshold for these examples, without touching the gate's records."""
+    from gate.threshold import balanced_f1_threshold
+
+    return balanced_f1_threshold(gate.score(acts), labels)
+
+
+def _choose_layer(
+    num_layers: int,
+    train: dict[str, _Split],
+    splits: dict,
+    hrl: list[str],
+    opts: CalibrationOptions,
+) -> tuple[int, dict]:
+    """Fit a gate at every layer; pick the forced layer or the best mean HRL-val AUROC."""
+    middle = candidate_layers(num_layers)
+    gates: list[HarmfulnessGate | None] = []
+    val_auroc: dict[int, float] = {}
+    for j in range(num_layers):
+        g = HarmfulnessGate(GateConfig(layer=j, rank=min(opts.rank, len(hrl)), seed=opts.seed))
+        g.fit(_layer_train(train, j))
+        gates.append(g)
+        vals = [
+            auroc(g.score(splits[("val", lang)].acts[:, j]), splits[("val", lang)].labels)
+            for lang in hrl
+            if ("val", lang) in splits
+        ]
+        if vals:
+            val_auroc[j] = float(np.mean(vals))
+    if opts.layer is not None:
+        if not 0 <= opts.layer < num_layers:
+            raise ValueError(f"--layer {opts.layer} out of range 0..{num_layers - 1}")
+        layer = opts.layer
+        reason = f"layer {layer} was given with --layer"
+    elif val_auroc:
+        layer = max(middle, key=lambda j: (round(val_auroc.get(j, 0.0), 4), -j))
+        reason = (
+            f"layer {layer}: highest mean high-resource validation AUROC of the gate "
+            f"({val_auroc[layer]:.4f}, {len(hrl)} languages) among the middle layers "
+            f"{middle[0]}..{middle[-1]} (ties go to the earlier layer); no target-language "
+            "data was used to choose it"
+        )
+    else:
+        layer = middle[len(middle) // 2]
+        reason = f"layer {layer}: no validation split in the data, took the middle layer"
+    return layer, {
+        "reason": reason,
+        "candidates": middle,
+        "hrl_val_auroc_by_layer": {str(j): v for j, v in val_auroc.items()},
+        "_gates": gates,
+    }
+
+
+def render_markdown(report: dict) -> str:
+    """A human summary of a calibration report."""
+    lines = [
+        f"# babelgate calibration: {report['model']['id']}",
+        "",
+        f"- layer **{report['layer']}** — {report['layer_selection']['reason']}",
+        f"- rank {report['rank']}, alpha {report['alpha']:.4f}, zero-shot threshold "
+        f"{report['zero_shot_threshold']:.4f}",
+        f"- trained on {', '.join(report['training_languages'])} "
+        f"({sum(report['n_train'].values())} prompts), data `{report['data']}`, seed "
+        f"{report['seed']}, wall time {report['wall_time_s']} s",
+        "",
+        "| language | tier | split | n harmful / harmless | AUROC | F1 zero-shot | F1 k=1 | "
+        "F1 k=4 | threshold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(x: float | None) -> str:
+        return "—" if x is None else f"{x:.3f}"
+
+    for lang, row in report["languages"].items():
+        lines.append(
+            f"| {lang} ({row['name']}) | {row['tier']} | {row['eval_split']} | "
+            f"{row['n_harmful']} / {row['n_harmless']} | {fmt(row['auroc'])} | "
+            f"{fmt(row['f1_zero_shot'])} | {fmt(row['f1_k'].get('1'))} | "
+            f"{fmt(row['f1_k'].get('4'))} | {fmt(row.get('threshold'))} |"
+        )
+    lines += [
+        "",
+        f"F1 at k = mean over {report['k_draws']} draws of k harmful + k harmless examples "
+        "from the language's train split; the threshold column is the per-language threshold "
+        "stored in the artifact (— = falls back to the zero-shot threshold).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_auroc_plot(report: dict) -> bytes:
+    """PNG: gate AUROC per layer for every evaluated language, chosen layer marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    for lang, values in report["auroc_by_layer"].items():
+        style = "-" if tier(lang) == "high" else "--"
+        ax.plot(range(len(values)), values, style, label=lang, linewidth=1.2)
+    ax.axvline(report["layer"], color="black", linestyle=":", label=f"layer {report['layer']}")
+    ax.set_xlabel("layer (output of decoder block)")
+    ax.set_ylabel("gate AUROC (evaluation split)")
+    ax.set_title(f"babelgate gate AUROC per layer — {report['model']['id']}")
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(ncol=5, fontsize=7, loc="lower right")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def default_data_dir() -> Path | None:
+    """PolyRefuse for calibrating the embedded model: ``$BABELGATE_DATA``, else ``shared/`` beside
+    this checkout (the layout of the project's machines and CI)."""
+    import os
+
+    if env := os.environ.get("BABELGATE_DATA"):
+        return Path(env).expanduser()
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared" / "data" / "polyrefuse"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def ensure_default_artifact(model: str | Path | None = None, *, progress: bool = True) -> Path:
+    """The cached calibration of the embedded (or given) model, made on first use.
+
+    Cached under ``<cache>/artifacts/<model fingerprint>``; a finished artifact is reused, an
+    interrupted calibration leaves nothing behind (artifacts are written atomically).
+    """
+    from gate.hf.backend import TransformersBackend
+    from gate.hf.embedded import cache_root
+    from gate.hf.model_source import model_info
+
+    info = model_info(model)
+    target = cache_root() / "artifacts" / f"{info.fingerprint}-default"
+    if (target / "manifest.json").is_file():
+        return target
+    data = default_data_dir()
+    if data is None:
+        raise FileNotFoundError(
+            "no calibration data for the default artifact: set BABELGATE_DATA to a PolyRefuse "
+            "folder, or run `babelgate calibrate --data ... --out A` and pass --artifact A"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    backend = TransformersBackend(model)
+    calibrate(
+        backend,
+        data,
+        target,
+        CalibrationOptions(eval_max_per_class=64, progress=progress),
+        force=False,
+    )
+    return target

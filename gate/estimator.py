@@ -1,0 +1,597 @@
+"""``HarmfulnessGate``: the method's estimator for one layer, with per-language thresholds.
+
+Runs in any process: the calibration CLI fits and saves it, the API server loads it to resolve
+thresholds, vLLM workers load it and evaluate ``linear_form()`` (one dot product per request).
+The gate's readout is trained once on the training (high-resource) languages; languages differ
+only in their threshold, which ``recalibrate`` re-sets from a handful of labelled examples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import safetensors.numpy
+from safetensors import SafetensorError
+
+from gate.artifact import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    ArtifactError,
+    ModelInfo,
+    babelgate_version,
+    check_model,
+    read_manifest,
+    sha256_bytes,
+    write_directory_atomic,
+    write_json_atomic,
+)
+from gate.directions import language_directions, pooled_direction, steering_alpha, svd_basis
+from gate.languages import validate_language
+from gate.readout import LogisticReadout
+from gate.threshold import balanced_f1_threshold
+
+TENSORS_NAME = "tensors.safetensors"
+THRESHOLD_SOURCES: tuple[str, ...] = ("zero-shot", "recalibrated", "manual", "default")
+
+
+def utc_now() -> str:
+    """Current time as ISO-8601 UTC (seconds), the timestamp format of threshold records."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Hyper-parameters of one gate; defaults are the paper's (METHOD §3, §5)."""
+
+    layer: int
+    rank: int = 10
+    lr: float = 0.05
+    weight_decay: float = 0.01
+    epochs: int = 80
+    seed: int = 0
+    steering_lambda: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.layer < 0:
+            raise ValueError(f"layer must be >= 0, got {self.layer}")
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not math.isfinite(self.steering_lambda):
+            raise ValueError(f"steering_lambda must be finite, got {self.steering_lambda}")
+
+
+@dataclass
+class ThresholdRecord:
+    """A language's threshold and where it came from.
+
+    ``source`` is "zero-shot" (the rule on the training logits), "recalibrated" (the rule on
+    k labelled examples of this language), "manual" (set by an operator) or "default" (the
+    language has no threshold of its own and falls back to the zero-shot value).
+    Fields are validated on construction; ``note`` may be edited afterwards.
+    """
+
+    language: str
+    value: float
+    source: str
+    k: int | None
+    n_harmful: int | None
+    n_harmless: int | None
+    set_at: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if validate_language(self.language) != self.language:
+            raise ValueError(
+                f"threshold language {self.language!r} is not canonical: use "
+                f"{validate_language(self.language)!r}"
+            )
+        if self.source not in THRESHOLD_SOURCES:
+            raise ValueError(
+                f"threshold source {self.source!r} is not one of {', '.join(THRESHOLD_SOURCES)}"
+            )
+        if isinstance(self.value, bool) or not math.isfinite(self.value):
+            raise ValueError(f"threshold value must be a finite number, got {self.value!r}")
+        for name in ("k", "n_harmful", "n_harmless"):
+            count = getattr(self, name)
+            if count is not None and (not isinstance(count, int) or count < 0):
+                raise ValueError(f"threshold {name} must be a non-negative int or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ThresholdRecord:
+        """Inverse of ``to_dict``; ValueError naming the problem for malformed input."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a threshold record must be an object, got {type(data).__name__}")
+        required = ("language", "value", "source", "set_at")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ValueError(f"threshold record lacks {', '.join(missing)}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"threshold record has unknown fields {sorted(unknown)}")
+        if not isinstance(data["value"], int | float):
+            raise ValueError(f"threshold value must be a number, got {data['value']!r}")
+        return cls(
+            language=data["language"],
+            value=float(data["value"]),
+            source=data["source"],
+            k=data.get("k"),
+            n_harmful=data.get("n_harmful"),
+            n_harmless=data.get("n_harmless"),
+            set_at=str(data["set_at"]),
+            note=str(data.get("note", "")),
+        )
+
+
+class HarmfulnessGate:
+    """Harmfulness gate at one layer: logits = readout(B^T h), harmful iff logit >= tau_language.
+
+    ``fit(train)`` with ``train = {language: (activations (n, d), labels (n,))}``, labels
+    1 = harmful. ``model`` (optional) ties the gate to the model whose activations trained it;
+    ``load(..., expect_model=...)`` refuses a gate made for another model.
+    """
+
+    MANIFEST_KEYS: ClassVar[tuple[str, ...]] = (
+        "model", "layer", "rank", "hidden_size", "alpha", "steering_lambda", "training_languages",
+        "thresholds", "zero_shot_threshold", "training", "metadata", "tensors_sha256",
+        "fitted_at", "created_at",
+    )
+
+    def __init__(self, config: GateConfig, model: ModelInfo | None = None) -> None:
+        if model is not None and config.layer >= model.num_layers:
+            raise ValueError(
+                f"layer {config.layer} does not exist in {model.describe()}: choose a layer "
+                f"from 0 to {model.num_layers - 1}"
+            )
+        self.config = config
+        self.model = model
+        self.metadata: dict[str, Any] = {}
+        self.direction: np.ndarray | None = None
+        self.basis: np.ndarray | None = None
+        self.language_directions: dict[str, np.ndarray] = {}
+        self.readout: LogisticReadout | None = None
+        self.alpha: float | None = None
+        self.zero_shot_threshold: float | None = None
+        self.training_languages: list[str] = []
+        self.hidden_size: int | None = None
+        self.training_counts: dict[str, dict[str, int]] = {}
+        self.fitted_at: str | None = None
+        self._thresholds: dict[str, ThresholdRecord] = {}
+
+    @property
+    def layer(self) -> int:
+        return self.config.layer
+
+    # ----------------------------------------------------------------------------- fitting
+
+    def _validated_train(
+        self, train: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if not isinstance(train, Mapping) or not train:
+            raise ValueError(
+                "no training data: give {language: (activations (n, d), labels (n,))} for at "
+                "least one language"
+            )
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        dim = self.model.hidden_size if self.model is not None else None
+        for code, pair in train.items():
+            lang = validate_language(code)
+            if lang in out:
+                raise ValueError(
+                    f"language {code!r} appears twice in the training data (as {lang!r})"
+                )
+            acts, labels = pair
+            acts = np.asarray(acts)
+            labels = np.asarray(labels).reshape(-1)
+            if acts.ndim != 2 or acts.shape[0] != labels.size:
+                raise ValueError(
+                    f"language {lang!r}: need activations (n, d) and n labels, got "
+                    f"{acts.shape} and {labels.shape}"
+                )
+            if not np.all((labels == 0) | (labels == 1)):
+                raise ValueError(f"language {lang!r}: labels must be 0 (harmless) or 1 (harmful)")
+            n_harmful = int((labels == 1).sum())
+            if n_harmful == 0 or n_harmful == labels.size:
+                which = "harmless" if n_harmful == 0 else "harmful"
+                raise ValueError(
+                    f"language {lang!r} has only {which} examples: every training language "
+                    "needs both harmful and harmless prompts"
+                )
+            if not np.all(np.isfinite(acts)):
+                raise ValueError(
+                    f"language {lang!r}: activations contain NaN or infinity; check the model's "
+                    "dtype (fp16 overflow) and the activation extraction"
+                )
+            if dim is None:
+                dim = acts.shape[1]
+            elif acts.shape[1] != dim:
+                source = "the model's hidden size" if self.model is not None else "other languages"
+                raise ValueError(
+                    f"language {lang!r}: activations have dimension {acts.shape[1]}, but "
+                    f"{source} is {dim}"
+                )
+            out[lang] = (acts, labels.astype(np.int64))
+        return out
+
+    def fit(self, train: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> HarmfulnessGate:
+        """Fit directions, basis, readout, alpha and the zero-shot threshold (METHOD §2-§5).
+
+        Thresholds set on a previous fit are dropped: they belong to the old logit scale.
+        """
+        data = self._validated_train(train)
+        langs, dirs = language_directions(data)
+        basis = svd_basis(dirs, self.config.rank).astype(np.float32)
+        direction = pooled_direction(data).astype(np.float32)
+
+        acts = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in data.values()])
+        labels = np.concatenate([y for _, y in data.values()])
+        readout = LogisticReadout(
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            epochs=self.config.epochs,
+            seed=self.config.seed,
+        ).fit(acts @ basis.astype(np.float64), labels)
+
+        proj = acts @ direction.astype(np.float64)
+        self.direction = direction
+        self.basis = basis
+        self.language_directions = {
+            lang: d.astype(np.float32) for lang, d in zip(langs, dirs, strict=True)
+        }
+        self.readout = readout
+        self.alpha = steering_alpha(
+            proj[labels == 1], proj[labels == 0], lam=self.config.steering_lambda
+        )
+        self.training_languages = langs
+        self.hidden_size = int(acts.shape[1])
+        self.training_counts = {
+            lang: {"harmful": int((y == 1).sum()), "harmless": int((y == 0).sum())}
+            for lang, (_, y) in data.items()
+        }
+        self.zero_shot_threshold = balanced_f1_threshold(self.score(acts), labels)
+        self.fitted_at = utc_now()
+        self._thresholds = {}
+        return self
+
+    def _require_fitted(self) -> None:
+        if self.readout is None:
+            raise RuntimeError(
+                "this HarmfulnessGate is not fitted: call fit(train) or HarmfulnessGate.load(path)"
+            )
+
+    # ----------------------------------------------------------------------------- scoring
+
+    def score(self, h: np.ndarray) -> np.ndarray:
+        """Gate logits for activations (d,) -> shape () or (n, d) -> shape (n,)."""
+        self._require_fitted()
+        x = np.asarray(h, dtype=np.float64)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"activations must be ({self.hidden_size},) or (n, {self.hidden_size}) at layer "
+                f"{self.layer}, got shape {x.shape}"
+            )
+        if not np.all(np.isfinite(x)):
+            raise ValueError("activations contain NaN or infinity")
+        return self.readout.decision_function(x @ self.basis.astype(np.float64))
+
+    def linear_form(self) -> tuple[np.ndarray, float]:
+        """(u, c) with ``score(h) == h @ u + c``: basis and standardisation folded into one
+        vector, so a serving hook evaluates the gate with a single dot product."""
+        self._require_fitted()
+        r = self.readout
+        scale = r.coef_.astype(np.float64) / r.std_.astype(np.float64)
+        u = self.basis.astype(np.float64) @ scale
+        c = r.intercept_ - float(scale @ r.mean_.astype(np.float64))
+        return u, float(c)
+
+    def decide(self, h: np.ndarray, language: str) -> np.ndarray:
+        """True where the gate calls the activation harmful under ``language``'s threshold."""
+        return np.asarray(self.score(h) >= self.threshold(language).value)
+
+    # ----------------------------------------------------------------------------- thresholds
+
+    def threshold(self, language: str) -> ThresholdRecord:
+        """The language's own threshold, or a "default" record carrying the zero-shot value."""
+        self._require_fitted()
+        lang = validate_language(language)
+        own = self._thresholds.get(lang)
+        if own is not None:
+            return own
+        return ThresholdRecord(
+            language=lang,
+            value=self.zero_shot_threshold,
+            source="default",
+            k=None,
+            n_harmful=None,
+            n_harmless=None,
+            set_at=self.fitted_at,
+            note=(
+                f"no threshold set for {lang!r}: using the zero-shot threshold from the training "
+                f"languages; recalibrate with a few labelled {lang!r} prompts per class"
+            ),
+        )
+
+    @property
+    def thresholds(self) -> dict[str, ThresholdRecord]:
+        """The languages' own threshold records (a copy; fallbacks are not listed)."""
+        return dict(self._thresholds)
+
+    def set_threshold(
+        self, language: str, value: float, source: str = "manual", note: str = ""
+    ) -> ThresholdRecord:
+        """Pin a language's threshold to ``value`` (e.g. an operator's choice)."""
+        self._require_fitted()
+        if source == "default":
+            raise ValueError(
+                "source 'default' means 'no own threshold': use clear_threshold(language) instead"
+            )
+        record = ThresholdRecord(
+            language=validate_language(language),
+            value=float(value),
+            source=source,
+            k=None,
+            n_harmful=None,
+            n_harmless=None,
+            set_at=utc_now(),
+            note=note,
+        )
+        self._thresholds[record.language] = record
+        return record
+
+    def clear_threshold(self, language: str) -> ThresholdRecord | None:
+        """Drop a language's own threshold (it falls back to zero-shot); return what was removed."""
+        return self._thresholds.pop(validate_language(language), None)
+
+    def recalibrate(
+        self, language: str, h: np.ndarray, labels: np.ndarray, *, note: str = ""
+    ) -> ThresholdRecord:
+        """Re-set ``language``'s threshold from labelled activations (n, d), >= 1 per class."""
+        x = np.asarray(h)
+        if x.ndim != 2:
+            raise ValueError(f"recalibrate needs activations (n, d), got shape {x.shape}")
+        return self.recalibrate_from_scores(language, self.score(x), labels, note=note)
+
+    def recalibrate_from_scores(
+        self, language: str, scores: np.ndarray, labels: np.ndarray, *, note: str = ""
+    ) -> ThresholdRecord:
+        """Same rule as ``recalibrate`` when the gate scores are already known (serving hook)."""
+        self._require_fitted()
+        lang = validate_language(language)
+        try:
+            tau = balanced_f1_threshold(scores, labels)
+        except ValueError as err:
+            raise ValueError(f"cannot recalibrate {lang!r}: {err}") from err
+        y = np.asarray(labels).reshape(-1)
+        n_harmful = int((y == 1).sum())
+        n_harmless = int((y == 0).sum())
+        record = ThresholdRecord(
+            language=lang,
+            value=tau,
+            source="recalibrated",
+            k=min(n_harmful, n_harmless),
+            n_harmful=n_harmful,
+            n_harmless=n_harmless,
+            set_at=utc_now(),
+            note=note,
+        )
+        self._thresholds[lang] = record
+        return record
+
+    # ----------------------------------------------------------------------------- persistence
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        r = self.readout
+        return {
+            "direction": self.direction,
+            "basis": self.basis,
+            "language_directions": np.stack(
+                [self.language_directions[lang] for lang in self.training_languages]
+            ),
+            "readout.mean": r.mean_,
+            "readout.std": r.std_,
+            "readout.coef": r.coef_,
+            "readout.intercept": np.array([r.intercept_], dtype=np.float32),
+        }
+
+    def _tensor_bytes(self) -> bytes:
+        return safetensors.numpy.save(
+            {name: np.ascontiguousarray(t, dtype=np.float32) for name, t in self._tensors().items()}
+        )
+
+    def _thresholds_json(self) -> dict[str, Any]:
+        return {lang: rec.to_dict() for lang, rec in sorted(self._thresholds.items())}
+
+    def save(
+        self,
+        path: str | Path,
+        *,
+        force: bool = False,
+        extra_files: Mapping[str, bytes] | None = None,
+    ) -> Path:
+        """Write the gate as one directory (tensors + manifest), atomically.
+
+        ``extra_files`` (file name -> bytes, e.g. the calibration report) are written into the
+        same directory in the same atomic step; loading ignores them. An existing ``path`` is
+        refused unless ``force``; then it is replaced as a whole.
+        """
+        self._require_fitted()
+        extra = dict(extra_files or {})
+        for name in extra:
+            reserved = name in (TENSORS_NAME, MANIFEST_NAME)
+            if reserved or not name or Path(name).name != name or name.startswith("."):
+                raise ValueError(
+                    f"extra file name {name!r} is not allowed: use a plain file name other than "
+                    f"{TENSORS_NAME} and {MANIFEST_NAME}"
+                )
+        tensor_bytes = self._tensor_bytes()
+        cfg = self.config
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "babelgate_version": babelgate_version(),
+            "created_at": utc_now(),
+            "fitted_at": self.fitted_at,
+            "model": asdict(self.model) if self.model is not None else None,
+            "layer": cfg.layer,
+            "rank": cfg.rank,
+            "hidden_size": self.hidden_size,
+            "alpha": self.alpha,
+            "steering_lambda": cfg.steering_lambda,
+            "training_languages": self.training_languages,
+            "zero_shot_threshold": self.zero_shot_threshold,
+            "thresholds": self._thresholds_json(),
+            "training": {
+                "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay,
+                "epochs": cfg.epochs,
+                "seed": cfg.seed,
+                "examples": self.training_counts,
+            },
+            "metadata": self.metadata,
+            "tensors_sha256": sha256_bytes(tensor_bytes),
+        }
+        try:
+            manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"gate metadata must be JSON-serialisable with finite numbers: {err}"
+            ) from err
+        manifest_bytes = (manifest_text + "\n").encode()
+        files = {**extra, TENSORS_NAME: tensor_bytes, MANIFEST_NAME: manifest_bytes}
+        return write_directory_atomic(Path(path), files, force=force)
+
+    def save_thresholds(self, path: str | Path) -> None:
+        """Rewrite only the thresholds in the manifest of the artifact at ``path`` (atomically).
+
+        Refuses an artifact holding a different gate, so thresholds never land on tensors they
+        were not computed for.
+        """
+        self._require_fitted()
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest.get("tensors_sha256") != sha256_bytes(self._tensor_bytes()):
+            raise ArtifactError(
+                f"the artifact at {path} holds a different gate than this one: load it with "
+                "HarmfulnessGate.load and set thresholds on that gate, or save() this gate there "
+                "with force=True"
+            )
+        manifest["thresholds"] = self._thresholds_json()
+        write_json_atomic(path / MANIFEST_NAME, manifest)
+
+    @classmethod
+    def load(cls, path: str | Path, *, expect_model: ModelInfo | None = None) -> HarmfulnessGate:
+        """Read a gate written by ``save``; ``ArtifactError`` says what to do when it cannot."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        redo = "run `babelgate calibrate` again to rebuild the artifact"
+        missing = [key for key in cls.MANIFEST_KEYS if key not in manifest]
+        if missing:
+            raise ArtifactError(f"{path / MANIFEST_NAME} lacks {', '.join(missing)}: {redo}")
+        try:
+            model = ModelInfo(**manifest["model"]) if manifest["model"] is not None else None
+        except TypeError as err:
+            raise ArtifactError(
+                f"{path / MANIFEST_NAME} has a malformed model entry: {redo}"
+            ) from err
+        if expect_model is not None:
+            check_model(path, model, expect_model)
+
+        tensors_path = path / TENSORS_NAME
+        if not tensors_path.is_file():
+            raise ArtifactError(f"{path} has no {TENSORS_NAME} (incomplete artifact): {redo}")
+        data = tensors_path.read_bytes()
+        if sha256_bytes(data) != manifest["tensors_sha256"]:
+            raise ArtifactError(
+                f"{tensors_path} does not match the checksum in its manifest: the file is "
+                f"corrupt or was replaced; {redo}"
+            )
+        try:
+            tensors = safetensors.numpy.load(data)
+        except SafetensorError as err:
+            raise ArtifactError(f"{tensors_path} cannot be read ({err}): {redo}") from err
+
+        try:
+            training = manifest["training"]
+            config = GateConfig(
+                layer=manifest["layer"],
+                rank=manifest["rank"],
+                lr=training["lr"],
+                weight_decay=training["weight_decay"],
+                epochs=training["epochs"],
+                seed=training["seed"],
+                steering_lambda=manifest["steering_lambda"],
+            )
+            gate = cls(config, model)
+            langs = [validate_language(lang) for lang in manifest["training_languages"]]
+            hidden = int(manifest["hidden_size"])
+            thresholds = {
+                lang: ThresholdRecord.from_dict(rec) for lang, rec in manifest["thresholds"].items()
+            }
+            counts = {lang: dict(c) for lang, c in training["examples"].items()}
+            alpha = float(manifest["alpha"])
+            zero_shot = float(manifest["zero_shot_threshold"])
+            metadata = dict(manifest["metadata"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ArtifactError(
+                f"{path / MANIFEST_NAME} has invalid values ({err}): {redo}"
+            ) from err
+        for lang, rec in thresholds.items():
+            if rec.language != lang:
+                raise ArtifactError(
+                    f"{path / MANIFEST_NAME}: threshold stored under {lang!r} is for "
+                    f"{rec.language!r}; fix the entry or recalibrate that language"
+                )
+
+        rank = config.rank
+        expected = {
+            "direction": (hidden,),
+            "basis": (hidden, rank),
+            "language_directions": (len(langs), hidden),
+            "readout.mean": (rank,),
+            "readout.std": (rank,),
+            "readout.coef": (rank,),
+            "readout.intercept": (1,),
+        }
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        if shapes != expected:
+            raise ArtifactError(
+                f"{tensors_path} holds tensors {shapes} but its manifest (hidden size {hidden}, "
+                f"rank {rank}, {len(langs)} languages) implies {expected}: {redo}"
+            )
+        if not all(np.all(np.isfinite(t)) for t in tensors.values()):
+            raise ArtifactError(f"{tensors_path} contains NaN or infinity: {redo}")
+
+        readout = LogisticReadout(
+            lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs, seed=config.seed
+        )
+        readout.mean_ = tensors["readout.mean"]
+        readout.std_ = tensors["readout.std"]
+        readout.coef_ = tensors["readout.coef"]
+        readout.intercept_ = float(tensors["readout.intercept"][0])
+        gate.direction = tensors["direction"]
+        gate.basis = tensors["basis"]
+        gate.language_directions = dict(zip(langs, tensors["language_directions"], strict=True))
+        gate.readout = readout
+        gate.alpha = alpha
+        gate.zero_shot_threshold = zero_shot
+        gate.training_languages = langs
+        gate.hidden_size = hidden
+        gate.training_counts = counts
+        gate.fitted_at = str(manifest["fitted_at"])
+        gate.metadata = metadata
+        gate._thresholds = thresholds
+        return gate

@@ -1,0 +1,74 @@
+"""Evaluation metrics: AUROC (separation), plain binary F1 (the gate's decisions), selectivity.
+
+Runs in any process (calibration, benchmarks, reports). Pure numpy so the core stays free of
+scikit-learn; ``auroc`` matches ``sklearn.metrics.roc_auc_score`` including ties.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _binary_labels(labels: object, n: int) -> np.ndarray:
+    y = np.asarray(labels).reshape(-1)
+    if y.size != n:
+        raise ValueError(f"{n} scores/predictions but {y.size} labels: give one label each")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 (harmless) or 1 (harmful)")
+    return y.astype(bool)
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x`` with tied values sharing the mean of their ranks."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.concatenate([[True], xs[1:] != xs[:-1]]))
+    ends = np.concatenate([starts[1:], [xs.size]])  # exclusive
+    mean_rank = (starts + 1 + ends) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def auroc(scores: object, labels: object) -> float:
+    """Area under the ROC curve: P(harmful score > harmless score), ties counted 0.5.
+
+    Computed as the Mann–Whitney U statistic from average ranks (O(n log n)).
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = _binary_labels(labels, s.size)
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both harmful (1) and harmless (0) examples")
+    ranks = _average_ranks(s)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def f1_score(predictions: object, labels: object) -> float:
+    """Plain binary F1 with harmful (1) as the positive class; 0 when there is nothing to score
+    (no harmful labels and no harmful predictions)."""
+    p = np.asarray(predictions).reshape(-1)
+    if not np.all((p == 0) | (p == 1)):
+        raise ValueError("predictions must be 0/1 or booleans")
+    p = p.astype(bool)
+    y = _binary_labels(labels, p.size)
+    tp = int((p & y).sum())
+    fp = int((p & ~y).sum())
+    fn = int((~p & y).sum())
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else 0.0
+
+
+def selectivity(harmful_refusal_rate: float, harmless_refusal_rate: float) -> float:
+    """Selectivity delta in percentage points: harmful refusal % minus harmless refusal %.
+
+    Inputs are fractions in [0, 1] (e.g. 0.879 and 0.011 give 86.8).
+    """
+    for name, rate in (("harmful_refusal_rate", harmful_refusal_rate),
+                       ("harmless_refusal_rate", harmless_refusal_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {rate!r}")
+    return 100.0 * (float(harmful_refusal_rate) - float(harmless_refusal_rate))

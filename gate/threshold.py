@@ -1,0 +1,81 @@
+"""The per-language threshold rule (METHOD §4): class-balanced F1 over midpoint candidates.
+
+Runs in any process (calibration CLI, API server admin endpoints, vLLM worker hook). This is the
+heart of the method: the high-resource readout stays fixed and only this threshold is re-set per
+language from a handful of labelled examples, so it must behave sensibly down to one example per
+class, with tied and non-separable scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EDGE_MARGIN = 1e-6
+"""Offset of the two outer candidates below the minimum and above the maximum score."""
+
+
+def _validated(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scores float64, labels bool) after the checks every threshold entry point needs."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    if s.size == 0:
+        raise ValueError("no scores given: need at least one harmful and one harmless example")
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} scores but {y.size} labels: give one label per score")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity: check the activations fed to the gate")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 (harmless) or 1 (harmful)")
+    y = y.astype(bool)
+    if y.all() or not y.any():
+        present = "harmful" if y.any() else "harmless"
+        raise ValueError(
+            f"only {present} examples given: a threshold needs at least one harmful and one "
+            "harmless example"
+        )
+    return s, y
+
+
+def _balanced_f1_many(s: np.ndarray, y: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """Class-balanced F1 of the rule ``s >= tau`` for every tau in ``taus``."""
+    fires = s[None, :] >= taus[:, None]  # (n_taus, n)
+    w_pos = 0.5 / y.sum()
+    w_neg = 0.5 / (~y).sum()
+    tp = w_pos * (fires & y).sum(axis=1)
+    fn = w_pos * (~fires & y).sum(axis=1)
+    fp = w_neg * (fires & ~y).sum(axis=1)
+    denom = 2.0 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2.0 * tp / denom, 0.0)
+
+
+def balanced_f1(scores: object, labels: object, tau: float) -> float:
+    """Class-balanced F1 of calling an example harmful iff its score is >= ``tau``.
+
+    Each harmful example weighs 0.5 / n_harmful (a TP if it fires, else an FN) and each harmless
+    one 0.5 / n_harmless (an FP if it fires), so both classes count equally however unbalanced
+    the k-shot sample is. F1 = 2TP / (2TP + FP + FN), 0 when that denominator is 0.
+    """
+    s, y = _validated(scores, labels)
+    return float(_balanced_f1_many(s, y, np.array([float(tau)]))[0])
+
+
+def threshold_candidates(scores: object) -> np.ndarray:
+    """The candidate thresholds, ascending: the midpoints between consecutive sorted unique
+    scores, plus min - 1e-6 (everything fires) and max + 1e-6 (nothing fires)."""
+    u = np.unique(np.asarray(scores, dtype=np.float64).reshape(-1))
+    mids = (u[:-1] + u[1:]) / 2.0
+    return np.concatenate([[u[0] - EDGE_MARGIN], mids, [u[-1] + EDGE_MARGIN]])
+
+
+def balanced_f1_threshold(scores: object, labels: object) -> float:
+    """The threshold with the best class-balanced F1 among the candidates; ties go to the lowest.
+
+    ``scores`` are gate logits, ``labels`` 1 = harmful, 0 = harmless; at least one of each.
+    Preferring the lowest threshold on ties errs towards flagging: with one example per class
+    and inverted scores the rule keeps everything harmful (F1 2/3) rather than nothing (F1 0).
+    """
+    s, y = _validated(scores, labels)
+    taus = threshold_candidates(s)
+    f1 = _balanced_f1_many(s, y, taus)
+    return float(taus[int(np.argmax(f1))])

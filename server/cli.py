@@ -1,0 +1,50 @@
+"""The ``babelgate`` console script: one parser, one subcommand per module in server.commands.
+
+Runs in the CLI process. Errors the user can fix (bad data, an existing output, an artifact for
+another model) print one line saying what to do and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from server.commands import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="babelgate",
+        description="Cross-lingual safety guardrail inside vLLM serving.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"server.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from gate.artifact import ArtifactError
+    from gate.data import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ArtifactError, DataError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"babelgate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"babelgate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""``babelgate calibrate``: fit the gate for a model and write an artifact with its report.
+
+Runs in the CLI process (transformers backend) or drives a vLLM engine (``--backend vllm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit the gate on high-resource train splits and write an artifact",
+        description=(
+            "Reads the residual stream of MODEL at the post-instruction token for every prompt, "
+            "chooses the layer, fits the paper's low-rank logistic gate on the high-resource "
+            "languages' train splits, measures every language, and writes the artifact to OUT "
+            "(with calibration_report.json/.md and auroc_by_layer.png)."
+        ),
+    )
+    p.add_argument("--model", default=None, help="model folder or hub id (default: embedded)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="PolyRefuse folder, JSON/JSONL/CSV file(s), or hf:<name>[:split] "
+        "(default: $BABELGATE_DATA or ../shared/data/polyrefuse)",
+    )
+    p.add_argument("--out", required=True, help="artifact directory to create")
+    p.add_argument("--languages", default=None, help="comma-separated codes to evaluate")
+    p.add_argument("--layer", type=int, default=None, help="force the layer (default: chosen)")
+    p.add_argument("--rank", type=int, default=10, help="rank of the gate's basis (default 10)")
+    p.add_argument("--max-per-class", type=int, default=None, help="cap per class and language")
+    p.add_argument(
+        "--eval-max-per-class", type=int, default=None, help="cap for evaluation splits only"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threshold-k",
+        type=int,
+        default=4,
+        help="store per-language thresholds recalibrated from k train examples per class "
+        "(0: keep only the zero-shot threshold)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
+    p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def make_backend(model: str | None, backend: str, dtype: str):
+    """The activation backend the user asked for."""
+    if backend == "vllm":
+        from server.engine.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model, dtype=dtype)
+    import torch
+
+    from gate.hf.backend import TransformersBackend
+
+    return TransformersBackend(model, dtype=getattr(torch, dtype))
+
+
+def run(args: argparse.Namespace) -> int:
+    from gate.calibration import CalibrationOptions, calibrate, default_data_dir
+    from gate.data import load_dataset
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
+    data = args.data or default_data_dir()
+    if data is None:
+        raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
+    languages = [x for x in (args.languages or "").split(",") if x.strip()] or None
+    prompts = load_dataset(data)  # validate the data before loading the model
+    backend = make_backend(args.model, args.backend, args.dtype)
+    options = CalibrationOptions(
+        languages=languages,
+        layer=args.layer,
+        rank=args.rank,
+        max_per_class=args.max_per_class,
+        eval_max_per_class=args.eval_max_per_class,
+        seed=args.seed,
+        threshold_k=args.threshold_k,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    _, report = calibrate(backend, prompts, out, options, force=args.force)
+    report["data"] = str(data)
+    from gate.calibration import render_markdown
+
+    print(render_markdown(report))
+    print(f"artifact written to {out}")
+    print(json.dumps({"layer": report["layer"], "wall_time_s": report["wall_time_s"]}))
+    return 0

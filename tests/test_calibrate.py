@@ -1,0 +1,111 @@
+"""Calibration of the embedded model end to end, and the CLI's refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from server.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_artifact(tmp_path_factory, polyrefuse_dir, embedded_model_dir):
+    """The embedded model calibrated on a small PolyRefuse subset through the real CLI."""
+    out = tmp_path_factory.mktemp("cal") / "artifact"
+    code = main(
+        [
+            "calibrate",
+            "--data", str(polyrefuse_dir),
+            "--out", str(out),
+            "--languages", "en,de,yo",
+            "--max-per-class", "24",
+            "--seed", "0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_calibration_separates_and_reports(small_artifact):
+    report = json.loads((small_artifact / "calibration_report.json").read_text())
+    assert isinstance(report["layer"], int) and 7 <= report["layer"] <= 22
+    assert "highest mean high-resource validation AUROC" in report["layer_selection"]["reason"]
+    for lang in ("en", "de", "yo"):
+        row = report["languages"][lang]
+        assert set(row) >= {"auroc", "f1_zero_shot", "f1_k"}
+        assert set(row["f1_k"]) == {"1", "4"}
+    # A real separation, well above chance, on English held-out prompts.
+    assert report["languages"]["en"]["auroc"] >= 0.85
+    assert len(report["auroc_by_layer"]["en"]) == 30
+    assert (small_artifact / "calibration_report.md").read_text().startswith("# babelgate")
+    png = (small_artifact / "auroc_by_layer.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_artifact_loads_for_its_model_and_scores(small_artifact):
+    from gate.estimator import HarmfulnessGate
+    from gate.hf.model_source import model_info
+
+    gate = HarmfulnessGate.load(small_artifact, expect_model=model_info(None))
+    manifest = json.loads((small_artifact / "manifest.json").read_text())
+    assert manifest["model"]["id"] == "embedded:SmolLM2-135M-Instruct"
+    # calibrate stores per-language thresholds from 4 examples per class by default.
+    assert gate.threshold("yo").source == "recalibrated" and gate.threshold("yo").k == 4
+    assert gate.threshold("sw").source == "default"
+    u, c = gate.linear_form()
+    assert np.isfinite(u).all() and np.isfinite(c)
+
+
+@pytest.mark.slow
+def test_recalibrate_cli_records_threshold(small_artifact, tmp_path, polyrefuse_dir, capsys):
+    from gate.data import load_polyrefuse
+    from gate.estimator import HarmfulnessGate
+
+    rows = load_polyrefuse(polyrefuse_dir, languages=["yo"], splits=["val"])
+    examples = tmp_path / "yo.jsonl"
+    picked = [r for r in rows if r.label == 1][:3] + [r for r in rows if r.label == 0][:3]
+    examples.write_text(
+        "\n".join(json.dumps({"text": r.text, "label": r.label}) for r in picked) + "\n"
+    )
+    code = main(
+        [
+            "recalibrate", "--artifact", str(small_artifact), "--language", "yo",
+            "--examples", str(examples), "--k", "2",
+        ]
+    )
+    assert code == 0
+    assert "yo: threshold" in capsys.readouterr().out
+    record = HarmfulnessGate.load(small_artifact).threshold("yo")
+    assert (record.source, record.k, record.n_harmful, record.n_harmless) == (
+        "recalibrated", 2, 2, 2,
+    )
+    assert str(examples) in record.note
+
+
+def test_calibrate_refuses_existing_output(tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    assert main(["calibrate", "--out", str(out), "--data", str(tmp_path)]) == 2
+    assert "pass --force" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_bad_data_before_loading_a_model(tmp_path, capsys):
+    data = tmp_path / "one_class.jsonl"
+    data.write_text('{"text": "a", "label": 1, "language": "en", "split": "train"}\n')
+    assert main(["calibrate", "--out", str(tmp_path / "a"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "needs harmful and harmless examples" in err or "test nor a val split" in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_calibrate_refuses_unknown_language(tmp_path, polyrefuse_dir, capsys):
+    args = ["calibrate", "--out", str(tmp_path / "a"), "--data", str(polyrefuse_dir)]
+    assert main([*args, "--languages", "xx"]) == 2
+    assert "unknown language code" in capsys.readouterr().err
+    assert main([*args, "--languages", "sw"]) == 2
+    assert "not in" in capsys.readouterr().err

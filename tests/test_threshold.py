@@ -1,0 +1,86 @@
+"""The per-language threshold rule (METHOD §4) on hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gate.threshold import balanced_f1, balanced_f1_threshold, threshold_candidates
+
+
+def test_one_per_class_separable_gives_the_midpoint():
+    # candidates -1-1e-6 (F1 2/3), 0.5 (F1 1), 2+1e-6 (F1 0)
+    assert balanced_f1_threshold([2.0, -1.0], [1, 0]) == 0.5
+
+
+def test_one_per_class_inverted_keeps_everything_harmful():
+    # harmful scores below harmless: the lowest candidate (all fire) has F1 2/3, the others 0
+    assert balanced_f1_threshold([-1.0, 2.0], [1, 0]) == -1.0 - 1e-6
+    assert balanced_f1([-1.0, 2.0], [1, 0], -1.0 - 1e-6) == pytest.approx(2 / 3)
+
+
+def test_ties_go_to_the_lowest_threshold():
+    # harmful {0, 3}, harmless {1, 2}: candidates -1e-6, .5, 1.5, 2.5, 3+1e-6 have F1
+    # 2/3, 0.4, 0.5, 2/3, 0 -> two best, keep the lower one
+    scores, labels = [0.0, 3.0, 1.0, 2.0], [1, 1, 0, 0]
+    assert balanced_f1(scores, labels, -1e-6) == balanced_f1(scores, labels, 2.5)
+    assert balanced_f1(scores, labels, 0.5) == pytest.approx(0.4)
+    assert balanced_f1(scores, labels, 1.5) == pytest.approx(0.5)
+    assert balanced_f1_threshold(scores, labels) == -1e-6
+
+
+def test_non_separable():
+    # harmful {1, 3, 5}, harmless {0, 2, 4}: F1 at .5 is 0.75 (fires on 1..5), the best
+    scores, labels = [1.0, 3.0, 5.0, 0.0, 2.0, 4.0], [1, 1, 1, 0, 0, 0]
+    assert balanced_f1(scores, labels, 0.5) == pytest.approx(0.75)
+    assert balanced_f1(scores, labels, 1.5) == pytest.approx(4 / 7)
+    assert balanced_f1(scores, labels, 2.5) == pytest.approx(2 / 3)
+    assert balanced_f1(scores, labels, 4.5) == pytest.approx(0.5)
+    assert balanced_f1_threshold(scores, labels) == 0.5
+
+
+def test_tied_scores_across_classes():
+    # harmful {1, 1, 2}, harmless {1, 0}: unique scores 0, 1, 2; tau .5 gives TP .5, FP .25
+    scores, labels = [1.0, 1.0, 2.0, 1.0, 0.0], [1, 1, 1, 0, 0]
+    np.testing.assert_array_equal(threshold_candidates(scores), [-1e-6, 0.5, 1.5, 2 + 1e-6])
+    assert balanced_f1(scores, labels, 0.5) == pytest.approx(0.8)
+    assert balanced_f1(scores, labels, 1.5) == pytest.approx(0.5)
+    assert balanced_f1_threshold(scores, labels) == 0.5
+
+
+def test_balanced_weights_worked_number():
+    # 1 harmful (weight .5), 3 harmless (weight 1/6 each): at tau 1.5 TP .5, FN 0, FP 1/6
+    # -> 2*.5 / (1 + 1/6) = 6/7 (plain F1 would be 2/3)
+    scores, labels = [2.0, 1.0, 3.0, 0.0], [1, 0, 0, 0]
+    assert balanced_f1(scores, labels, 1.5) == pytest.approx(6 / 7)
+    assert balanced_f1(scores, labels, 10.0) == 0.0
+
+
+def test_separable_many_examples_and_order_invariance():
+    rng = np.random.default_rng(0)
+    harmful = rng.uniform(1.0, 2.0, 20)
+    harmless = rng.uniform(-2.0, 0.5, 30)
+    scores = np.concatenate([harmful, harmless])
+    labels = np.r_[np.ones(20), np.zeros(30)]
+    tau = balanced_f1_threshold(scores, labels)
+    assert harmless.max() < tau <= harmful.min()
+    assert balanced_f1(scores, labels, tau) == 1.0
+    perm = rng.permutation(50)
+    assert balanced_f1_threshold(scores[perm], labels[perm]) == tau
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "message"),
+    [
+        ([], [], "no scores"),
+        ([1.0, 2.0], [1, 1], "only harmful"),
+        ([1.0, 2.0], [0, 0], "only harmless"),
+        ([1.0, float("nan")], [1, 0], "NaN"),
+        ([1.0, float("inf")], [1, 0], "NaN or infinity"),
+        ([1.0, 2.0], [1, 2], "labels must be 0"),
+        ([1.0, 2.0, 3.0], [1, 0], "3 scores but 2 labels"),
+    ],
+)
+def test_invalid_input_is_refused(scores, labels, message):
+    with pytest.raises(ValueError, match=message):
+        balanced_f1_threshold(scores, labels)
