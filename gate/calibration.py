@@ -156,9 +156,13 @@ def calibrate(
         roles[("eval", lang)] = subsample(
             select(prompts, language=lang, split=chosen), opts.eval_cap, opts.seed
         )
+        if ("train", lang) in roles:  # high-resource: draw k-shot examples from its train rows
+            roles[("pool", lang)] = roles[("train", lang)]
+            continue
         pool = select(prompts, language=lang, split="train")
         if pool and 0 < sum(p.label for p in pool) < len(pool):
-            roles[("pool", lang)] = subsample(pool, opts.k_pool_per_class, opts.seed + 1)
+            cap = min(opts.k_pool_per_class, opts.max_per_class or opts.k_pool_per_class)
+            roles[("pool", lang)] = subsample(pool, cap, opts.seed + 1)
 
     # One forward pass per distinct prompt text, all layers at once.
     texts = sorted({p.text for rows in roles.values() for p in rows})
@@ -194,6 +198,9 @@ def calibrate(
             "f1_k": {},
             "f1_k_std": {},
         }
+        if ("val", lang) in splits:  # high-resource val: already encoded for layer choice
+            val = splits[("val", lang)]
+            row["auroc_val"] = auroc(gate.score(val.acts[:, j]), val.labels)
         pool = splits.get(("pool", lang))
         for k in opts.k_values:
             f1s = []

