@@ -1,0 +1,225 @@
+"""``GuardedEngine``: vLLM's ``AsyncLLM`` with the babelgate hook, for the API server.
+
+Runs in the API-server process (vLLM's engine core and worker run in their own processes).
+``start`` refuses to return an engine that would serve unguarded: it checks the artifact against
+the model's config, the architecture and the runner, installs the hook on decoder layer L and
+sends a self-check request that must come back scored. Per request, the guard parameters travel
+in ``SamplingParams.extra_args["babelgate"]``; the verdict is decided inside the request's own
+prefill and fetched from the worker by babelgate id (``collective_rpc``, no second forward pass).
+Concurrent verdict fetches are coalesced into one RPC, so the cost per step stays one round trip
+however many requests are waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.engine.startup import (
+    SELF_CHECK_PROMPT,
+    chat_prompt_ids,
+    check_model_config,
+    guarded_engine_kwargs,
+    load_gate_params,
+    prepare_environment,
+    self_check_guard,
+    verify_install,
+    verify_self_check,
+)
+from server.engine.types import EXTRA_ARGS_KEY, GateParams, GuardParams, Verdict
+
+if TYPE_CHECKING:
+    from vllm import RequestOutput, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+
+class _VerdictFetcher:
+    """Coalesces concurrent verdict requests into one ``babelgate_verdicts`` RPC at a time."""
+
+    def __init__(self, engine: AsyncLLM) -> None:
+        self._engine = engine
+        self._waiting: dict[str, list[asyncio.Future[Verdict | None]]] = {}
+        self._release: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.rpcs = 0
+
+    async def get(self, bid: str, release: bool) -> Verdict | None:
+        future: asyncio.Future[Verdict | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(bid, []).append(future)
+        if release:
+            self._release.add(bid)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            release, self._release = self._release, set()
+            try:
+                self.rpcs += 1
+                raw = (
+                    await self._engine.collective_rpc(
+                        "babelgate_verdicts", args=(list(waiting), list(release))
+                    )
+                )[0]
+            except Exception as err:  # hand the failure to every waiter, keep serving
+                for futures in waiting.values():
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(err)
+                continue
+            for bid, futures in waiting.items():
+                verdict = Verdict.from_dict(raw[bid]) if bid in raw else None
+                for f in futures:
+                    if not f.done():
+                        f.set_result(verdict)
+
+
+class GuardedEngine:
+    """An ``AsyncLLM`` whose requests carry per-request guard parameters and verdicts."""
+
+    def __init__(self, engine: AsyncLLM, gate: GateParams, model_id: str, tokenizer: Any) -> None:
+        self.engine = engine
+        self.gate = gate
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self._verdicts = _VerdictFetcher(engine)
+        self.install_info: dict[str, Any] = {}
+
+    @classmethod
+    async def start(
+        cls,
+        model_path: str | Path | None,
+        artifact_path: str | Path | GateParams,
+        *,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> GuardedEngine:
+        """Start vLLM guarded by the gate at ``artifact_path`` (or ready ``GateParams``).
+
+        Raises ``GuardrailStartupError`` (engine stopped) when it cannot serve guarded.
+        """
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from gate.hf.model_source import load_model_config, resolve_model
+
+        prepare_environment()
+        model_id, load_path = resolve_model(model_path)
+        config = load_model_config(load_path)
+        check_model_config(config)
+        gate = load_gate_params(artifact_path, model_id, config)
+        args = AsyncEngineArgs(model=load_path, **guarded_engine_kwargs(engine_kwargs))
+        engine = AsyncLLM.from_engine_args(args)
+        try:
+            self = cls(engine, gate, model_id, engine.get_tokenizer())
+            self.install_info = await self._rpc("babelgate_install", gate.to_wire())
+            verify_install(self.install_info, gate)
+            await self.self_check()
+        except BaseException:
+            engine.shutdown()
+            raise
+        return self
+
+    async def _rpc(self, method: str, *args: Any) -> Any:
+        return (await self.engine.collective_rpc(method, args=args))[0]
+
+    async def status(self) -> dict[str, Any]:
+        """Hook state in the worker: installed, layers, how often it fired, records held."""
+        return await self._rpc("babelgate_status")
+
+    async def self_check(self) -> None:
+        """One shadow request must fire the hook and come back scored, else refuse."""
+        from vllm import SamplingParams
+
+        before = await self.status()
+        verdict = None
+        if before["installed"]:
+            verdict = await self._final_verdict(
+                SELF_CHECK_PROMPT,
+                SamplingParams(max_tokens=1),
+                self_check_guard(),
+                f"babelgate-self-check-{uuid.uuid4().hex}",
+            )
+        after = await self.status()
+        verify_self_check(verdict, before["fires"], after["fires"], before["installed"])
+
+    def request(
+        self,
+        prompt: str | Sequence[int],
+        sampling_params: SamplingParams,
+        guard: GuardParams | None,
+    ) -> tuple[dict[str, Any], SamplingParams]:
+        """The engine prompt (chat-template ids for text, cache salt) and sampling params
+        (guard parameters in ``extra_args``) for one request."""
+        ids = (
+            chat_prompt_ids(self.tokenizer, prompt)
+            if isinstance(prompt, str)
+            else [int(t) for t in prompt]
+        )
+        engine_prompt: dict[str, Any] = {"prompt_token_ids": ids}
+        if guard is None:
+            return engine_prompt, sampling_params
+        sp = sampling_params.clone()
+        extra = dict(sampling_params.extra_args or {})
+        extra[EXTRA_ARGS_KEY] = guard.to_extra_args()
+        sp.extra_args = extra
+        salt = guard.cache_salt(self.gate.fingerprint)
+        if salt is not None:
+            engine_prompt["cache_salt"] = salt
+        return engine_prompt, sp
+
+    async def generate(
+        self,
+        prompt: str | Sequence[int],
+        sampling_params: SamplingParams,
+        guard: GuardParams | None,
+        request_id: str,
+    ) -> AsyncIterator[tuple[RequestOutput, Verdict | None]]:
+        """Stream ``(output, verdict)``; the verdict is there from the first output on (the
+        prefill decided it) and refreshed on the last (final intervened-position count).
+        Text prompts are rendered with the chat template (one user turn)."""
+        engine_prompt, sp = self.request(prompt, sampling_params, guard)
+        verdict: Verdict | None = None
+        async for output in self.engine.generate(engine_prompt, sp, request_id):
+            if guard is not None and (verdict is None or output.finished):
+                verdict = await self._verdicts.get(guard.id, release=output.finished)
+            yield output, verdict
+
+    async def _final_verdict(
+        self, prompt: str, sampling_params: SamplingParams, guard: GuardParams, request_id: str
+    ) -> Verdict | None:
+        """Run one request to the end; its last verdict."""
+        verdict = None
+        async for _, latest in self.generate(prompt, sampling_params, guard, request_id):
+            verdict = latest
+        return verdict
+
+    async def verdict(self, guard_id: str, *, release: bool = False) -> Verdict | None:
+        """The current verdict of a request by its babelgate id (None if the worker never saw
+        it, or it was released)."""
+        return await self._verdicts.get(guard_id, release)
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]:
+        """Gate logits of the prompts: prefill-only shadow requests (max_tokens=1), concurrent."""
+        from vllm import SamplingParams
+
+        async def one(text: str) -> float:
+            guard = GuardParams(language=language, policy="shadow", threshold_source="scoring")
+            verdict = await self._final_verdict(
+                text, SamplingParams(max_tokens=1), guard, f"babelgate-score-{guard.id}"
+            )
+            if verdict is None or verdict.score is None:
+                raise RuntimeError(f"no gate score came back for prompt {text[:60]!r}")
+            return verdict.score
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

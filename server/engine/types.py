@@ -1,0 +1,195 @@
+"""Plain data that crosses process boundaries: guard parameters in, verdicts out.
+
+Runs in any process. ``GuardParams`` is what a caller (the API server, an eval script) asks for;
+it travels to the vLLM worker as ``SamplingParams.extra_args["babelgate"]`` (msgpack-able values
+only). ``GateParams`` is the gate folded to what the worker's hook evaluates: one dot product
+(``h @ u + c``) and one direction. ``Verdict`` is what the worker reports back per request.
+Everything here is a dataclass of builtins and numpy arrays so the hook never imports the gate
+library's estimator and the swap between a stand-in gate and a real artifact is one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gate.estimator import HarmfulnessGate
+
+Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+# Policies whose forward pass differs from plain vLLM (they write KV nobody else may reuse).
+INTERVENING_POLICIES: frozenset[str] = frozenset({"routing", "always-steer", "always-ablate"})
+EXTRA_ARGS_KEY = "babelgate"
+
+
+class GuardrailStartupError(RuntimeError):
+    """The guarded engine cannot serve safely; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """The gate as the vLLM hook sees it: score ``h @ u + c`` at ``layer``, direction ``v``.
+
+    ``v`` is unit-norm float32; ``alpha`` is the steering strength (METHOD §5); ``fingerprint``
+    identifies the gate (it salts the prefix cache of requests whose KV this gate changes).
+    """
+
+    layer: int
+    u: np.ndarray
+    c: float
+    v: np.ndarray
+    alpha: float
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        u = np.asarray(self.u, dtype=np.float32).reshape(-1)
+        v = np.asarray(self.v, dtype=np.float32).reshape(-1)
+        if u.shape != v.shape:
+            raise ValueError(f"u has shape {u.shape} but v has {v.shape}: both must be (d,)")
+        if not (np.isfinite(u).all() and np.isfinite(v).all()):
+            raise ValueError("gate vectors contain NaN or infinity: recalibrate the gate")
+        norm = float(np.linalg.norm(v))
+        if abs(norm - 1.0) > 1e-3:
+            raise ValueError(f"direction v must be unit-norm, has norm {norm:.4f}")
+        if not (math.isfinite(self.c) and math.isfinite(self.alpha)):
+            raise ValueError(f"c={self.c} and alpha={self.alpha} must be finite")
+        if self.layer < 0:
+            raise ValueError(f"layer must be >= 0, got {self.layer}")
+        object.__setattr__(self, "u", u)
+        object.__setattr__(self, "v", v)
+        object.__setattr__(self, "c", float(self.c))
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.v.shape[0])
+
+    @classmethod
+    def from_gate(cls, gate: HarmfulnessGate) -> GateParams:
+        """Fold a fitted ``HarmfulnessGate`` into hook parameters."""
+        u, c = gate.linear_form()
+        if gate.direction is None or gate.alpha is None:
+            raise ValueError("the gate is not fitted: load a calibrated artifact")
+        v = np.asarray(gate.direction, dtype=np.float32)
+        digest = hashlib.sha256()
+        for part in (np.asarray(u, np.float32), v, np.float32([c, gate.alpha, gate.layer])):
+            digest.update(part.tobytes())
+        return cls(gate.layer, u, float(c), v, float(gate.alpha), digest.hexdigest()[:16])
+
+    def to_wire(self) -> dict[str, Any]:
+        """msgpack-able form for ``collective_rpc`` (float32 values round-trip exactly)."""
+        return {
+            "layer": self.layer,
+            "u": self.u.tolist(),
+            "c": self.c,
+            "v": self.v.tolist(),
+            "alpha": self.alpha,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> GateParams:
+        return cls(
+            int(data["layer"]),
+            np.asarray(data["u"], np.float32),
+            float(data["c"]),
+            np.asarray(data["v"], np.float32),
+            float(data["alpha"]),
+            str(data["fingerprint"]),
+        )
+
+
+@dataclass(frozen=True)
+class GuardParams:
+    """What a caller asks of the guard for one request.
+
+    ``threshold`` is resolved by the caller (admin store, per-language record, zero-shot
+    fallback) so a threshold change applies to the next request without touching workers.
+    ``id`` keys the frozen decision and the verdict; it defaults to a fresh uuid.
+    """
+
+    language: str
+    policy: Policy = "routing"
+    threshold: float = 0.0
+    threshold_source: str = "default"
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if isinstance(self.threshold, bool) or not math.isfinite(float(self.threshold)):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+
+    def to_extra_args(self) -> dict[str, Any]:
+        """The ``SamplingParams.extra_args["babelgate"]`` payload."""
+        return {
+            "id": self.id,
+            "language": self.language,
+            "policy": self.policy,
+            "threshold": float(self.threshold),
+            "threshold_source": self.threshold_source,
+        }
+
+    def cache_salt(self, gate_fingerprint: str) -> str | None:
+        """Prefix-cache salt: which requests may share KV blocks with this one.
+
+        ``none``/``shadow`` compute plain KV: unsalted, they share with each other and plain
+        vLLM. ``always-ablate`` ablates every position of every request identically, so its KV
+        depends only on the tokens and the gate: one salt per gate. ``routing`` and
+        ``always-steer`` change KV relative to where *this* request's prompt ends, and routing's
+        decision is only known inside its own prefill (after the cache lookup), so their KV is
+        private to the request: a salt unique to it.
+        """
+        if self.policy not in INTERVENING_POLICIES:
+            return None
+        if self.policy == "always-ablate":
+            return f"babelgate:ablate:{gate_fingerprint}"
+        return f"babelgate:{self.policy}:{gate_fingerprint}:{self.id}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the guard did for one request, reported by the worker after its prefill.
+
+    ``score`` is the gate logit at layer L at the last prompt token (None only if the request
+    never reached its last prompt token, e.g. aborted in an earlier chunk); ``harmful`` is
+    ``score >= threshold``; ``intervention`` is "steer", "ablate" or "none";
+    ``intervened_positions`` counts the rows the intervention changed so far (a preempted
+    request's recomputed rows count again).
+    """
+
+    id: str
+    language: str
+    policy: str
+    threshold: float
+    threshold_source: str
+    score: float | None
+    harmful: bool | None
+    intervention: str
+    intervened_positions: int
+
+    @property
+    def decision(self) -> str | None:
+        if self.harmful is None:
+            return None
+        return "harmful" if self.harmful else "harmless"
+
+    @property
+    def intervened(self) -> bool:
+        return self.intervened_positions > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["decision"] = self.decision
+        out["intervened"] = self.intervened
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})

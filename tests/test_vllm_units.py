@@ -1,0 +1,114 @@
+"""Fast checks of the vLLM integration's pure parts: guard parameters, cache salts, refusals
+before vLLM starts, the row map arithmetic and the architecture check on real modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from server.engine.hooks import decoder_layers
+from server.engine.startup import check_model_config, guarded_engine_kwargs, prepare_environment
+from server.engine.step import RowSpan
+from server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
+
+
+def unit(d: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(d).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_gate_params_round_trip_exactly_through_the_wire_format():
+    gp = GateParams(3, unit(8, 0) * 2.5, -0.25, unit(8, 1), 4.0, "fp")
+    back = GateParams.from_wire(gp.to_wire())
+    assert np.array_equal(back.u, gp.u) and np.array_equal(back.v, gp.v)
+    assert (back.layer, back.c, back.alpha, back.fingerprint) == (3, -0.25, 4.0, "fp")
+
+
+def test_gate_params_refuse_a_direction_that_is_not_unit_norm():
+    with pytest.raises(ValueError, match="unit-norm"):
+        GateParams(0, unit(8, 0), 0.0, unit(8, 1) * 2, 1.0, "fp")
+
+
+def test_cache_salt_shares_plain_kv_and_isolates_interventions():
+    none = GuardParams("en", "none")
+    shadow = GuardParams("en", "shadow")
+    routing_a, routing_b = GuardParams("en", "routing"), GuardParams("en", "routing")
+    ablate_a, ablate_b = GuardParams("en", "always-ablate"), GuardParams("de", "always-ablate")
+    assert none.cache_salt("g") is None and shadow.cache_salt("g") is None
+    assert routing_a.cache_salt("g") != routing_b.cache_salt("g")  # decision unknown at lookup
+    assert ablate_a.cache_salt("g") == ablate_b.cache_salt("g") != ablate_a.cache_salt("h")
+    steer = GuardParams("en", "always-steer")
+    assert steer.cache_salt("g") not in (None, routing_a.cache_salt("g"))
+
+
+def test_guard_params_refuse_unknown_policy_and_bad_threshold():
+    with pytest.raises(ValueError, match="policy"):
+        GuardParams("en", "block")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        GuardParams("en", "routing", float("nan"))
+
+
+def test_verdict_round_trips_and_names_its_decision():
+    v = Verdict("x", "sw", "routing", 0.5, "recalibrated", 1.25, True, "steer", 9)
+    assert Verdict.from_dict(v.to_dict()) == v
+    assert v.decision == "harmful" and v.intervened
+
+
+def test_compiled_mode_and_foreign_worker_extension_are_refused():
+    with pytest.raises(GuardrailStartupError, match="enforce_eager"):
+        guarded_engine_kwargs({"enforce_eager": False})
+    with pytest.raises(GuardrailStartupError, match="worker extension"):
+        guarded_engine_kwargs({"worker_extension_cls": "pkg.Other"})
+    kwargs = guarded_engine_kwargs({"max_model_len": 512})
+    assert kwargs["enforce_eager"] is True and kwargs["max_model_len"] == 512
+
+
+def test_model_runner_v2_forced_by_the_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(GuardrailStartupError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+        prepare_environment()
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    prepare_environment()
+    import os
+
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+
+
+def test_unsupported_architecture_is_refused_by_name_before_start():
+    check_model_config({"architectures": ["Qwen2ForCausalLM"]})
+    with pytest.raises(GuardrailStartupError, match="MixtralForCausalLM"):
+        check_model_config({"architectures": ["MixtralForCausalLM"]})
+
+
+class MixtralForCausalLM(torch.nn.Module):
+    """A real module named like an architecture babelgate has not verified."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+
+
+class LlamaForCausalLM(MixtralForCausalLM):
+    """Supported name, but its layers are not vLLM's LlamaDecoderLayer."""
+
+
+def test_worker_refuses_unverified_model_and_layer_classes():
+    with pytest.raises(GuardrailStartupError, match="not supported"):
+        decoder_layers(MixtralForCausalLM())
+    with pytest.raises(GuardrailStartupError, match="LlamaDecoderLayer"):
+        decoder_layers(LlamaForCausalLM())
+
+
+def test_row_span_finds_the_last_prompt_token_only_in_its_chunk():
+    # A 10-token prompt prefilled in chunks of 6 and 4 rows, then one decode row.
+    first = RowSpan("r", start=3, stop=9, first_pos=0, num_prompt=10, extra={})
+    last = RowSpan("r", start=0, stop=4, first_pos=6, num_prompt=10, extra={})
+    decode = RowSpan("r", start=5, stop=6, first_pos=10, num_prompt=10, extra={})
+    assert first.last_prompt_row is None
+    assert last.last_prompt_row == 3
+    assert decode.last_prompt_row is None
+    assert list(last.rows_from_position(9)) == [3]
+    assert list(decode.rows_from_position(9)) == [5]
+    assert list(first.rows_from_position(9)) == []
