@@ -1,14 +1,15 @@
-# The README's two commands are `make serve` and `make test`; .ci/run calls `make test`.
+# The README's two commands are `make run` and `make test`; .ci/run calls `make test`.
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install serve test test-fast lint bench-overhead
+.PHONY: install run test test-fast lint bench-overhead bench-serving
 
 install:
 	bash deploy/install.sh
 
-serve: install
+# The main job: serve the embedded model behind the guard (calibrated on first use, then cached).
+run: install
 	$(VENV)/bin/babelgate serve
 
 test: install
@@ -23,3 +24,6 @@ lint: install
 
 bench-overhead: install
 	$(PY) bench/overhead.py
+
+bench-serving: install
+	$(PY) bench/serving.py

@@ -57,6 +57,7 @@ class CalibrationOptions:
     threshold_k: int = 4  # per-language thresholds stored in the artifact (0: none)
     batch_size: int = 16
     progress: bool = True
+    data_name: str = "in-memory prompts"  # recorded in the report when data is a list
 
     @property
     def eval_cap(self) -> int | None:
@@ -123,7 +124,7 @@ def calibrate(
         raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
     started = time.time()
     prompts = list(data) if not isinstance(data, str | Path) else load_dataset(data)
-    data_name = str(data) if isinstance(data, str | Path) else "in-memory prompts"
+    data_name = str(data) if isinstance(data, str | Path) else opts.data_name
     present = sorted({p.language for p in prompts})
     languages = [validate_language(x) for x in opts.languages] if opts.languages else present
     missing = [x for x in languages if x not in present]
@@ -418,7 +419,7 @@ def ensure_default_artifact(model: str | Path | None = None, *, progress: bool =
         backend,
         data,
         target,
-        CalibrationOptions(eval_max_per_class=64, progress=progress),
+        CalibrationOptions(eval_max_per_class=32, progress=progress),
         force=False,
     )
     return target

@@ -4,4 +4,4 @@ Runs in the CLI process. Each module exposes ``register(subparsers)``, which add
 sets ``func`` to a ``run(args) -> int``; heavy imports happen inside ``run`` so ``--help`` is fast.
 """
 
-COMMANDS = ("calibrate", "recalibrate", "sweep")
+COMMANDS = ("calibrate", "recalibrate", "serve", "sweep", "eval")

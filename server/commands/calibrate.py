@@ -28,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="PolyRefuse folder, JSON/JSONL/CSV file(s), or hf:<name>[:split] "
         "(default: $BABELGATE_DATA or ../shared/data/polyrefuse)",
     )
-    p.add_argument("--out", required=True, help="artifact directory to create")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="artifact directory to create (default: the model's cached default calibration, "
+        "made on first use and reused after; its report is printed)",
+    )
     p.add_argument("--languages", default=None, help="comma-separated codes to evaluate")
     p.add_argument("--layer", type=int, default=None, help="force the layer (default: chosen)")
     p.add_argument("--rank", type=int, default=10, help="rank of the gate's basis (default 10)")
@@ -66,9 +71,20 @@ def make_backend(model: str | None, backend: str, dtype: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from gate.calibration import CalibrationOptions, calibrate, default_data_dir
+    from gate.calibration import (
+        REPORT_MD,
+        CalibrationOptions,
+        calibrate,
+        default_data_dir,
+        ensure_default_artifact,
+    )
     from gate.data import load_dataset
 
+    if args.out is None:
+        artifact = ensure_default_artifact(args.model, progress=not args.no_progress)
+        print((artifact / REPORT_MD).read_text())
+        print(f"artifact: {artifact}")
+        return 0
     out = Path(args.out)
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
@@ -88,12 +104,10 @@ def run(args: argparse.Namespace) -> int:
         threshold_k=args.threshold_k,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        data_name=str(data),
     )
     _, report = calibrate(backend, prompts, out, options, force=args.force)
-    report["data"] = str(data)
-    from gate.calibration import render_markdown
-
-    print(render_markdown(report))
+    print((out / REPORT_MD).read_text())
     print(f"artifact written to {out}")
     print(json.dumps({"layer": report["layer"], "wall_time_s": report["wall_time_s"]}))
     return 0

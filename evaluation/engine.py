@@ -1,0 +1,192 @@
+"""The evaluation's engine: one vLLM engine with babelgate's hook and the baselines beside it.
+
+Runs in the CLI process (vLLM's engine core and worker run in their own). The engine is started
+with ``BaselineWorkerExtension`` (babelgate's worker extension plus AdaSteer, CAST and the
+fitting capture) and ``GuardedLLM`` attaches to it, so routing requests go through exactly the
+serving path (checks, hook install, self-check, per-request ``extra_args``, cache salts) and the
+baselines run in the same hook machinery. Every request kind the evaluation needs is a method:
+gate scores (shadow prefill), fitting captures, guarded and baseline generations, MMLU letters.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.engine.baseline_interventions import (
+    BASELINE_CAPTURE_KEY,
+    BASELINE_KEY,
+    BASELINE_WORKER_EXTENSION,
+)
+from server.engine.types import GuardParams
+
+DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One finished request: output text and token ids, and what the guard did."""
+
+    text: str
+    token_ids: list[int]
+    info: dict[str, Any]
+
+
+class EvalEngine:
+    """``vllm.LLM`` + ``GuardedLLM`` + baselines for one model and one gate artifact."""
+
+    def __init__(
+        self,
+        model: str | Path | None,
+        artifact: str | Path,
+        *,
+        dtype: str = "float32",
+        kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        seed: int = 0,
+    ) -> None:
+        from vllm import LLM
+
+        from gate.artifact import model_info_from_config
+        from gate.estimator import HarmfulnessGate
+        from gate.hf.model_source import load_model_config, resolve_model
+        from server.engine.offline import GuardedLLM
+        from server.engine.startup import check_model_config, prepare_environment
+
+        prepare_environment()
+        self.model_id, load_path = resolve_model(model)
+        config = load_model_config(load_path)
+        check_model_config(config)
+        self.model_info = model_info_from_config(self.model_id, config)
+        self.gate = HarmfulnessGate.load(artifact, expect_model=self.model_info)
+        self.num_layers = self.model_info.num_layers
+        llm = LLM(
+            model=load_path,
+            dtype=dtype,
+            enforce_eager=True,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            worker_extension_cls=BASELINE_WORKER_EXTENSION,
+            seed=seed,
+        )
+        try:
+            self.guarded = GuardedLLM(model, self.gate, llm=llm)
+        except BaseException:
+            llm.llm_engine.engine_core.shutdown()
+            raise
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+
+    def _rpc(self, method: str, *args: Any) -> Any:
+        return self.llm.collective_rpc(method, args=args)[0]
+
+    # ------------------------------------------------------------------ installs
+
+    def install_baselines(
+        self,
+        adasteer: Sequence[dict[str, Any]] = (),
+        cast: Sequence[dict[str, Any]] = (),
+        prompt_capture: bool = False,
+    ) -> dict[str, Any]:
+        """Install fitted baselines (wire dicts from ``gate.baselines``) and/or the capture."""
+        return self._rpc("babelgate_install_baselines", list(adasteer), list(cast), prompt_capture)
+
+    # ------------------------------------------------------------------ requests
+
+    def _sampling(self, max_tokens: int, **extra: Any) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens, **extra)
+
+    def gate_scores(self, prompts: Sequence[str], language: str) -> np.ndarray:
+        """Gate logits at the last prompt token (shadow policy: prefill only, nothing changed)."""
+        if not prompts:
+            return np.empty(0)
+        return np.asarray(self.guarded.gate_scores(list(prompts), language), dtype=np.float64)
+
+    def capture(self, prompts: Sequence[str]) -> np.ndarray:
+        """(n, 2, n_layers, d) float32: [last prompt token, mean over prompt] at every layer.
+
+        Needs ``install_baselines(prompt_capture=True)``. Each request gets its own cache salt
+        so every prompt row is computed (a prefix-cache hit would leave rows out of the mean).
+        """
+        ids = [uuid.uuid4().hex for _ in prompts]
+        requests = [
+            {"prompt_token_ids": self.guarded.prompt_ids(p), "cache_salt": f"capture:{cid}"}
+            for p, cid in zip(prompts, ids, strict=True)
+        ]
+        params = [self._sampling(1, extra_args={BASELINE_CAPTURE_KEY: cid}) for cid in ids]
+        self.llm.generate(requests, params, use_tqdm=False)
+        got = self._rpc("babelgate_pop_prompt_captures", ids)
+        missing = [i for i, cid in enumerate(ids) if cid not in got]
+        if missing:
+            raise RuntimeError(
+                f"no capture came back for {len(missing)} prompts: the fitting hook did not fire"
+            )
+        d = self.model_info.hidden_size
+        return np.stack(
+            [np.frombuffer(got[cid], np.float32).reshape(2, self.num_layers, d) for cid in ids]
+        )
+
+    def generate_guarded(
+        self,
+        prompts: Sequence[str],
+        language: str,
+        policy: str,
+        threshold: float,
+        threshold_source: str,
+        max_tokens: int,
+        allowed_token_ids: list[int] | None = None,
+    ) -> list[Generation]:
+        """Greedy generations under one of the hook's policies, with their verdicts."""
+        guards = [
+            GuardParams(language, policy, threshold, threshold_source, id=uuid.uuid4().hex)
+            for _ in prompts
+        ]
+        extra = {"allowed_token_ids": allowed_token_ids} if allowed_token_ids else {}
+        outs = self.guarded.generate(list(prompts), self._sampling(max_tokens, **extra), guards)
+        return [
+            Generation(
+                o.text,
+                list(o.token_ids),
+                o.verdict.to_dict() if o.verdict is not None else {"verdict": None},
+            )
+            for o in outs
+        ]
+
+    def generate_baseline(
+        self,
+        prompts: Sequence[str],
+        language: str,
+        method: str,
+        max_tokens: int,
+        allowed_token_ids: list[int] | None = None,
+    ) -> list[Generation]:
+        """Greedy generations under AdaSteer or CAST (installed for ``language``)."""
+        ids = [uuid.uuid4().hex for _ in prompts]
+        requests = [
+            # The intervention changes this request's KV: never share it through the cache.
+            {"prompt_token_ids": self.guarded.prompt_ids(p), "cache_salt": f"{method}:{bid}"}
+            for p, bid in zip(prompts, ids, strict=True)
+        ]
+        extra = {"allowed_token_ids": allowed_token_ids} if allowed_token_ids else {}
+        params = [
+            self._sampling(
+                max_tokens,
+                extra_args={BASELINE_KEY: {"id": bid, "method": method, "language": language}},
+                **extra,
+            )
+            for bid in ids
+        ]
+        outs = self.llm.generate(requests, params, use_tqdm=False)
+        records = self._rpc("babelgate_baseline_records", ids)
+        return [
+            Generation(o.outputs[0].text, list(o.outputs[0].token_ids), records.get(bid, {}))
+            for o, bid in zip(outs, ids, strict=True)
+        ]
+
+    def shutdown(self) -> None:
+        self.guarded.shutdown()

@@ -1,0 +1,82 @@
+"""The policies compared side by side (METHOD §5-7), each a row of the report.
+
+Runs in the CLI process. ``guard`` rows are requests with babelgate guard parameters (the hook's
+own policies and routing at three thresholds); ``baseline`` rows are AdaSteer and CAST in the same
+hook machinery; ``refuse`` is routing with the server's ``refuse`` action: the server runs the
+request exactly as under routing and, when the verdict is harmful, answers with the templated
+refusal (``server.refusal_templates``) instead of the generation. Its rows are therefore built
+from the generations of the routing row it names (same requests, same verdicts), not generated
+twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    kind: str  # "guard" | "baseline" | "refuse"
+    description: str
+    guard_policy: str | None = None  # GuardParams.policy for guard rows
+    threshold: str | None = None  # "zero-shot" | "k1" | "k4" for routing rows
+    method: str | None = None  # "adasteer" | "cast" for baseline rows
+    source: str | None = None  # for refuse: the routing row whose requests it reuses
+
+
+POLICIES: tuple[PolicySpec, ...] = (
+    PolicySpec("none", "guard", "no intervention (the model as served)", guard_policy="none"),
+    PolicySpec(
+        "always-steer", "guard", "add alpha*v on every request", guard_policy="always-steer"
+    ),
+    PolicySpec(
+        "always-ablate", "guard", "project v out on every request", guard_policy="always-ablate"
+    ),
+    PolicySpec(
+        "routing-zs", "guard", "routing, zero-shot threshold from the training languages",
+        guard_policy="routing", threshold="zero-shot",
+    ),
+    PolicySpec(
+        "routing-k1", "guard", "routing, threshold recalibrated on 1 example per class",
+        guard_policy="routing", threshold="k1",
+    ),
+    PolicySpec(
+        "routing-k4", "guard", "routing, threshold recalibrated on 4 examples per class",
+        guard_policy="routing", threshold="k4",
+    ),
+    PolicySpec(
+        "adasteer", "baseline", "AdaSteer (adapted, 32 target-language examples per class)",
+        method="adasteer",
+    ),
+    PolicySpec(
+        "cast", "baseline", "CAST (adapted, 32 target-language examples per class)",
+        method="cast",
+    ),
+    PolicySpec(
+        "routing-k4+refuse", "refuse",
+        "routing k=4 with the refuse action: a harmful verdict answers with the templated "
+        "refusal", source="routing-k4",
+    ),
+)
+POLICY_NAMES: tuple[str, ...] = tuple(p.name for p in POLICIES)
+RECALIBRATION_KS: dict[str, int] = {"k1": 1, "k4": 4}
+
+
+def policy(name: str) -> PolicySpec:
+    for spec in POLICIES:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}")
+
+
+def select_policies(names: list[str] | None) -> list[PolicySpec]:
+    """The chosen policies in table order, adding the routing row a refuse row reuses."""
+    if not names:
+        return list(POLICIES)
+    wanted = {policy(n).name for n in names}
+    for n in list(wanted):
+        source = policy(n).source
+        if source:
+            wanted.add(source)
+    return [p for p in POLICIES if p.name in wanted]

@@ -1,0 +1,139 @@
+"""``/admin/*``: per-language thresholds at run time, behind the admin token, with an audit trail.
+
+Runs in the API-server process. A change is committed to the store (durably, with its audit
+row) before the answer goes out, and the next request resolves its threshold from the store,
+so changes apply without restart and survive one. Recalibration scores the caller's labelled
+prompts on the live engine and applies the paper's rule through the gate library
+(``HarmfulnessGate.recalibrate_from_scores``) on a scratch copy of the gate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from server.app.auth import check_admin_token
+from server.app.chat import service_of
+from server.app.errors import APIError
+from server.app.schemas import RecalibrationRequest, ThresholdUpdate
+from server.app.service import GuardrailService, validated_language
+from server.langid import TARGET_LANGUAGES
+
+router = APIRouter(prefix="/admin")
+
+
+def _admin(request: Request) -> tuple[GuardrailService, str]:
+    svc = service_of(request)
+    actor = check_admin_token(request, svc.settings.admin_token)
+    svc.require_engine()
+    return svc, actor
+
+
+def _view(svc: GuardrailService, language: str) -> dict[str, Any]:
+    record = svc.threshold(language)
+    return {**record.to_dict(), "origin": svc.origin(language)}
+
+
+def _publish(svc: GuardrailService, language: str) -> dict[str, Any]:
+    view = _view(svc, language)
+    svc.metrics.threshold.labels(language).set(view["value"])
+    return view
+
+
+@router.get("/thresholds")
+async def list_thresholds(request: Request) -> dict[str, Any]:
+    svc, _ = _admin(request)
+    assert svc.store is not None
+    languages = sorted(
+        set(TARGET_LANGUAGES) | set(svc.gate.thresholds) | set(svc.store.overrides())
+    )
+    return {
+        "zero_shot_threshold": svc.gate.zero_shot_threshold,
+        "gate_layer": svc.gate.layer,
+        "thresholds": [_view(svc, lang) for lang in languages],
+    }
+
+
+@router.get("/thresholds/{language}")
+async def get_threshold(language: str, request: Request) -> dict[str, Any]:
+    svc, _ = _admin(request)
+    return _view(svc, validated_language(language, "language"))
+
+
+@router.put("/thresholds/{language}")
+async def put_threshold(language: str, body: ThresholdUpdate, request: Request) -> dict[str, Any]:
+    svc, actor = _admin(request)
+    lang = validated_language(language, "language")
+    assert svc.store is not None
+    previous = svc.threshold(lang)
+    record = svc.scratch_gate().set_threshold(lang, body.value, source="manual", note=body.note)
+    svc.store.put(record, previous=previous, actor=actor, operation="set")
+    return {**_publish(svc, lang), "previous": previous.to_dict()}
+
+
+@router.delete("/thresholds/{language}")
+async def delete_threshold(language: str, request: Request) -> dict[str, Any]:
+    svc, actor = _admin(request)
+    lang = validated_language(language, "language")
+    assert svc.store is not None
+    previous = svc.threshold(lang)
+    removed = svc.store.delete(
+        lang, previous=previous, after=svc.gate.threshold(lang), actor=actor
+    )
+    if not removed:
+        raise APIError(
+            404,
+            f"{lang!r} has no threshold override to delete (its threshold comes from the "
+            f"{svc.origin(lang)})",
+            param="language",
+            code="no_override",
+        )
+    return {**_publish(svc, lang), "previous": previous.to_dict()}
+
+
+@router.post("/thresholds/{language}/recalibrate")
+async def recalibrate(
+    language: str, body: RecalibrationRequest, request: Request
+) -> dict[str, Any]:
+    svc, actor = _admin(request)
+    lang = validated_language(language, "language")
+    assert svc.store is not None
+    cap = svc.settings.max_recalibration_examples
+    if max(len(body.harmful), len(body.harmless)) > cap:
+        raise APIError(400, f"at most {cap} examples per class", param="harmful")
+    texts = body.harmful + body.harmless
+    labels = np.array([1] * len(body.harmful) + [0] * len(body.harmless))
+    try:
+        scores = await svc.require_engine().gate_scores(texts, lang)
+    except Exception as err:
+        svc.metrics.gate_failures.labels("recalibrate").inc()
+        raise APIError(503, f"scoring the examples on the engine failed: {err}") from err
+    previous = svc.threshold(lang)
+    try:
+        record = svc.scratch_gate().recalibrate_from_scores(lang, np.asarray(scores), labels)
+    except ValueError as err:
+        raise APIError(400, str(err), param="harmful") from err
+    note = body.note or f"recalibrated on the live engine from {len(texts)} examples"
+    record = dataclasses.replace(record, note=note)
+    svc.store.put(record, previous=previous, actor=actor, operation="recalibrate")
+    return {
+        **_publish(svc, lang),
+        "previous": previous.to_dict(),
+        "scores": {"harmful": [float(s) for s in scores[: len(body.harmful)]],
+                   "harmless": [float(s) for s in scores[len(body.harmful):]]},
+    }  # fmt: skip
+
+
+@router.get("/audit")
+async def audit(
+    request: Request,
+    language: str | None = None,
+    limit: int = Query(100, ge=1, le=10000),
+) -> dict[str, Any]:
+    svc, _ = _admin(request)
+    assert svc.store is not None
+    lang = None if language is None else validated_language(language, "language")
+    return {"entries": [e.to_dict() for e in svc.store.audit(lang, limit)]}

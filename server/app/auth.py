@@ -1,0 +1,77 @@
+"""Bearer-token checks: the API key for ``/v1/*`` and the separate admin token for ``/admin/*``.
+
+Runs in the API-server process. Tokens are compared in constant time. The admin API audits who
+changed a threshold by a short hash of the token used, never the token itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from fastapi import Request
+from pydantic import SecretStr
+
+from server.app.errors import APIError
+
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None if absent or malformed."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
+
+
+def token_identity(token: str) -> str:
+    """A stable, non-reversible name for a token in the audit trail."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def _matches(token: str, expected: SecretStr) -> bool:
+    return hmac.compare_digest(token.encode(), expected.get_secret_value().encode())
+
+
+def check_api_key(request: Request, api_key: SecretStr | None) -> None:
+    """401 unless the request carries the configured API key (no key configured: open)."""
+    if api_key is None:
+        return
+    token = bearer_token(request)
+    if token is None or not _matches(token, api_key):
+        raise APIError(
+            401,
+            "invalid or missing API key: send `Authorization: Bearer <key>` with the key the "
+            "server was started with (--api-key)",
+            code="invalid_api_key",
+            headers=CHALLENGE,
+        )
+
+
+def check_admin_token(request: Request, admin_token: SecretStr | None) -> str:
+    """The caller's audit identity; 401 without (well-formed) bearer auth, 403 when wrong.
+
+    With no admin token configured, the admin API is closed (403) rather than open.
+    """
+    token = bearer_token(request)
+    if token is None:
+        raise APIError(
+            401,
+            "admin endpoints need `Authorization: Bearer <admin token>` (the --admin-token)",
+            code="missing_admin_token",
+            headers=CHALLENGE,
+        )
+    if admin_token is None:
+        raise APIError(
+            403,
+            "the admin API is disabled: start the server with --admin-token to enable it",
+            code="admin_disabled",
+        )
+    if not _matches(token, admin_token):
+        raise APIError(403, "wrong admin token", code="invalid_admin_token")
+    return token_identity(token)

@@ -1,0 +1,302 @@
+"""``POST /v1/chat/completions`` and ``GET /v1/models``: OpenAI's chat API over the guarded engine.
+
+Runs in the API-server process. The server renders the chat template itself (so it can check
+the prompt length and count tokens), routes the user text to a language, resolves that
+language's threshold and action, and sends one engine request per choice. Streaming responses
+start once the verdict is known (it arrives with the first token), so the ``x-babelgate-*``
+headers carry it; a client that goes away aborts its engine requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from server.app.auth import check_api_key
+from server.app.errors import APIError, error_body
+from server.app.generation import ChatRun
+from server.app.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    GuardInfo,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from server.app.service import GuardrailService
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+def service_of(request: Request) -> GuardrailService:
+    return request.app.state.service
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    svc = service_of(request)
+    check_api_key(request, svc.settings.api_key)
+    svc.require_engine()
+    created = int(svc.started_at)
+    root = str(svc.model_path)
+    return ModelList(
+        data=[ModelCard(id=name, created=created, root=root) for name in svc.served_names]
+    )
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    """Messages as the chat template wants them (``developer`` is OpenAI's new ``system``)."""
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in body.messages
+    ]
+
+
+def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception as err:  # the template rejects the conversation (roles, order, ...)
+        raise APIError(
+            400, f"the model's chat template rejects these messages: {err}", param="messages"
+        ) from err
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def completion_budget(body: ChatCompletionRequest, prompt_len: int, max_model_len: int) -> int:
+    """Tokens the completion may use; 400 when the prompt (plus the asked-for completion) does
+    not fit the model's context."""
+    limit = body.completion_limit()
+    if prompt_len >= max_model_len or (limit is not None and prompt_len + limit > max_model_len):
+        asked = f" + {limit} completion tokens" if limit is not None else ""
+        raise APIError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_len + (limit or 0)} tokens ({prompt_len} in the messages{asked}). "
+            "Please reduce the length of the messages or completion.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    return limit if limit is not None else max_model_len - prompt_len
+
+
+def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> list[Any]:
+    """One single-sample ``SamplingParams`` per choice (seed + i keeps seeded choices distinct);
+    DELTA outputs so the first token (and the verdict) arrives as soon as it exists."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    try:
+        return [
+            SamplingParams(
+                n=1,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=1.0 if body.top_p is None else body.top_p,
+                max_tokens=max_tokens,
+                stop=body.stop,
+                seed=None if body.seed is None else body.seed + i,
+                output_kind=RequestOutputKind.DELTA,
+            )
+            for i in range(body.n)
+        ]
+    except ValueError as err:  # vLLM's own checks of the sampling parameters
+        raise APIError(400, f"invalid sampling parameters: {err}") from err
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    arrival = time.monotonic()
+    svc = service_of(request)
+    check_api_key(request, svc.settings.api_key)
+    svc.require_engine()
+    model = svc.check_model(body.model)
+    messages = chat_messages(body)
+    ids = prompt_token_ids(svc.tokenizer, messages)
+    budget = completion_budget(body, len(ids), svc.max_model_len)
+    override = body.babelgate.language if body.babelgate else None
+    override = override or request.headers.get("x-babelgate-language")
+    plan = svc.plan(svc.detect(override, messages))
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    run = ChatRun(svc, plan, ids, sampling_params(body, budget), request_id, arrival)
+    svc.metrics.in_flight.inc()
+    if body.stream:
+        return await _stream(svc, run, body, model, request_id)
+    try:
+        info = await _until_disconnect(request, _complete(run))
+    finally:
+        run.close()
+        svc.metrics.in_flight.dec()
+    record_metrics(svc, run, info, arrival)
+    created = int(time.time())
+    completion = ChatCompletion(
+        id=request_id,
+        created=created,
+        model=model,
+        choices=[
+            Choice(
+                index=i,
+                message=AssistantMessage(content=run.texts[i]),
+                finish_reason=run.finish[i] or "stop",
+            )
+            for i in range(run.n)
+        ],
+        usage=usage(run),
+        babelgate=info,
+    )
+    return JSONResponse(
+        completion.model_dump(), headers={**info.headers(), "x-request-id": request_id}
+    )
+
+
+async def _complete(run: ChatRun) -> GuardInfo:
+    info = await run.open()
+    await run.collect()
+    return info
+
+
+async def _until_disconnect(request: Request, work: Any) -> Any:
+    """Run ``work``; cancel it if the client disconnects first (its engine requests are then
+    aborted by ``ChatRun.close``)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise APIError(499, "the client closed the connection before the completion was ready")
+    return task.result()
+
+
+def usage(run: ChatRun) -> Usage:
+    prompt = len(run.prompt_ids)
+    completion = sum(run.tokens)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+def record_metrics(svc: GuardrailService, run: ChatRun, info: GuardInfo, arrival: float) -> None:
+    """Count a finished chat completion (also when the client went away mid-stream)."""
+    from gate.refusal_judge import is_refusal
+
+    m = svc.metrics
+    decision = info.decision or ("error" if info.gate_failure else "none")
+    m.requests.labels(info.language, decision, info.policy, info.action).inc()
+    if info.gate_score is not None:
+        m.gate_score.labels(info.language).observe(info.gate_score)
+    if run.first_token_at is not None:
+        m.ttft.observe(run.first_token_at - arrival)
+    m.e2e_latency.observe(time.monotonic() - arrival)
+    m.prompt_tokens.inc(len(run.prompt_ids))
+    m.completion_tokens.inc(sum(run.tokens))
+    for text, finish in zip(run.texts, run.finish, strict=True):
+        if finish is not None and is_refusal(text, info.language):
+            m.output_refusals.labels(info.language, decision).inc()
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+class GuardedStream(StreamingResponse):
+    """A streaming response that always releases its run: normal end, error, or disconnect."""
+
+    def __init__(self, content: AsyncIterator[str], cleanup: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cleanup()
+
+
+async def _stream(
+    svc: GuardrailService, run: ChatRun, body: ChatCompletionRequest, model: str, request_id: str
+) -> StreamingResponse:
+    arrival = run.arrival
+    try:
+        info = await run.open()
+    except BaseException:
+        run.close()
+        svc.metrics.in_flight.dec()
+        raise
+    created = int(time.time())
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    released = False
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        payload = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                   "model": model, "choices": choices, **extra}  # fmt: skip
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        run.close()
+        svc.metrics.in_flight.dec()
+        record_metrics(svc, run, info, arrival)
+
+    async def events() -> AsyncIterator[str]:
+        guard = info.model_dump()
+        started: set[int] = set()
+        try:
+            async for piece in run.pieces():
+                delta: dict[str, Any] = {"content": piece.text}
+                extra: dict[str, Any] = {}
+                if piece.index not in started:
+                    started.add(piece.index)
+                    delta["role"] = "assistant"
+                    extra["babelgate"] = guard
+                yield chunk(
+                    [{"index": piece.index, "delta": delta, "logprobs": None,
+                      "finish_reason": piece.finish_reason}],
+                    **extra,
+                )  # fmt: skip
+        except Exception as exc:  # headers are gone: report in-band, as vLLM does
+            log.exception("stream %s failed", request_id)
+            body = error_body(500, f"generation failed ({type(exc).__name__}): {exc}")
+            yield f"data: {json.dumps(body)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        if include_usage:
+            yield chunk([], usage=usage(run).model_dump(), babelgate=guard)
+        yield "data: [DONE]\n\n"
+
+    return GuardedStream(
+        events(),
+        release,
+        media_type="text/event-stream",
+        headers={**info.headers(), "x-request-id": request_id, "cache-control": "no-cache"},
+    )

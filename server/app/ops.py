@@ -1,0 +1,53 @@
+"""``/health``, ``/version`` and ``/metrics``: what orchestrators and Prometheus poll.
+
+Runs in the API-server process. ``/health`` is 200 only once the guarded engine has started and
+its hook self-check has passed (``GuardedEngine.start`` raises otherwise), and while the engine
+reports itself alive; 503 before and after.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from server.app.chat import service_of
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    svc = service_of(request)
+    if svc.engine is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    try:
+        await svc.engine.engine.check_health()
+    except Exception as exc:
+        log.error("engine health check failed: %s", exc)
+        return JSONResponse({"status": "unhealthy", "reason": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/version")
+async def version(request: Request) -> dict[str, Any]:
+    import vllm
+
+    from gate.artifact import babelgate_version
+
+    svc = service_of(request)
+    out: dict[str, Any] = {"version": babelgate_version(), "vllm": vllm.__version__}
+    if svc.engine is not None:
+        out.update(
+            model=str(svc.model_path), artifact=str(svc.artifact_path), gate_layer=svc.gate.layer
+        )
+    return out
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

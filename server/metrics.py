@@ -1,0 +1,82 @@
+"""Prometheus metrics of the guardrail server.
+
+Runs in the API-server process. The metrics live in prometheus-client's default registry, the one
+vLLM's front end registers its engine metrics in (``vllm:*``, with log stats on), so ``/metrics``
+shows both. Label values are bounded: languages are the routed ones, decisions, policies and
+actions are closed sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+# Gate logits: the readout is a logistic unit, so its useful range is a few units around 0.
+SCORE_BUCKETS = (-12.0, -8.0, -6.0, -4.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0,
+                 4.0, 6.0, 8.0, 12.0)  # fmt: skip
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+
+
+class ServerMetrics:
+    """The server's collectors, registered once per registry (the default one when serving)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.requests = Counter(
+            "babelgate_requests",
+            "Chat completion requests by routed language, gate decision, policy and action.",
+            ["language", "decision", "policy", "action"],
+            registry=registry,
+        )
+        self.moderation_inputs = Counter(
+            "babelgate_moderation_inputs",
+            "Moderation inputs by routed language and gate decision.",
+            ["language", "decision"],
+            registry=registry,
+        )
+        self.gate_score = Histogram(
+            "babelgate_gate_score",
+            "Gate logit of each request (chat and moderation) by routed language.",
+            ["language"],
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.threshold = Gauge(
+            "babelgate_threshold",
+            "Threshold in effect per language (override, artifact, or zero-shot fallback).",
+            ["language"],
+            registry=registry,
+        )
+        self.output_refusals = Counter(
+            "babelgate_output_refusals",
+            "Completions the refusal judge calls refusals, by language and gate decision.",
+            ["language", "decision"],
+            registry=registry,
+        )
+        self.gate_failures = Counter(
+            "babelgate_gate_failures",
+            "Requests whose gate verdict was missing or failed, by the failure mode applied.",
+            ["mode"],
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "babelgate_time_to_first_token_seconds",
+            "Time from request arrival to the first generated token.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.e2e_latency = Histogram(
+            "babelgate_e2e_request_latency_seconds",
+            "Time from request arrival to the last token (or the refusal).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "babelgate_prompt_tokens", "Prompt tokens processed.", registry=registry
+        )
+        self.completion_tokens = Counter(
+            "babelgate_completion_tokens", "Completion tokens returned.", registry=registry
+        )
+        self.in_flight = Gauge(
+            "babelgate_requests_in_flight",
+            "Chat and moderation requests being processed now.",
+            registry=registry,
+        )
