@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -196,6 +198,12 @@ def _row_base(spec: PolicySpec, lang: str, index: int, prompt: LabelledPrompt) -
     }
 
 
+# Fault injection for the resumption test: after this many saved batches the process sends
+# itself SIGINT, i.e. the real Ctrl-C path, at a point a test can rely on (a timed kill races
+# against a run that may finish first).
+INTERRUPT_ENV = "BABELGATE_EVAL_INTERRUPT_AFTER_BATCHES"
+
+
 def _run_batches(
     todo: list[tuple[Any, ...]],
     batch_size: int,
@@ -203,10 +211,13 @@ def _run_batches(
     store: ResultStore,
     bar: Any,
 ) -> None:
-    for start in range(0, len(todo), batch_size):
+    interrupt_after = int(os.environ.get(INTERRUPT_ENV, "0"))
+    for n, start in enumerate(range(0, len(todo), batch_size), start=1):
         batch = todo[start : start + batch_size]
         store.append(work(batch))
         bar.update(len(batch))
+        if n == interrupt_after:
+            signal.raise_signal(signal.SIGINT)
 
 
 def pending_generations(

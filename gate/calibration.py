@@ -5,10 +5,14 @@ only the gate library and an ``ActivationBackend``; it never re-implements the m
 
 1. load labelled prompts; training set = the high-resource languages' train splits;
 2. read the residual stream at the post-instruction token at every layer, once per prompt;
-3. choose the layer from data: fit the gate at each middle layer and keep the one with the best
-   mean high-resource *validation* AUROC (no target-language data is used to choose);
-4. fit the gate at that layer, measure per language (test split, or val where the test split
-   lacks a class) AUROC, F1 at the zero-shot threshold and F1 after k-shot recalibration;
+3. choose the configuration from data. Preset ``paper`` (METHOD.md, for reproduction): fit the
+   gate at each middle layer and keep the one with the best mean high-resource *validation*
+   AUROC. Preset ``robust``: layers read (one or two) and weight decay chosen by held-out-style
+   validation over the prompt families in the training data (``gate.selection``). No
+   target-language data is used to choose either way;
+4. fit the gate, measure per language (test split, or val where the test split lacks a class)
+   AUROC, F1 at the zero-shot threshold and F1 after k-shot recalibration, and whether the
+   language's labelled pool is separated at all (a language it is not is marked unprotected);
 5. write the artifact atomically, with ``calibration_report.{json,md}`` and an AUROC plot inside.
 """
 
@@ -32,9 +36,13 @@ from gate.data import (
     select,
     subsample,
 )
-from gate.estimator import GateConfig, HarmfulnessGate
+from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
 from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
 from gate.metrics import auroc, f1_score
+from gate.selection import candidates, fit_on, select_robust
+from gate.threshold import balanced_f1_threshold
+
+PRESETS: tuple[str, ...] = ("paper", "robust")
 
 REPORT_JSON = "calibration_report.json"
 REPORT_MD = "calibration_report.md"
@@ -46,7 +54,8 @@ class CalibrationOptions:
     """What ``babelgate calibrate`` exposes; defaults follow METHOD.md."""
 
     languages: Sequence[str] | None = None  # languages to evaluate (default: all in the data)
-    layer: int | None = None  # None: choose from data
+    preset: str = "paper"  # "paper" (METHOD.md) or "robust" (held-out-style selection)
+    layer: int | None = None  # None: choose from data (forces a single-layer paper gate)
     rank: int = 10
     max_per_class: int | None = None  # cap per class and language, train and evaluation
     eval_max_per_class: int | None = None  # separate cap for the evaluation splits
@@ -58,6 +67,13 @@ class CalibrationOptions:
     batch_size: int = 16
     progress: bool = True
     data_name: str = "in-memory prompts"  # recorded in the report when data is a list
+    min_auroc: float = MIN_PROTECTED_AUROC  # at or below: the language is marked unprotected
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
+        if self.preset == "robust" and self.layer is not None:
+            raise ValueError("--layer fixes the paper's single layer: use it with --preset paper")
 
     @property
     def eval_cap(self) -> int | None:
@@ -136,9 +152,13 @@ def calibrate(
         raise DataError(f"{data_name} has no high-resource language to train on ({HIGH_RESOURCE})")
     roles: dict[tuple[str, str], list[LabelledPrompt]] = {}
     for lang in hrl:
-        roles[("train", lang)] = subsample(
-            select(prompts, language=lang, split="train"), opts.max_per_class, opts.seed
-        )
+        rows = select(prompts, language=lang, split="train")
+        roles[("train", lang)] = [  # the cap applies per prompt family (dataset)
+            p
+            for fam in sorted({family_of(r) for r in rows})
+            for p in subsample([r for r in rows if family_of(r) == fam], opts.max_per_class,
+                               opts.seed)
+        ]  # fmt: skip
         check_both_classes(roles[("train", lang)], f"{lang} train split")
         val = select(prompts, language=lang, split="val")
         if val:
@@ -175,18 +195,26 @@ def calibrate(
     train = {lang: splits[("train", lang)] for lang in hrl}
 
     layer, selection = _choose_layer(backend.num_layers, train, splits, hrl, opts)
-    j = layer
-    gate = HarmfulnessGate(
-        GateConfig(layer=layer, rank=min(opts.rank, len(hrl)), seed=opts.seed), backend.model_info
-    )
-    gate.fit(_layer_train(train, j))
+    layer_gates = selection.pop("_gates")
+    rank = min(opts.rank, len(hrl))
+    if opts.preset == "robust":
+        families = _families(train)
+        grid = candidates(candidate_layers(backend.num_layers))
+        best, robust = select_robust(grid, families, rank=rank, seed=opts.seed)
+        selection = {**robust, "paper_layer": layer, "paper_reason": selection["reason"]}
+        gate = fit_on(best, {lang: (sp.acts, sp.labels) for lang, sp in train.items()},
+                      rank=rank, seed=opts.seed)  # fmt: skip
+        gate.model = backend.model_info
+    else:
+        gate = HarmfulnessGate(GateConfig(layer=layer, rank=rank, seed=opts.seed),
+                               backend.model_info)  # fmt: skip
+        gate.fit({lang: (sp.acts[:, layer], sp.labels) for lang, sp in train.items()})
 
     per_language: dict[str, dict] = {}
     auroc_by_layer: dict[str, list[float]] = {}
-    layer_gates = selection.pop("_gates")
     for lang in languages:
         ev = splits[("eval", lang)]
-        scores = gate.score(ev.acts[:, j])
+        scores = gate.score_all_layers(ev.acts)
         zero = gate.zero_shot_threshold
         row: dict = {
             "name": language_name(lang),
@@ -198,40 +226,56 @@ def calibrate(
             "f1_zero_shot": f1_score(scores >= zero, ev.labels),
             "f1_k": {},
             "f1_k_std": {},
+            "status": "unknown",
         }
         if ("val", lang) in splits:  # high-resource val: already encoded for layer choice
             val = splits[("val", lang)]
-            row["auroc_val"] = auroc(gate.score(val.acts[:, j]), val.labels)
+            row["auroc_val"] = auroc(gate.score_all_layers(val.acts), val.labels)
         pool = splits.get(("pool", lang))
+        pool_scores = gate.score_all_layers(pool.acts) if pool is not None else None
         for k in opts.k_values:
             f1s = []
             if pool is not None:
                 for draw in _k_shot_draws(pool.prompts, k, opts.k_draws, opts.seed):
-                    tau = _threshold_from(gate, pool.acts[draw, j], pool.labels[draw])
+                    tau = balanced_f1_threshold(pool_scores[draw], pool.labels[draw])
                     f1s.append(f1_score(scores >= tau, ev.labels))
             row["f1_k"][str(k)] = float(np.mean(f1s)) if f1s else None
             row["f1_k_std"][str(k)] = float(np.std(f1s)) if f1s else None
+        if pool is not None:
+            row["pool_auroc"] = auroc(pool_scores, pool.labels)
+            row["status"] = "protected" if row["pool_auroc"] > opts.min_auroc else "unprotected"
         if pool is not None and opts.threshold_k > 0:
             draws = _k_shot_draws(pool.prompts, opts.threshold_k, 1, opts.seed)
             if draws:
-                record = gate.recalibrate(lang, pool.acts[draws[0], j], pool.labels[draws[0]])
+                record = gate.recalibrate_from_scores(
+                    lang, pool_scores[draws[0]], pool.labels[draws[0]],
+                    min_auroc=opts.min_auroc, evidence=(pool_scores, pool.labels),
+                )  # fmt: skip
                 record.note = (
-                    f"babelgate calibrate: {opts.threshold_k} per class drawn from the {lang} "
-                    f"train split (seed {opts.seed})"
-                )
+                    f"{record.note} babelgate calibrate: {opts.threshold_k} per class drawn "
+                    f"from the {lang} train split (seed {opts.seed}); protection judged on "
+                    f"{len(pool.prompts)} train examples"
+                ).strip()
                 row["threshold"] = record.value
         per_language[lang] = row
         auroc_by_layer[lang] = [
-            auroc(g.score(ev.acts[:, lj]), ev.labels) if g is not None else float("nan")
-            for lj, g in enumerate(layer_gates)
+            auroc(g.score(ev.acts[:, lj]), ev.labels) for lj, g in enumerate(layer_gates)
         ]
 
     wall = time.time() - started
     report = {
         "model": asdict(backend.model_info),
         "data": data_name,
-        "layer": layer,
+        "preset": opts.preset,
+        "layer": gate.layer,
+        "layers": list(gate.layers),
+        "weight_decay": gate.config.weight_decay,
         "layer_selection": selection,
+        "families": {f: len(rows) for f, rows in _family_rows(train).items()},
+        "unprotected_languages": [
+            x for x, r in per_language.items() if r["status"] == "unprotected"
+        ],
+        "min_auroc": opts.min_auroc,
         "rank": gate.config.rank,
         "alpha": gate.alpha,
         "zero_shot_threshold": gate.zero_shot_threshold,
@@ -261,11 +305,28 @@ def calibrate(
     return gate, report
 
 
-def _threshold_from(gate: HarmfulnessGate, acts: np.ndarray, labels: np.ndarray) -> float:
-    """The paper's k-shot threshold for these examples, without touching the gate's records."""
-    from gate.threshold import balanced_f1_threshold
+def family_of(prompt: LabelledPrompt) -> str:
+    """The prompt family (style) a training row belongs to: its ``style``, else its dataset."""
+    return prompt.style or Path(prompt.source.split(":")[-1]).stem or "unnamed"
 
-    return balanced_f1_threshold(gate.score(acts), labels)
+
+def _family_rows(train: dict[str, _Split]) -> dict[str, list[tuple[str, int]]]:
+    """{family: [(language, row index)]} over the training splits."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for lang, sp in train.items():
+        for i, p in enumerate(sp.prompts):
+            out.setdefault(family_of(p), []).append((lang, i))
+    return out
+
+
+def _families(train: dict[str, _Split]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The training rows as ``gate.selection`` families: {family: {language: (acts, labels)}}."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for fam, rows in _family_rows(train).items():
+        for lang in sorted({lang for lang, _ in rows}):
+            idx = [i for x, i in rows if x == lang]
+            out.setdefault(fam, {})[lang] = (train[lang].acts[idx], train[lang].labels[idx])
+    return out
 
 
 def _choose_layer(
@@ -275,7 +336,8 @@ def _choose_layer(
     hrl: list[str],
     opts: CalibrationOptions,
 ) -> tuple[int, dict]:
-    """Fit a gate at every layer; pick the forced layer or the best mean HRL-val AUROC."""
+    """Fit a paper gate at every layer (the report's AUROC-by-layer plot); pick the forced
+    layer or the best mean HRL-val AUROC among the middle layers (the paper's choice)."""
     middle = candidate_layers(num_layers)
     gates: list[HarmfulnessGate | None] = []
     val_auroc: dict[int, float] = {}
@@ -316,19 +378,26 @@ def _choose_layer(
 
 def render_markdown(report: dict) -> str:
     """A human summary of a calibration report."""
+    layers = "+".join(str(x) for x in report["layers"])
+    unprotected = report["unprotected_languages"]
     lines = [
         f"# babelgate calibration: {report['model']['id']}",
         "",
-        f"- layer **{report['layer']}** — {report['layer_selection']['reason']}",
-        f"- rank {report['rank']}, alpha {report['alpha']:.4f}, zero-shot threshold "
-        f"{report['zero_shot_threshold']:.4f}",
+        f"- preset **{report['preset']}**, layer(s) **{layers}** — "
+        f"{report['layer_selection']['reason']}",
+        f"- rank {report['rank']} per layer, weight decay {report['weight_decay']:g}, alpha "
+        f"{report['alpha']:.4f}, zero-shot threshold {report['zero_shot_threshold']:.4f}",
         f"- trained on {', '.join(report['training_languages'])} "
-        f"({sum(report['n_train'].values())} prompts), data `{report['data']}`, seed "
-        f"{report['seed']}, wall time {report['wall_time_s']} s",
+        f"({sum(report['n_train'].values())} prompts; families: "
+        + ", ".join(f"{f} {n}" for f, n in report["families"].items())
+        + f"), data `{report['data']}`, seed {report['seed']}, wall time "
+        f"{report['wall_time_s']} s",
+        "- unprotected languages (labelled pool AUROC <= "
+        f"{report['min_auroc']}): **{', '.join(unprotected) if unprotected else 'none'}**",
         "",
         "| language | tier | split | n harmful / harmless | AUROC | F1 zero-shot | F1 k=1 | "
-        "F1 k=4 | threshold |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "F1 k=4 | threshold | pool AUROC | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(x: float | None) -> str:
@@ -339,13 +408,16 @@ def render_markdown(report: dict) -> str:
             f"| {lang} ({row['name']}) | {row['tier']} | {row['eval_split']} | "
             f"{row['n_harmful']} / {row['n_harmless']} | {fmt(row['auroc'])} | "
             f"{fmt(row['f1_zero_shot'])} | {fmt(row['f1_k'].get('1'))} | "
-            f"{fmt(row['f1_k'].get('4'))} | {fmt(row.get('threshold'))} |"
+            f"{fmt(row['f1_k'].get('4'))} | {fmt(row.get('threshold'))} | "
+            f"{fmt(row.get('pool_auroc'))} | {row['status']} |"
         )
     lines += [
         "",
         f"F1 at k = mean over {report['k_draws']} draws of k harmful + k harmless examples "
         "from the language's train split; the threshold column is the per-language threshold "
-        "stored in the artifact (— = falls back to the zero-shot threshold).",
+        "stored in the artifact (— = falls back to the zero-shot threshold). Status: how well "
+        "the gate separates the language's labelled train pool (unknown: no labelled examples "
+        "of the language); an unprotected language gets the server's fallback action.",
         "",
     ]
     return "\n".join(lines)

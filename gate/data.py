@@ -31,13 +31,18 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class LabelledPrompt:
-    """One prompt with its label (1 = harmful), language code, split and origin."""
+    """One prompt with its label (1 = harmful), language code, split and origin.
+
+    ``style`` names the prompt family ("instruction", "question", "narrative", ...; "" when a
+    dataset does not say): the shift evaluation trains on some families and tests on others.
+    """
 
     text: str
     label: int
     language: str
     split: str
     source: str
+    style: str = ""
 
 
 def parse_label(value: object, where: str) -> int:
@@ -101,6 +106,7 @@ def records_to_prompts(
                 language=validate_language(str(lang)),
                 split=normalise_split(str(rec.get("split") or split or "train"), where),
                 source=source,
+                style=str(rec.get("style") or ""),
             )
         )
     return out
@@ -189,7 +195,9 @@ def load_polyrefuse(
                 rows = json.loads(path.read_text(encoding="utf-8"))
                 texts = [r.get("instruction_translated") or r["instruction"] for r in rows]
                 out.extend(
-                    LabelledPrompt(t.strip(), label, lang, split, f"polyrefuse:{path.name}")
+                    LabelledPrompt(
+                        t.strip(), label, lang, split, f"polyrefuse:{path.name}", "instruction"
+                    )
                     for t in texts
                 )
     return out

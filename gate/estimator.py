@@ -34,11 +34,15 @@ from gate.artifact import (
 )
 from gate.directions import language_directions, pooled_direction, steering_alpha, svd_basis
 from gate.languages import validate_language
+from gate.metrics import auroc
 from gate.readout import LogisticReadout
 from gate.threshold import balanced_f1_threshold
 
 TENSORS_NAME = "tensors.safetensors"
 THRESHOLD_SOURCES: tuple[str, ...] = ("zero-shot", "recalibrated", "manual", "default")
+# A language whose labelled examples the gate separates no better than this (AUROC) is not
+# protected by any threshold: its record is marked unprotected instead of trusted.
+MIN_PROTECTED_AUROC = 0.6
 
 
 def utc_now() -> str:
@@ -57,10 +61,22 @@ class GateConfig:
     epochs: int = 80
     seed: int = 0
     steering_lambda: float = 1.0
+    # Multi-layer features: read these layers (the basis projections concatenated into one
+    # low-rank logistic readout); ``layer`` must be the last of them, where the decision is
+    # complete and the intervention happens. Empty: the paper's single layer.
+    feature_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.layer < 0:
             raise ValueError(f"layer must be >= 0, got {self.layer}")
+        feats = tuple(sorted({int(x) for x in self.feature_layers}))
+        if feats and (feats[0] < 0 or feats[-1] != self.layer):
+            raise ValueError(
+                f"feature_layers {list(feats)} must be >= 0 and end at the gate's layer "
+                f"{self.layer} (the decision is taken, and the intervention made, at the last "
+                "layer read)"
+            )
+        object.__setattr__(self, "feature_layers", feats)
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.epochs < 1:
@@ -72,6 +88,11 @@ class GateConfig:
         if not math.isfinite(self.steering_lambda):
             raise ValueError(f"steering_lambda must be finite, got {self.steering_lambda}")
 
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers the gate reads, ascending (just ``(layer,)`` for a single-layer gate)."""
+        return self.feature_layers or (self.layer,)
+
 
 @dataclass
 class ThresholdRecord:
@@ -80,6 +101,10 @@ class ThresholdRecord:
     ``source`` is "zero-shot" (the rule on the training logits), "recalibrated" (the rule on
     k labelled examples of this language), "manual" (set by an operator) or "default" (the
     language has no threshold of its own and falls back to the zero-shot value).
+    ``auroc`` is how well the gate separated the labelled examples behind the record (None when
+    none were used); ``protected`` is False when that separation was too weak (AUROC at most
+    ``MIN_PROTECTED_AUROC``): no threshold protects such a language, and serving applies its
+    fallback instead of trusting the decision.
     Fields are validated on construction; ``note`` may be edited afterwards.
     """
 
@@ -91,6 +116,8 @@ class ThresholdRecord:
     n_harmless: int | None
     set_at: str
     note: str = ""
+    auroc: float | None = None
+    protected: bool = True
 
     def __post_init__(self) -> None:
         if validate_language(self.language) != self.language:
@@ -108,6 +135,10 @@ class ThresholdRecord:
             count = getattr(self, name)
             if count is not None and (not isinstance(count, int) or count < 0):
                 raise ValueError(f"threshold {name} must be a non-negative int or None")
+        if self.auroc is not None and not (0.0 <= self.auroc <= 1.0):
+            raise ValueError(f"threshold auroc must be in [0, 1] or None, got {self.auroc!r}")
+        if not isinstance(self.protected, bool):
+            raise ValueError(f"threshold protected must be true or false, got {self.protected!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,15 +166,19 @@ class ThresholdRecord:
             n_harmless=data.get("n_harmless"),
             set_at=str(data["set_at"]),
             note=str(data.get("note", "")),
+            auroc=None if data.get("auroc") is None else float(data["auroc"]),
+            protected=data.get("protected", True),
         )
 
 
 class HarmfulnessGate:
-    """Harmfulness gate at one layer: logits = readout(B^T h), harmful iff logit >= tau_language.
+    """Harmfulness gate: logits = readout(B^T h), harmful iff logit >= tau_language.
 
-    ``fit(train)`` with ``train = {language: (activations (n, d), labels (n,))}``, labels
-    1 = harmful. ``model`` (optional) ties the gate to the model whose activations trained it;
-    ``load(..., expect_model=...)`` refuses a gate made for another model.
+    ``fit(train)`` with ``train = {language: (activations, labels (n,))}``, labels 1 = harmful;
+    activations are ``(n, d)`` for a single-layer gate and ``(n, k, d)`` (the k
+    ``config.layers``, ascending) for a multi-layer one, whose features are the per-layer basis
+    projections concatenated. ``model`` (optional) ties the gate to the model whose activations
+    trained it; ``load(..., expect_model=...)`` refuses a gate made for another model.
     """
 
     MANIFEST_KEYS: ClassVar[tuple[str, ...]] = (
@@ -153,7 +188,7 @@ class HarmfulnessGate:
     )
 
     def __init__(self, config: GateConfig, model: ModelInfo | None = None) -> None:
-        if model is not None and config.layer >= model.num_layers:
+        if model is not None and config.layers[-1] >= model.num_layers:
             raise ValueError(
                 f"layer {config.layer} does not exist in {model.describe()}: choose a layer "
                 f"from 0 to {model.num_layers - 1}"
@@ -175,7 +210,44 @@ class HarmfulnessGate:
 
     @property
     def layer(self) -> int:
+        """Where the decision is complete and the intervention happens (last layer read)."""
         return self.config.layer
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.config.layers
+
+    def inputs(self, acts: np.ndarray) -> np.ndarray:
+        """An activation backend's ``(n, k, d)`` answer for ``self.layers`` in the layout
+        ``fit``/``score``/``recalibrate`` take (``(n, d)`` for a single-layer gate)."""
+        x = np.asarray(acts)
+        return x[:, 0] if len(self.layers) == 1 and x.ndim == 3 else x
+
+    def score_all_layers(self, acts: np.ndarray) -> np.ndarray:
+        """Logits for ``(n, num_layers, d)`` activations of every layer (a backend's answer
+        for ``layers=None``): the gate picks its own layers."""
+        return self.score(self.inputs(np.asarray(acts)[:, list(self.layers)]))
+
+    def _acts_ndim(self, *, batched: bool) -> int:
+        return (2 if batched else 1) + (len(self.layers) > 1)
+
+    def _acts_shape_text(self) -> str:
+        if len(self.layers) == 1:
+            return "(n, d)"
+        return f"(n, {len(self.layers)}, d) for layers {list(self.layers)}"
+
+    def _blocks(self, acts: np.ndarray) -> np.ndarray:
+        """Batched activations as ``(n, k, d)`` whatever the gate's layer count."""
+        return acts[:, None, :] if len(self.layers) == 1 else acts
+
+    def _features(self, blocks: np.ndarray) -> np.ndarray:
+        """Basis projections of ``(n, k, d)`` activations, concatenated: ``(n, k * r)``."""
+        basis = self._basis3().astype(np.float64)
+        z = np.einsum("nkd,kdr->nkr", blocks.astype(np.float64), basis)
+        return z.reshape(z.shape[0], -1)
+
+    def _basis3(self) -> np.ndarray:
+        return self.basis if self.basis.ndim == 3 else self.basis[None]
 
     # ----------------------------------------------------------------------------- fitting
 
@@ -198,10 +270,12 @@ class HarmfulnessGate:
             acts, labels = pair
             acts = np.asarray(acts)
             labels = np.asarray(labels).reshape(-1)
-            if acts.ndim != 2 or acts.shape[0] != labels.size:
+            k = len(self.layers)
+            ndim = self._acts_ndim(batched=True)
+            if acts.ndim != ndim or acts.shape[0] != labels.size or (k > 1 and acts.shape[1] != k):
                 raise ValueError(
-                    f"language {lang!r}: need activations (n, d) and n labels, got "
-                    f"{acts.shape} and {labels.shape}"
+                    f"language {lang!r}: need activations {self._acts_shape_text()} and n "
+                    f"labels, got {acts.shape} and {labels.shape}"
                 )
             if not np.all((labels == 0) | (labels == 1)):
                 raise ValueError(f"language {lang!r}: labels must be 0 (harmless) or 1 (harmful)")
@@ -218,14 +292,14 @@ class HarmfulnessGate:
                     "dtype (fp16 overflow) and the activation extraction"
                 )
             if dim is None:
-                dim = acts.shape[1]
-            elif acts.shape[1] != dim:
+                dim = acts.shape[-1]
+            elif acts.shape[-1] != dim:
                 source = "the model's hidden size" if self.model is not None else "other languages"
                 raise ValueError(
-                    f"language {lang!r}: activations have dimension {acts.shape[1]}, but "
+                    f"language {lang!r}: activations have dimension {acts.shape[-1]}, but "
                     f"{source} is {dim}"
                 )
-            out[lang] = (acts, labels.astype(np.int64))
+            out[lang] = (self._blocks(acts), labels.astype(np.int64))
         return out
 
     def fit(self, train: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> HarmfulnessGate:
@@ -234,22 +308,28 @@ class HarmfulnessGate:
         Thresholds set on a previous fit are dropped: they belong to the old logit scale.
         """
         data = self._validated_train(train)
-        langs, dirs = language_directions(data)
-        basis = svd_basis(dirs, self.config.rank).astype(np.float32)
-        direction = pooled_direction(data).astype(np.float32)
+        k = len(self.layers)
+        bases = []
+        for j in range(k):  # one basis per layer read, from that layer's language directions
+            per_layer = {lang: (a[:, j], y) for lang, (a, y) in data.items()}
+            langs, dirs = language_directions(per_layer)
+            bases.append(svd_basis(dirs, self.config.rank).astype(np.float32))
+        # The intervention layer (the last read) carries the steering/ablation direction.
+        last = {lang: (a[:, -1], y) for lang, (a, y) in data.items()}
+        direction = pooled_direction(last).astype(np.float32)
 
-        acts = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in data.values()])
+        blocks = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in data.values()])
         labels = np.concatenate([y for _, y in data.values()])
+        self.basis = bases[0] if k == 1 else np.stack(bases)
         readout = LogisticReadout(
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
             epochs=self.config.epochs,
             seed=self.config.seed,
-        ).fit(acts @ basis.astype(np.float64), labels)
+        ).fit(self._features(blocks), labels)
 
-        proj = acts @ direction.astype(np.float64)
+        proj = blocks[:, -1] @ direction.astype(np.float64)
         self.direction = direction
-        self.basis = basis
         self.language_directions = {
             lang: d.astype(np.float32) for lang, d in zip(langs, dirs, strict=True)
         }
@@ -258,12 +338,14 @@ class HarmfulnessGate:
             proj[labels == 1], proj[labels == 0], lam=self.config.steering_lambda
         )
         self.training_languages = langs
-        self.hidden_size = int(acts.shape[1])
+        self.hidden_size = int(blocks.shape[-1])
         self.training_counts = {
             lang: {"harmful": int((y == 1).sum()), "harmless": int((y == 0).sum())}
             for lang, (_, y) in data.items()
         }
-        self.zero_shot_threshold = balanced_f1_threshold(self.score(acts), labels)
+        self.zero_shot_threshold = balanced_f1_threshold(
+            readout.decision_function(self._features(blocks)), labels
+        )
         self.fitted_at = utc_now()
         self._thresholds = {}
         return self
@@ -277,27 +359,37 @@ class HarmfulnessGate:
     # ----------------------------------------------------------------------------- scoring
 
     def score(self, h: np.ndarray) -> np.ndarray:
-        """Gate logits for activations (d,) -> shape () or (n, d) -> shape (n,)."""
+        """Gate logits: one prompt -> shape (), a batch -> shape (n,).
+
+        Single-layer gate: ``(d,)`` or ``(n, d)``; k-layer gate: ``(k, d)`` or ``(n, k, d)``.
+        """
         self._require_fitted()
         x = np.asarray(h, dtype=np.float64)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.hidden_size:
+        k = len(self.layers)
+        one = x.ndim == self._acts_ndim(batched=False)
+        ok = x.ndim in (self._acts_ndim(batched=False), self._acts_ndim(batched=True))
+        if not ok or x.shape[-1] != self.hidden_size or (k > 1 and x.shape[-2] != k):
             raise ValueError(
-                f"activations must be ({self.hidden_size},) or (n, {self.hidden_size}) at layer "
-                f"{self.layer}, got shape {x.shape}"
+                f"activations must be {self._acts_shape_text()} (or one such row) with "
+                f"d = {self.hidden_size}, got shape {x.shape}"
             )
         if not np.all(np.isfinite(x)):
             raise ValueError("activations contain NaN or infinity")
-        return self.readout.decision_function(x @ self.basis.astype(np.float64))
+        blocks = self._blocks(x[None] if one else x)
+        scores = self.readout.decision_function(self._features(blocks))
+        return scores[0] if one else scores
 
     def linear_form(self) -> tuple[np.ndarray, float]:
-        """(u, c) with ``score(h) == h @ u + c``: basis and standardisation folded into one
-        vector, so a serving hook evaluates the gate with a single dot product."""
+        """(u, c) with ``score(h) == sum_j h_j @ u_j + c``: basis and standardisation folded in,
+        so a serving hook evaluates the gate with one dot product per layer read. ``u`` is
+        ``(d,)`` for a single-layer gate, ``(k, d)`` for a k-layer one."""
         self._require_fitted()
         r = self.readout
         scale = r.coef_.astype(np.float64) / r.std_.astype(np.float64)
-        u = self.basis.astype(np.float64) @ scale
+        basis = self._basis3().astype(np.float64)
+        u = np.einsum("kdr,kr->kd", basis, scale.reshape(basis.shape[0], -1))
         c = r.intercept_ - float(scale @ r.mean_.astype(np.float64))
-        return u, float(c)
+        return (u[0] if u.shape[0] == 1 else u), float(c)
 
     def decide(self, h: np.ndarray, language: str) -> np.ndarray:
         """True where the gate calls the activation harmful under ``language``'s threshold."""
@@ -358,18 +450,44 @@ class HarmfulnessGate:
         return self._thresholds.pop(validate_language(language), None)
 
     def recalibrate(
-        self, language: str, h: np.ndarray, labels: np.ndarray, *, note: str = ""
+        self,
+        language: str,
+        h: np.ndarray,
+        labels: np.ndarray,
+        *,
+        note: str = "",
+        min_auroc: float = MIN_PROTECTED_AUROC,
     ) -> ThresholdRecord:
-        """Re-set ``language``'s threshold from labelled activations (n, d), >= 1 per class."""
+        """Re-set ``language``'s threshold from labelled activations, >= 1 per class.
+
+        The examples also test the representation: if the gate separates them with AUROC at
+        most ``min_auroc`` (with k = 1: the harmful example does not score above the harmless
+        one) the record is marked unprotected (see ``ThresholdRecord``).
+        """
         x = np.asarray(h)
-        if x.ndim != 2:
-            raise ValueError(f"recalibrate needs activations (n, d), got shape {x.shape}")
-        return self.recalibrate_from_scores(language, self.score(x), labels, note=note)
+        if x.ndim != self._acts_ndim(batched=True):
+            raise ValueError(
+                f"recalibrate needs activations {self._acts_shape_text()}, got shape {x.shape}"
+            )
+        return self.recalibrate_from_scores(
+            language, self.score(x), labels, note=note, min_auroc=min_auroc
+        )
 
     def recalibrate_from_scores(
-        self, language: str, scores: np.ndarray, labels: np.ndarray, *, note: str = ""
+        self,
+        language: str,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        *,
+        note: str = "",
+        min_auroc: float = MIN_PROTECTED_AUROC,
+        evidence: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ThresholdRecord:
-        """Same rule as ``recalibrate`` when the gate scores are already known (serving hook)."""
+        """Same rule as ``recalibrate`` when the gate scores are already known (serving hook).
+
+        ``evidence`` (scores, labels) judges protection on more examples than the k that set
+        the threshold (calibration has a language's whole pool); default: the k examples.
+        """
         self._require_fitted()
         lang = validate_language(language)
         try:
@@ -379,6 +497,15 @@ class HarmfulnessGate:
         y = np.asarray(labels).reshape(-1)
         n_harmful = int((y == 1).sum())
         n_harmless = int((y == 0).sum())
+        ev_scores, ev_labels = evidence if evidence is not None else (scores, y)
+        separation = auroc(np.asarray(ev_scores), np.asarray(ev_labels))
+        protected = separation > min_auroc
+        if not protected:
+            note = (
+                f"UNPROTECTED: the gate separates {lang!r}'s labelled examples with AUROC "
+                f"{separation:.2f} (<= {min_auroc}); no threshold makes its decisions "
+                f"meaningful, serving applies the unprotected-language fallback. {note}"
+            ).strip()
         record = ThresholdRecord(
             language=lang,
             value=tau,
@@ -388,9 +515,16 @@ class HarmfulnessGate:
             n_harmless=n_harmless,
             set_at=utc_now(),
             note=note,
+            auroc=float(separation),
+            protected=bool(protected),
         )
         self._thresholds[lang] = record
         return record
+
+    @property
+    def unprotected_languages(self) -> list[str]:
+        """Languages whose records say no threshold protects them (sorted)."""
+        return sorted(lang for lang, rec in self._thresholds.items() if not rec.protected)
 
     # ----------------------------------------------------------------------------- persistence
 
@@ -447,6 +581,7 @@ class HarmfulnessGate:
             "fitted_at": self.fitted_at,
             "model": asdict(self.model) if self.model is not None else None,
             "layer": cfg.layer,
+            "feature_layers": list(cfg.feature_layers),
             "rank": cfg.rank,
             "hidden_size": self.hidden_size,
             "alpha": self.alpha,
@@ -534,6 +669,7 @@ class HarmfulnessGate:
                 epochs=training["epochs"],
                 seed=training["seed"],
                 steering_lambda=manifest["steering_lambda"],
+                feature_layers=tuple(manifest.get("feature_layers") or ()),
             )
             gate = cls(config, model)
             langs = [validate_language(lang) for lang in manifest["training_languages"]]
@@ -556,14 +692,14 @@ class HarmfulnessGate:
                     f"{rec.language!r}; fix the entry or recalibrate that language"
                 )
 
-        rank = config.rank
+        rank, k = config.rank, len(config.layers)
         expected = {
             "direction": (hidden,),
-            "basis": (hidden, rank),
+            "basis": (hidden, rank) if k == 1 else (k, hidden, rank),
             "language_directions": (len(langs), hidden),
-            "readout.mean": (rank,),
-            "readout.std": (rank,),
-            "readout.coef": (rank,),
+            "readout.mean": (k * rank,),
+            "readout.std": (k * rank,),
+            "readout.coef": (k * rank,),
             "readout.intercept": (1,),
         }
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}

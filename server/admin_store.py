@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS thresholds (
     n_harmless INTEGER,
     set_at     TEXT NOT NULL,
     note       TEXT NOT NULL DEFAULT '',
-    set_by     TEXT NOT NULL
+    set_by     TEXT NOT NULL,
+    auroc      REAL,
+    protected  INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS audit (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,7 +91,19 @@ class ThresholdStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._migrate()
         self._overrides = self._read_overrides()
+
+    def _migrate(self) -> None:
+        """Add the protection columns to a database written before they existed."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(thresholds)")}
+        with self._transaction() as db:
+            if "auroc" not in have:
+                db.execute("ALTER TABLE thresholds ADD COLUMN auroc REAL")
+            if "protected" not in have:
+                db.execute(
+                    "ALTER TABLE thresholds ADD COLUMN protected INTEGER NOT NULL DEFAULT 1"
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -109,8 +123,8 @@ class ThresholdStore:
     def _read_overrides(self) -> dict[str, ThresholdRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT language, value, source, k, n_harmful, n_harmless, set_at, note "
-                "FROM thresholds ORDER BY language"
+                "SELECT language, value, source, k, n_harmful, n_harmless, set_at, note, auroc, "
+                "protected FROM thresholds ORDER BY language"
             ).fetchall()
         return {row[0]: _record(row) for row in rows}
 
@@ -129,11 +143,12 @@ class ThresholdStore:
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO thresholds "
-                "(language, value, source, k, n_harmful, n_harmless, set_at, note, set_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(language, value, source, k, n_harmful, n_harmless, set_at, note, set_by, auroc, "
+                "protected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.language, record.value, record.source, record.k, record.n_harmful,
-                    record.n_harmless, record.set_at, record.note, actor,
+                    record.n_harmless, record.set_at, record.note, actor, record.auroc,
+                    int(record.protected),
                 ),
             )  # fmt: skip
             _audit(db, record.language, operation, previous, record, actor, record.note)
@@ -167,10 +182,10 @@ class ThresholdStore:
 
 
 def _record(row: tuple[Any, ...]) -> ThresholdRecord:
-    language, value, source, k, n_harmful, n_harmless, set_at, note = row
+    language, value, source, k, n_harmful, n_harmless, set_at, note, auroc, protected = row
     return ThresholdRecord(
         language=language, value=value, source=source, k=k, n_harmful=n_harmful,
-        n_harmless=n_harmless, set_at=set_at, note=note,
+        n_harmless=n_harmless, set_at=set_at, note=note, auroc=auroc, protected=bool(protected),
     )  # fmt: skip
 
 

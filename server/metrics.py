@@ -45,6 +45,19 @@ class ServerMetrics:
             ["language"],
             registry=registry,
         )
+        self.language_protected = Gauge(
+            "babelgate_language_protected",
+            "1 if the gate separates the language's labelled examples (its threshold means "
+            "something), 0 if the language is unprotected and gets the fallback action.",
+            ["language"],
+            registry=registry,
+        )
+        self.unprotected_requests = Counter(
+            "babelgate_unprotected_requests",
+            "Requests routed to an unprotected language, by the fallback action applied.",
+            ["language", "action"],
+            registry=registry,
+        )
         self.output_refusals = Counter(
             "babelgate_output_refusals",
             "Completions the refusal judge calls refusals, by language and gate decision.",

@@ -55,6 +55,11 @@ class ServeSettings(BaseSettings):
     policy: Policy = "routing"
     action: Action = "steer"
     language_actions: dict[str, Action] = Field(default_factory=dict)
+    # What a request in an *unprotected* language gets (its threshold record says the gate
+    # does not separate its examples): flag = serve unchanged, verdict marked unprotected;
+    # refuse = templated refusal when the score passes the stricter of its threshold and the
+    # zero-shot one; steer = route as if the threshold were trusted.
+    unprotected_action: Action = "flag"
     gate_failure: GateFailureMode = "closed"
     default_language: str = "en"
     langid_min_confidence: float = Field(0.5, ge=0.0, le=1.0)

@@ -98,3 +98,30 @@ def test_acknowledged_write_survives_sigkill(tmp_path: Path) -> None:
     reopened = ThresholdStore(tmp_path, "abc123")
     assert reopened.get("km").value == 4.25
     assert reopened.audit()[0].actor == "token:kill"
+
+
+def test_unprotected_status_persists_and_old_databases_are_migrated(tmp_path: Path) -> None:
+    store = ThresholdStore(tmp_path, "abc123")
+    weak = ThresholdRecord("yo", 0.1, "recalibrated", 1, 1, 1, "2026-01-02T00:00:00+00:00",
+                           "UNPROTECTED: ...", auroc=0.0, protected=False)  # fmt: skip
+    store.put(weak, previous=ZERO_SHOT, actor="token:aaa", operation="recalibrate")
+    path = store.path
+    store.close()
+    assert ThresholdStore(tmp_path, "abc123").get("yo") == weak
+
+    # A database from before the protection columns: rows load as protected, no AUROC.
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    old = old_dir / path.name
+    db = sqlite3.connect(old)
+    db.executescript(
+        "CREATE TABLE thresholds (language TEXT PRIMARY KEY, value REAL NOT NULL, source TEXT "
+        "NOT NULL, k INTEGER, n_harmful INTEGER, n_harmless INTEGER, set_at TEXT NOT NULL, note "
+        "TEXT NOT NULL DEFAULT '', set_by TEXT NOT NULL);"
+        "INSERT INTO thresholds VALUES ('sw', 1.5, 'manual', NULL, NULL, NULL, "
+        "'2026-01-01T00:00:00+00:00', '', 'token:aaa');"
+    )
+    db.commit()
+    db.close()
+    migrated = ThresholdStore(old_dir, "abc123").get("sw")
+    assert migrated == record("sw", 1.5) and migrated.protected and migrated.auroc is None

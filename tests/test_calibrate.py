@@ -24,6 +24,15 @@ def test_calibration_separates_and_reports(small_artifact):
     assert report["languages"]["en"]["auroc_val"] >= 0.85
     assert report["languages"]["en"]["auroc"] >= 0.7
     assert len(report["auroc_by_layer"]["en"]) == 30
+    assert report["preset"] == "paper" and report["layers"] == [report["layer"]]
+    assert report["families"] == {"instruction": 24 * 2 * 10}
+    # every evaluated language has a labelled pool here: its protection status is judged
+    assert {report["languages"][x]["status"] for x in ("en", "de", "yo")} <= {
+        "protected", "unprotected"
+    }
+    assert report["unprotected_languages"] == [
+        x for x in ("en", "de", "yo") if report["languages"][x]["status"] == "unprotected"
+    ]
     assert (small_artifact / "calibration_report.md").read_text().startswith("# babelgate")
     png = (small_artifact / "auroc_by_layer.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,3 +103,34 @@ def test_calibrate_refuses_unknown_language(tmp_path, polyrefuse_dir, capsys):
     assert "unknown language code" in capsys.readouterr().err
     assert main([*args, "--languages", "sw"]) == 2
     assert "not in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
+    tmp_path, polyrefuse_dir, embedded_model_dir, capsys
+):
+    from evaluation.shift_data import STYLES_DIR
+    from gate.estimator import HarmfulnessGate
+
+    out = tmp_path / "robust"
+    code = main([
+        "calibrate", "--preset", "robust", "--data", str(polyrefuse_dir),
+        "--data", str(STYLES_DIR), "--out", str(out), "--languages", "en,yo",
+        "--max-per-class", "8", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "calibration_report.json").read_text())
+    assert report["preset"] == "robust"
+    assert set(report["families"]) == {"instruction", "question", "narrative"}
+    assert "held-out-family AUROC" in report["layer_selection"]["reason"]
+    grid = report["layer_selection"]["grid"]
+    assert len(grid) > 20 and all(set(g["held_out"]) == set(report["families"]) for g in grid)
+    gate = HarmfulnessGate.load(out)
+    assert list(gate.layers) == report["layers"] and gate.layer == report["layers"][-1]
+    assert gate.config.weight_decay == report["weight_decay"]
+
+
+def test_robust_preset_refuses_a_forced_layer(tmp_path, polyrefuse_dir, capsys):
+    code = main(["calibrate", "--preset", "robust", "--layer", "9", "--data",
+                 str(polyrefuse_dir), "--out", str(tmp_path / "x")])  # fmt: skip
+    assert code != 0 and "--preset paper" in capsys.readouterr().err

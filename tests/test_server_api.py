@@ -639,3 +639,48 @@ def test_threshold_survives_kill_9(server: Server, admin: httpx.Client) -> None:
         entries = fresh.get("/audit", params={"language": "km"}).json()["entries"]
         assert entries[0]["new_value"] == 3.125 and entries[0]["operation"] == "set"
         assert fresh.delete("/thresholds/km").status_code == 200
+
+
+# ----------------------------------------------------------------------------- unprotected
+
+
+def test_language_whose_examples_the_gate_inverts_is_unprotected_everywhere(
+    client: openai.OpenAI, admin: httpx.Client, server: Server
+) -> None:
+    """Recalibrating with examples the gate ranks the wrong way round marks the language
+    unprotected: admin API, verdict, header, metrics; the flag fallback serves it unchanged."""
+    texts = polyrefuse("harmful", "train", "yo", 3) + polyrefuse("harmless", "train", "yo", 3)
+    mod = client.moderations.create(input=texts, extra_body={"babelgate": {"language": "yo"}})
+    ranked = [t for _, t in sorted(
+        zip((x.model_extra["babelgate"]["gate_score"] for x in mod.results), texts, strict=True)
+    )]  # fmt: skip
+    # Examples labelled against the gate's own ranking: the 2 lowest-scored as "harmful".
+    r = admin.post("/thresholds/yo/recalibrate",
+                   json={"harmful": ranked[:2], "harmless": ranked[-2:]})  # fmt: skip
+    harmful = polyrefuse("harmful", "train", "yo", 1)
+    try:
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert (out["protected"], out["auroc"]) == (False, 0.0), out
+        assert out["note"].startswith("UNPROTECTED")
+        listing = admin.get("/thresholds").json()
+        assert "yo" in listing["unprotected_languages"]
+        assert listing["unprotected_action"] == "flag"
+        raw = client.chat.completions.with_raw_response.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "user", "content": harmful[0]}],
+            max_tokens=8,
+            extra_body={"babelgate": {"language": "yo"}},
+        )
+        assert raw.headers["x-babelgate-protected"] == "false"
+        g = raw.parse().babelgate
+        assert (g["protected"], g["action"], g["policy"]) == (False, "flag", "shadow")
+        m = metrics(server)
+        assert m[("babelgate_language_protected", frozenset({("language", "yo")}))] == 0.0
+        key = ("babelgate_unprotected_requests_total",
+               frozenset({("language", "yo"), ("action", "flag")}))  # fmt: skip
+        assert m[key] >= 1.0
+    finally:
+        unpin(admin, "yo")
+    m = metrics(server)
+    assert m[("babelgate_language_protected", frozenset({("language", "yo")}))] == 1.0

@@ -230,3 +230,40 @@ def test_parity_with_the_transformers_reference(guarded, gate, hf_model, test_pr
     assert score_gap < 1e-2
     assert {r.decision for r in ref} == {"harmful", "harmless"}
     assert sum(tokens_equal) >= 0.9 * len(texts)
+
+
+def test_multi_layer_gate_parity_with_the_reference(
+    backend, guarded, gate, hf_model, polyrefuse_dir, embedded_model_dir, test_prompts
+):
+    """A gate reading two layers: the hook sums both layers' dot products in the request's
+    prefill and decides at the last; same scores and decisions as the transformers reference."""
+    from gate.hf.reference import ReferenceRouter
+    from server.engine.offline import GuardedLLM
+
+    layers = [LAYER - 4, LAYER]
+    rows = load_polyrefuse(polyrefuse_dir, languages=TRAIN_LANGS, splits=["train"])
+    train = {}
+    for lang in TRAIN_LANGS:
+        texts = pick(rows, lang, 1, 24) + pick(rows, lang, 0, 24)
+        train[lang] = (backend.activations(texts, layers, progress=False),
+                       np.array([1] * 24 + [0] * 24))  # fmt: skip
+    two = HarmfulnessGate(
+        GateConfig(layer=LAYER, rank=4, feature_layers=tuple(layers)), backend.model_info
+    ).fit(train)
+    texts = [t for t, _, _ in test_prompts]
+    langs = [lang for _, lang, _ in test_prompts]
+    try:
+        multi = GuardedLLM(embedded_model_dir, two, llm=backend.llm)
+        assert set(layers) <= set(multi.status()["layers"])
+        ours = multi.generate(texts, greedy(8), [routing(two, lg) for lg in langs])
+        ref = ReferenceRouter(hf_model.model, hf_model.tokenizer, two).generate(
+            texts, language=langs, policy="routing",
+            threshold=[two.threshold(lg).value for lg in langs], max_new_tokens=8,
+        )  # fmt: skip
+        expected = two.score(hf_model.activations(texts, layers, progress=False))
+    finally:
+        guarded.install()  # the module's single-layer gate back for any later test
+    got = np.array([o.verdict.score for o in ours])
+    np.testing.assert_allclose(got, expected, atol=1e-2)
+    np.testing.assert_allclose([r.score for r in ref], expected, atol=1e-2)
+    assert [o.verdict.decision for o in ours] == [r.decision for r in ref]

@@ -112,3 +112,29 @@ def test_row_span_finds_the_last_prompt_token_only_in_its_chunk():
     assert list(last.rows_from_position(9)) == [3]
     assert list(decode.rows_from_position(9)) == [5]
     assert list(first.rows_from_position(9)) == []
+
+
+def test_multi_layer_gate_sums_its_layers_dot_products_and_decides_at_the_last():
+    from server.engine.interventions import RoutingIntervention
+
+    d = 8
+    u = np.stack([unit(d, 3), unit(d, 4)]) * 2
+    gp = GateParams(5, u, 0.5, unit(d, 1), 1.0, "fp", read_layers=(2, 5))
+    assert GateParams.from_wire(gp.to_wire()).read_layers == (2, 5)
+    with pytest.raises(ValueError, match="end at the decision layer"):
+        GateParams(2, u, 0.5, unit(d, 1), 1.0, "fp", read_layers=(2, 5))
+    hook = RoutingIntervention(gp, torch.device("cpu"), torch.float32)
+    assert hook.layers() == (2, 5)
+    params = {"id": "b1", "language": "en", "policy": "shadow", "threshold": 0.0,
+              "threshold_source": "default"}
+    step = [RowSpan("r1", start=0, stop=3, first_pos=0, num_prompt=3,
+                    extra={"babelgate": params})]
+    rng = np.random.default_rng(0)
+    h2, r2, h5, r5 = (torch.from_numpy(rng.standard_normal((3, d)).astype(np.float32))
+                      for _ in range(4))
+    hook.on_layer(2, h2, r2, step)
+    assert hook.verdicts(["b1"], [])["b1"]["score"] is None, "no decision before the last layer"
+    hook.on_layer(5, h5, r5, step)
+    expected = float((h2[2] + r2[2]).double() @ torch.from_numpy(u[0]).double()
+                     + (h5[2] + r5[2]).double() @ torch.from_numpy(u[1]).double() + 0.5)
+    assert hook.verdicts(["b1"], [])["b1"]["score"] == pytest.approx(expected, rel=1e-6)

@@ -93,6 +93,7 @@ class _RequestState:
     threshold: float | None
     phase: Literal["prefill", "decode"] = "prefill"
     score: float | None = None
+    partial: float = 0.0  # multi-layer gates: dot products of the earlier layers read
     decision: str | None = None
     action: Action | None = None
 
@@ -151,21 +152,24 @@ class ReferenceRouter:
                 f"gate layer {self.layer} does not exist: the model has layers 0..{len(blocks) - 1}"
             )
         self.block = blocks[self.layer]
+        # A multi-layer gate (``layers``) also reads earlier blocks; the decision is at ``layer``.
+        reads = tuple(getattr(gate_params, "layers", (self.layer,)))
+        self.read_blocks = [blocks[j] for j in reads[:-1]]
         hidden = int(model.config.hidden_size)
         direction = np.asarray(gate_params.direction, dtype=np.float64).reshape(-1)
         u, c = gate_params.linear_form()
-        u = np.asarray(u, dtype=np.float64).reshape(-1)
-        if direction.size != hidden or u.size != hidden:
+        u = np.asarray(u, dtype=np.float64).reshape(len(reads), -1)
+        if direction.size != hidden or u.shape[1] != hidden:
             raise ValueError(
-                f"gate vectors have dimension {direction.size} (v) and {u.size} (u), but the "
-                f"model's hidden size is {hidden}: the gate was made for another model"
+                f"gate vectors have dimension {direction.size} (v) and {u.shape[1]} (u), but "
+                f"the model's hidden size is {hidden}: the gate was made for another model"
             )
         if gate_params.alpha is None:
             raise ValueError("the gate has no alpha: fit it (or load a fitted artifact) first")
         device = next(model.parameters()).device
         self.alpha = float(gate_params.alpha)
         self._v = torch.tensor(direction, dtype=torch.float32, device=device)
-        self._u = torch.tensor(u, dtype=torch.float64, device=device)
+        self._u = torch.tensor(u, dtype=torch.float64, device=device)  # (k, d)
         self._c = float(c)
         self._state: _RequestState | None = None
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -194,7 +198,7 @@ class ReferenceRouter:
         h = hidden.float()  # interventions in float32, cast back to the model's dtype
         if state.phase == "prefill":
             last = h[0, -1].double()
-            state.score = float(last @ self._u + self._c)
+            state.score = state.partial + float(last @ self._u[-1] + self._c)
             harmful = state.threshold is not None and state.score >= state.threshold
             if state.threshold is not None:
                 state.decision = "harmful" if harmful else "harmless"
@@ -218,6 +222,17 @@ class ReferenceRouter:
             return None
         return _join_output(h.to(hidden.dtype), rest)
 
+    def _read_hook(self, j: int) -> Any:
+        """Forward hook for the j-th earlier layer a multi-layer gate reads (prefill only)."""
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            state = self._state
+            if state is not None and state.phase == "prefill":
+                hidden, _ = _split_output(output)
+                state.partial += float(hidden[0, -1].double() @ self._u[j])
+
+        return hook
+
     # ------------------------------------------------------------------------------ generation
 
     def prompt_ids(self, text: str) -> list[int]:
@@ -236,7 +251,11 @@ class ReferenceRouter:
         device = self._v.device
         cache = DynamicCache(config=self.model.config)
         self._state = state
-        handle = None if state.policy == "none" else self.block.register_forward_hook(self._hook)
+        handles = []
+        if state.policy != "none":
+            handles = [b.register_forward_hook(self._read_hook(j)) for j, b in
+                       enumerate(self.read_blocks)]
+            handles.append(self.block.register_forward_hook(self._hook))
         try:
             out = self.model(
                 input_ids=torch.tensor([ids], device=device),
@@ -258,7 +277,7 @@ class ReferenceRouter:
                     logits_to_keep=1,
                 )
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
             self._state = None
         return generated

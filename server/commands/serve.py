@@ -75,6 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="per-language action, e.g. yo=refuse (repeatable)",
     )
     g.add_argument(
+        "--unprotected-action",
+        default=None,
+        choices=("steer", "refuse", "flag"),
+        help="action for languages the gate does not separate (marked unprotected at "
+        "calibration or recalibration; default flag: served unchanged, verdict says so)",
+    )
+    g.add_argument(
         "--gate-failure",
         default=None,
         choices=("closed", "open"),
@@ -113,8 +120,9 @@ def _json_or_text(value: str) -> Any:
 
 SETTING_FLAGS: tuple[str, ...] = (
     "model", "served_model_name", "artifact", "max_model_len", "host", "port", "api_key",
-    "admin_token", "log_level", "policy", "action", "gate_failure", "default_language",
-    "langid_min_confidence", "state_dir", "tensor_parallel_size", "dtype", "max_num_seqs",
+    "admin_token", "log_level", "policy", "action", "unprotected_action", "gate_failure",
+    "default_language", "langid_min_confidence", "state_dir", "tensor_parallel_size", "dtype",
+    "max_num_seqs",
     "max_num_batched_tokens", "enforce_eager", "gpu_memory_utilization", "kv_cache_memory_bytes",
     "enable_prefix_caching", "seed",
 )  # fmt: skip

@@ -10,10 +10,11 @@ fused add-norm consumes both.
 
 Implemented here:
 - ``RoutingIntervention`` (METHOD §5): at layer L, at the last prompt token, score the gate with
-  the request's own threshold and freeze the decision (keyed by the babelgate id: preemption,
-  recomputation and parallel-sampling siblings reuse it, never re-decide). Harmful: add
-  ``alpha * v`` at the last prompt token and every generated token. Harmless: project ``v`` out
-  at every row the request has in this and later steps.
+  the request's own threshold (a multi-layer gate adds the dot products of its earlier layers,
+  taken in the same forward step, to layer L's) and freeze the decision (keyed by the babelgate
+  id: preemption, recomputation and parallel-sampling siblings reuse it, never re-decide).
+  Harmful: add ``alpha * v`` at the last prompt token and every generated token. Harmless:
+  project ``v`` out at every row the request has in this and later steps.
 - ``ResidualCapture``: copies the stream at the last prompt token at several layers (the vLLM
   activation backend).
 AdaSteer and CAST fit the same interface: all-layer hooks, coefficients or condition scores
@@ -77,6 +78,7 @@ class GuardRecord:
     threshold: float
     threshold_source: str
     score: float | None = None
+    partial: float = 0.0  # multi-layer gates: dot products of the earlier layers read
     harmful: bool | None = None
     positions: int = 0
     runner_ids: set[str] = field(default_factory=set)
@@ -116,7 +118,10 @@ class RoutingIntervention:
 
     def __init__(self, gate: GateParams, device: torch.device, dtype: torch.dtype) -> None:
         self.gate = gate
-        self.u = torch.from_numpy(gate.u.astype(np.float64)).to(device)
+        self.u = {
+            layer: torch.from_numpy(gate.u[j].astype(np.float64)).to(device)
+            for j, layer in enumerate(gate.read_layers)
+        }
         self.v = torch.from_numpy(gate.v).to(device=device, dtype=torch.float32)
         self.steer_delta = (gate.alpha * self.v).to(dtype)
         self.active: dict[str, GuardRecord] = {}
@@ -125,7 +130,7 @@ class RoutingIntervention:
         self.decisions = 0
 
     def layers(self) -> tuple[int, ...]:
-        return (self.gate.layer,)
+        return self.gate.read_layers
 
     def _record(self, span: RowSpan) -> GuardRecord | None:
         bid = self.by_runner_id.get(span.req_id)
@@ -163,11 +168,18 @@ class RoutingIntervention:
         if deciding:
             idx = torch.tensor([row for row, _ in deciding], device=hidden.device)
             stream = hidden.index_select(0, idx).double() + residual.index_select(0, idx).double()
-            scores = (stream @ self.u + self.gate.c).tolist()
-            for (_, rec), score in zip(deciding, scores, strict=True):
-                rec.score = float(score)
-                rec.harmful = rec.score >= rec.threshold
-                self.decisions += 1
+            parts = (stream @ self.u[layer]).tolist()
+            final = layer == self.gate.layer
+            for (_, rec), part in zip(deciding, parts, strict=True):
+                if layer == self.gate.read_layers[0]:
+                    rec.partial = 0.0  # a fresh prefill step (also after a preemption)
+                rec.partial += float(part)
+                if final:
+                    rec.score = rec.partial + self.gate.c
+                    rec.harmful = rec.score >= rec.threshold
+                    self.decisions += 1
+        if layer != self.gate.layer:
+            return
         steer: list[range] = []
         ablate: list[range] = []
         for span, rec in owned:

@@ -102,9 +102,10 @@ def self_check_guard() -> GuardParams:
 
 
 def verify_install(info: dict[str, Any], gate: GateParams) -> None:
-    if gate.layer not in info.get("layers", []):
+    missing = [layer for layer in gate.read_layers if layer not in info.get("layers", [])]
+    if missing:
         raise GuardrailStartupError(
-            f"the hook is not installed on decoder layer {gate.layer} (installed: "
+            f"the hook is not installed on decoder layer(s) {missing} the gate reads (installed: "
             f"{info.get('layers')}): refusing to serve unguarded"
         )
 

@@ -3,7 +3,8 @@
 Runs in any process. ``GuardParams`` is what a caller (the API server, an eval script) asks for;
 it travels to the vLLM worker as ``SamplingParams.extra_args["babelgate"]`` (msgpack-able values
 only). ``GateParams`` is the gate folded to what the worker's hook evaluates: one dot product
-(``h @ u + c``) and one direction. ``Verdict`` is what the worker reports back per request.
+per layer read (``sum_j h_j @ u_j + c``) and one direction. ``Verdict`` is what the worker
+reports back per request.
 Everything here is a dataclass of builtins and numpy arrays so the hook never imports the gate
 library's estimator and the swap between a stand-in gate and a real artifact is one line.
 """
@@ -34,10 +35,13 @@ class GuardrailStartupError(RuntimeError):
 
 @dataclass(frozen=True)
 class GateParams:
-    """The gate as the vLLM hook sees it: score ``h @ u + c`` at ``layer``, direction ``v``.
+    """The gate as the vLLM hook sees it: score ``sum_j h_j @ u_j + c`` over ``read_layers``,
+    decided (and the intervention made) at ``layer``, the last of them; direction ``v``.
 
-    ``v`` is unit-norm float32; ``alpha`` is the steering strength (METHOD §5); ``fingerprint``
-    identifies the gate (it salts the prefix cache of requests whose KV this gate changes).
+    ``u`` is ``(k, d)`` float32, one row per layer read (k = 1 for the paper's single-layer
+    gate); ``v`` is unit-norm float32; ``alpha`` is the steering strength (METHOD §5);
+    ``fingerprint`` identifies the gate (it salts the prefix cache of requests whose KV this
+    gate changes).
     """
 
     layer: int
@@ -46,12 +50,17 @@ class GateParams:
     v: np.ndarray
     alpha: float
     fingerprint: str
+    read_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        u = np.asarray(self.u, dtype=np.float32).reshape(-1)
         v = np.asarray(self.v, dtype=np.float32).reshape(-1)
-        if u.shape != v.shape:
-            raise ValueError(f"u has shape {u.shape} but v has {v.shape}: both must be (d,)")
+        u = np.asarray(self.u, dtype=np.float32).reshape(-1, v.shape[0]) if v.size else self.u
+        reads = tuple(int(x) for x in self.read_layers) or (int(self.layer),)
+        if np.asarray(self.u).size != len(reads) * v.size:
+            raise ValueError(
+                f"u has shape {np.asarray(self.u).shape} but v has {v.shape} and the gate reads "
+                f"{len(reads)} layer(s): u must be (k, d)"
+            )
         if not (np.isfinite(u).all() and np.isfinite(v).all()):
             raise ValueError("gate vectors contain NaN or infinity: recalibrate the gate")
         norm = float(np.linalg.norm(v))
@@ -61,8 +70,14 @@ class GateParams:
             raise ValueError(f"c={self.c} and alpha={self.alpha} must be finite")
         if self.layer < 0:
             raise ValueError(f"layer must be >= 0, got {self.layer}")
+        if list(reads) != sorted(set(reads)) or reads[-1] != self.layer or reads[0] < 0:
+            raise ValueError(
+                f"read_layers {list(reads)} must be ascending, distinct, >= 0 and end at the "
+                f"decision layer {self.layer}"
+            )
         object.__setattr__(self, "u", u)
         object.__setattr__(self, "v", v)
+        object.__setattr__(self, "read_layers", reads)
         object.__setattr__(self, "c", float(self.c))
         object.__setattr__(self, "alpha", float(self.alpha))
 
@@ -77,15 +92,21 @@ class GateParams:
         if gate.direction is None or gate.alpha is None:
             raise ValueError("the gate is not fitted: load a calibrated artifact")
         v = np.asarray(gate.direction, dtype=np.float32)
+        u = np.asarray(u, np.float32).reshape(len(gate.layers), -1)
         digest = hashlib.sha256()
-        for part in (np.asarray(u, np.float32), v, np.float32([c, gate.alpha, gate.layer])):
+        header = np.float32([c, gate.alpha, *gate.layers])
+        for part in (u, v, header):
             digest.update(part.tobytes())
-        return cls(gate.layer, u, float(c), v, float(gate.alpha), digest.hexdigest()[:16])
+        return cls(
+            gate.layer, u, float(c), v, float(gate.alpha), digest.hexdigest()[:16],
+            tuple(gate.layers),
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """msgpack-able form for ``collective_rpc`` (float32 values round-trip exactly)."""
         return {
             "layer": self.layer,
+            "read_layers": list(self.read_layers),
             "u": self.u.tolist(),
             "c": self.c,
             "v": self.v.tolist(),
@@ -102,6 +123,7 @@ class GateParams:
             np.asarray(data["v"], np.float32),
             float(data["alpha"]),
             str(data["fingerprint"]),
+            tuple(int(x) for x in data.get("read_layers", [data["layer"]])),
         )
 
 
