@@ -1,15 +1,19 @@
 """Default sizes of ``babelgate eval`` (import-light: the CLI's ``--help`` reads them).
 
 Runs in any process. Sized so the embedded model's default evaluation fits 30 minutes on 2
-cores: 6 languages x 2 classes x 24 test prompts x 8 generating policies x 128 new tokens,
-a 72-per-class train pool for thresholds, k-shot draws and the baselines' 32-per-class fits, and
-100 MMLU questions per policy. ``--full`` lifts every cap.
+cores: 6 languages x 2 classes x 10 test prompts x 8 generating policies x 128 new tokens
+(960 generations), a 48-per-class train pool for thresholds, k-shot draws and the baselines'
+32-per-class fits, and 60 MMLU questions per policy. Generation is compute-bound here: about
+1 request of 128 tokens per second on 2 cores whether batches hold 24 or 64 requests (measured),
+so the sizes, not the batching, set the wall time (12 test prompts per class and 100 MMLU
+questions measured 33 minutes; 24 per class, 38 minutes of generation alone). ``--full``
+lifts every cap.
 """
 
 # Two high-resource, three mid-resource and the low-resource language of the shared PolyRefuse
 # copy (it holds ar de en es fr it ja ko nl pl ru th yo zh; zh has no harmless test split).
 DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "de", "ar", "ko", "th", "yo")
-DEFAULT_MAX_PER_CLASS = 24
-DEFAULT_TRAIN_POOL = 72
-DEFAULT_MMLU_MAX = 100
+DEFAULT_MAX_PER_CLASS = 10
+DEFAULT_TRAIN_POOL = 48
+DEFAULT_MMLU_MAX = 60
 BASELINE_K = 32

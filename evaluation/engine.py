@@ -134,18 +134,12 @@ class EvalEngine:
     def generate_guarded(
         self,
         prompts: Sequence[str],
-        language: str,
-        policy: str,
-        threshold: float,
-        threshold_source: str,
+        guards: Sequence[GuardParams],
         max_tokens: int,
         allowed_token_ids: list[int] | None = None,
     ) -> list[Generation]:
-        """Greedy generations under one of the hook's policies, with their verdicts."""
-        guards = [
-            GuardParams(language, policy, threshold, threshold_source, id=uuid.uuid4().hex)
-            for _ in prompts
-        ]
+        """Greedy generations, each under its own guard setting (language, policy, threshold),
+        in one engine call: a batch may mix languages and policies like live traffic does."""
         extra = {"allowed_token_ids": allowed_token_ids} if allowed_token_ids else {}
         outs = self.guarded.generate(list(prompts), self._sampling(max_tokens, **extra), guards)
         return [
@@ -160,12 +154,13 @@ class EvalEngine:
     def generate_baseline(
         self,
         prompts: Sequence[str],
-        language: str,
+        languages: Sequence[str],
         method: str,
         max_tokens: int,
         allowed_token_ids: list[int] | None = None,
     ) -> list[Generation]:
-        """Greedy generations under AdaSteer or CAST (installed for ``language``)."""
+        """Greedy generations under AdaSteer or CAST, each prompt with the fit installed for
+        its own language."""
         ids = [uuid.uuid4().hex for _ in prompts]
         requests = [
             # The intervention changes this request's KV: never share it through the cache.
@@ -176,10 +171,10 @@ class EvalEngine:
         params = [
             self._sampling(
                 max_tokens,
-                extra_args={BASELINE_KEY: {"id": bid, "method": method, "language": language}},
+                extra_args={BASELINE_KEY: {"id": bid, "method": method, "language": lang}},
                 **extra,
             )
-            for bid in ids
+            for bid, lang in zip(ids, languages, strict=True)
         ]
         outs = self.llm.generate(requests, params, use_tqdm=False)
         records = self._rpc("babelgate_baseline_records", ids)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
 from evaluation.store import ResultStore, open_run, read_jsonl
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
+from server.engine.types import GuardParams
 
 SETUP_FILE = "setup.json"
 ENGINE_FILE = "engine.json"
@@ -181,9 +181,17 @@ def run_setup(engine: Any, langs: list[LanguageData], options: EvalOptions) -> d
     return setup
 
 
-def _guard_threshold(spec: PolicySpec, lang_setup: dict[str, Any]) -> tuple[float, str]:
+def _guard_params(
+    spec: PolicySpec, language: str, lang_setup: dict[str, Any] | None, zero_shot: float = 0.0
+) -> GuardParams:
+    """One request's guard setting: the policy's threshold for the request's language
+    (``lang_setup`` None: a language evaluated without a fit, on the zero-shot threshold)."""
+    if lang_setup is None:
+        return GuardParams(language, spec.guard_policy, zero_shot, "zero-shot")
     record = lang_setup["thresholds"][spec.threshold or "zero-shot"]
-    return float(record["value"]), str(record["source"])
+    return GuardParams(
+        language, spec.guard_policy, float(record["value"]), str(record["source"])
+    )
 
 
 def _row_base(spec: PolicySpec, lang: str, index: int, prompt: LabelledPrompt) -> dict[str, Any]:
@@ -198,9 +206,10 @@ def _row_base(spec: PolicySpec, lang: str, index: int, prompt: LabelledPrompt) -
     }
 
 
-# Fault injection for the resumption test: after this many saved batches the process sends
-# itself SIGINT, i.e. the real Ctrl-C path, at a point a test can rely on (a timed kill races
-# against a run that may finish first).
+# Fault injection for the resumption test: after this many saved batches the run raises
+# KeyboardInterrupt, what Ctrl-C raises, at a point a test can rely on (a timed kill races
+# against a run that may finish first, and a SIGINT is ignored by processes started with
+# SIGINT ignored, as background jobs of non-interactive shells are).
 INTERRUPT_ENV = "BABELGATE_EVAL_INTERRUPT_AFTER_BATCHES"
 
 
@@ -217,7 +226,7 @@ def _run_batches(
         store.append(work(batch))
         bar.update(len(batch))
         if n == interrupt_after:
-            signal.raise_signal(signal.SIGINT)
+            raise KeyboardInterrupt(f"{INTERRUPT_ENV}={interrupt_after}")
 
 
 def pending_generations(
@@ -244,21 +253,22 @@ def run_generations(
 ) -> None:
     """Generate the pending rows, one saved batch at a time."""
     bar = tqdm(total=len(todo), desc="generations", unit="req", disable=not options.progress)
-    # Batches never mix policies or languages: each is one engine call with one setting.
-    groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    # A batch holds one policy but mixes languages: each request carries its own language and
+    # threshold (or its language's baseline fit), as in live traffic, so the hook's per-request
+    # routing inside a batch is what gets evaluated.
+    groups: dict[str, list[tuple[Any, ...]]] = {}
     for item in todo:
-        groups.setdefault((item[0].name, item[1]), []).append(item)
+        groups.setdefault(item[0].name, []).append(item)
 
     def work(batch: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        spec, lang = batch[0][0], batch[0][1]
+        spec = batch[0][0]
         texts = [item[3].text for item in batch]
+        langs = [item[1] for item in batch]
         if spec.kind == "baseline":
-            gens = engine.generate_baseline(texts, lang, spec.method, options.max_new_tokens)
+            gens = engine.generate_baseline(texts, langs, spec.method, options.max_new_tokens)
         else:
-            tau, source = _guard_threshold(spec, setup["languages"][lang])
-            gens = engine.generate_guarded(
-                texts, lang, spec.guard_policy, tau, source, options.max_new_tokens
-            )
+            guards = [_guard_params(spec, lang, setup["languages"][lang]) for lang in langs]
+            gens = engine.generate_guarded(texts, guards, options.max_new_tokens)
         rows = []
         for (spec_, lang_, i, prompt), gen in zip(batch, gens, strict=True):
             row = _row_base(spec_, lang_, i, prompt)
@@ -324,20 +334,17 @@ def run_mmlu(
                 raise ValueError(
                     f"MMLU language {lang!r} has no {spec.name} fit: add it to --languages"
                 )
-            gens = engine.generate_baseline(prompts, lang, spec.method, 1, allowed)
+            gens = engine.generate_baseline(prompts, [lang] * len(prompts), spec.method, 1,
+                                            allowed)  # fmt: skip
         else:
             lang_setup = setup["languages"].get(lang)
             if lang_setup is None and spec.threshold in RECALIBRATION_KS:
                 raise ValueError(
                     f"MMLU language {lang!r} has no recalibrated threshold: add it to --languages"
                 )
-            tau, source = (
-                _guard_threshold(spec, lang_setup) if lang_setup
-                else (float(engine.gate.zero_shot_threshold), "zero-shot")
-            )
-            gens = engine.generate_guarded(
-                prompts, lang, spec.guard_policy, tau, source, 1, allowed
-            )
+            zero_shot = float(engine.gate.zero_shot_threshold)
+            guards = [_guard_params(spec, lang, lang_setup, zero_shot) for _ in prompts]
+            gens = engine.generate_guarded(prompts, guards, 1, allowed)
         rows = []
         for (spec_text_, _, spec_, i, q), gen in zip(batch, gens, strict=True):
             predicted = letters.get(gen.token_ids[0]) if gen.token_ids else None

@@ -185,6 +185,7 @@ def calibrate(
             cap = min(opts.k_pool_per_class, opts.max_per_class or opts.k_pool_per_class)
             roles[("pool", lang)] = subsample(pool, cap, opts.seed + 1)
 
+    check_preset_data(prompts, opts.preset)
     # One forward pass per distinct prompt text, all layers at once.
     texts = sorted({p.text for rows in roles.values() for p in rows})
     index = {t: i for i, t in enumerate(texts)}
@@ -303,6 +304,17 @@ def calibrate(
     }
     gate.save(out, force=force, extra_files=extra)
     return gate, report
+
+
+def check_preset_data(prompts: Sequence[LabelledPrompt], preset: str) -> None:
+    """Refuse, before any model time is spent, data the preset cannot calibrate on."""
+    families = {family_of(p) for p in prompts if p.split == "train" and p.language in HIGH_RESOURCE}
+    if preset == "robust" and len(families) < 2:
+        raise DataError(
+            "--preset robust chooses its configuration on a held-out prompt family, but the "
+            f"training rows form one family ({', '.join(sorted(families))}): add a dataset of "
+            "another style (e.g. --data evaluation/data/styles) or use --preset paper"
+        )
 
 
 def family_of(prompt: LabelledPrompt) -> str:

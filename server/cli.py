@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from server.commands import COMMANDS
@@ -26,7 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM as an orderly exit: ``finally`` blocks run, so a vLLM engine this process
+    started is shut down instead of being orphaned (its processes would keep the CPUs busy)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console script, not a caller in the same process (tests, notebooks)
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

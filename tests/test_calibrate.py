@@ -134,3 +134,12 @@ def test_robust_preset_refuses_a_forced_layer(tmp_path, polyrefuse_dir, capsys):
     code = main(["calibrate", "--preset", "robust", "--layer", "9", "--data",
                  str(polyrefuse_dir), "--out", str(tmp_path / "x")])  # fmt: skip
     assert code != 0 and "--preset paper" in capsys.readouterr().err
+
+
+def test_robust_preset_refuses_single_family_data_before_loading_a_model(
+    tmp_path, polyrefuse_dir, capsys
+):
+    code = main(["calibrate", "--preset", "robust", "--data", str(polyrefuse_dir),
+                 "--out", str(tmp_path / "x"), "--backend", "transformers",
+                 "--model", str(tmp_path / "no-such-model")])  # fmt: skip
+    assert code == 2 and "one family (instruction)" in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""``babelgate eval`` end to end on the embedded model through real vLLM: interrupted with
-Ctrl-C (SIGINT, raised by the run itself after its first saved batch so the test does not race
-a run that finishes first), then resumed to a complete report."""
+"""``babelgate eval`` end to end on the embedded model through real vLLM: interrupted as by
+Ctrl-C (KeyboardInterrupt, raised by the run itself after its first saved batch so the test
+does not race a run that finishes first), then resumed to a complete report."""
 
 from __future__ import annotations
 

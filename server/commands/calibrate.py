@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         REPORT_MD,
         CalibrationOptions,
         calibrate,
+        check_preset_data,
         default_data_dir,
         ensure_default_artifact,
     )
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data_name=" + ".join(str(src) for src in sources),
     )
+    check_preset_data(prompts, options.preset)
     backend = make_backend(args.model, args.backend, args.dtype)
     if not args.no_activation_cache:
         from gate.activation_cache import CachedBackend

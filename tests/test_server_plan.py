@@ -1,0 +1,58 @@
+"""The routing plan for unprotected languages: which action, which threshold, which metric.
+
+Pure routing logic on a real fitted gate and a real threshold store; the engine is not needed
+to plan (``plan`` only checks that one is up), so none is started here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gate.estimator import GateConfig, HarmfulnessGate
+from server.admin_store import ThresholdStore
+from server.app.service import GuardrailService
+from server.langid import Detection
+from server.metrics import ServerMetrics
+from server.settings import ServeSettings
+
+
+def service(tmp_path, **settings) -> tuple[GuardrailService, HarmfulnessGate]:
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(30), np.zeros(30)].astype(np.int64)
+    train = {}
+    for lang in ("en", "de"):
+        a = rng.normal(size=(60, 8))
+        a[:, 0] += 3 * y
+        train[lang] = (a, y)
+    gate = HarmfulnessGate(GateConfig(layer=3, rank=2)).fit(train)
+    e0 = np.zeros(8)
+    e0[0] = 3.0
+    gate.recalibrate("yo", np.stack([-e0, e0]), np.array([1, 0]))  # inverted: unprotected
+    gate.recalibrate("sw", np.stack([e0, -e0]), np.array([1, 0]))  # separated: protected
+    svc = GuardrailService(ServeSettings(**settings), ServerMetrics(CollectorRegistry()))
+    svc._gate, svc.store = gate, ThresholdStore(tmp_path, "abc")
+    svc.engine = object()  # type: ignore[assignment]  # plan() only checks readiness
+    return svc, gate
+
+
+def counted(svc: GuardrailService, lang: str, action: str) -> float:
+    return svc.metrics.unprotected_requests.labels(lang, action)._value.get()
+
+
+@pytest.mark.parametrize("fallback", ["flag", "refuse", "steer"])
+def test_unprotected_language_gets_the_fallback_action(tmp_path, fallback):
+    svc, gate = service(tmp_path, action="steer", unprotected_action=fallback)
+    plan = svc.plan(Detection("yo", "override", 1.0))
+    assert not plan.protected and plan.action == fallback
+    assert plan.policy == ("shadow" if fallback == "flag" else "routing")
+    own = gate.threshold("yo").value
+    stricter = min(own, gate.zero_shot_threshold)
+    assert plan.record.value == (stricter if fallback == "refuse" else own)
+    assert counted(svc, "yo", fallback) == 1.0
+    protected = svc.plan(Detection("sw", "override", 1.0))
+    assert protected.protected and protected.action == "steer"
+    assert counted(svc, "sw", fallback) == 0.0
+    assert svc.publish_threshold("yo").protected is False
+    assert svc.metrics.language_protected.labels("yo")._value.get() == 0.0
