@@ -42,7 +42,11 @@ from gate.metrics import auroc, f1_score
 from gate.selection import candidates, fit_on, select_robust
 from gate.threshold import balanced_f1_threshold
 
-PRESETS: tuple[str, ...] = ("paper", "robust")
+# "auto" (the default) resolves to "robust" when the training data holds two or more prompt
+# families and to "paper" otherwise: on the embedded model the robust configuration won under
+# style shift without losing in-distribution (docs/eval/embedded/shift/shift.md), but it needs
+# a held-out family to choose on.
+PRESETS: tuple[str, ...] = ("auto", "paper", "robust")
 
 REPORT_JSON = "calibration_report.json"
 REPORT_MD = "calibration_report.md"
@@ -54,7 +58,7 @@ class CalibrationOptions:
     """What ``babelgate calibrate`` exposes; defaults follow METHOD.md."""
 
     languages: Sequence[str] | None = None  # languages to evaluate (default: all in the data)
-    preset: str = "paper"  # "paper" (METHOD.md) or "robust" (held-out-style selection)
+    preset: str = "auto"  # "paper" (METHOD.md), "robust" (held-out-style selection) or "auto"
     layer: int | None = None  # None: choose from data (forces a single-layer paper gate)
     rank: int = 10
     max_per_class: int | None = None  # cap per class and language, train and evaluation
@@ -185,7 +189,7 @@ def calibrate(
             cap = min(opts.k_pool_per_class, opts.max_per_class or opts.k_pool_per_class)
             roles[("pool", lang)] = subsample(pool, cap, opts.seed + 1)
 
-    check_preset_data(prompts, opts.preset)
+    preset, preset_reason = resolve_preset(prompts, opts)
     # One forward pass per distinct prompt text, all layers at once.
     texts = sorted({p.text for rows in roles.values() for p in rows})
     index = {t: i for i, t in enumerate(texts)}
@@ -198,7 +202,7 @@ def calibrate(
     layer, selection = _choose_layer(backend.num_layers, train, splits, hrl, opts)
     layer_gates = selection.pop("_gates")
     rank = min(opts.rank, len(hrl))
-    if opts.preset == "robust":
+    if preset == "robust":
         families = _families(train)
         grid = candidates(candidate_layers(backend.num_layers))
         best, robust = select_robust(grid, families, rank=rank, seed=opts.seed)
@@ -267,7 +271,8 @@ def calibrate(
     report = {
         "model": asdict(backend.model_info),
         "data": data_name,
-        "preset": opts.preset,
+        "preset": preset,
+        "preset_reason": preset_reason,
         "layer": gate.layer,
         "layers": list(gate.layers),
         "weight_decay": gate.config.weight_decay,
@@ -306,15 +311,33 @@ def calibrate(
     return gate, report
 
 
-def check_preset_data(prompts: Sequence[LabelledPrompt], preset: str) -> None:
-    """Refuse, before any model time is spent, data the preset cannot calibrate on."""
-    families = {family_of(p) for p in prompts if p.split == "train" and p.language in HIGH_RESOURCE}
-    if preset == "robust" and len(families) < 2:
+def training_families(prompts: Sequence[LabelledPrompt]) -> set[str]:
+    """The prompt families among the high-resource training rows."""
+    return {family_of(p) for p in prompts if p.split == "train" and p.language in HIGH_RESOURCE}
+
+
+def resolve_preset(
+    prompts: Sequence[LabelledPrompt], opts: CalibrationOptions
+) -> tuple[str, str]:
+    """The preset a calibration runs (``auto`` resolved) and why; raises before any model time
+    is spent when ``robust`` is asked of data it cannot calibrate on."""
+    families = sorted(training_families(prompts))
+    if opts.preset == "robust" and len(families) < 2:
         raise DataError(
             "--preset robust chooses its configuration on a held-out prompt family, but the "
-            f"training rows form one family ({', '.join(sorted(families))}): add a dataset of "
+            f"training rows form one family ({', '.join(families)}): add a dataset of "
             "another style (e.g. --data evaluation/data/styles) or use --preset paper"
         )
+    if opts.preset != "auto":
+        return opts.preset, "asked for"
+    if opts.layer is not None:
+        return "paper", "auto: --layer fixes the paper's single layer"
+    if len(families) < 2:
+        return "paper", (
+            f"auto: the training rows form one prompt family ({', '.join(families)}); robust "
+            "needs two or more to choose on a held-out one"
+        )
+    return "robust", f"auto: {len(families)} prompt families ({', '.join(families)})"
 
 
 def family_of(prompt: LabelledPrompt) -> str:
@@ -395,7 +418,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# babelgate calibration: {report['model']['id']}",
         "",
-        f"- preset **{report['preset']}**, layer(s) **{layers}** — "
+        f"- preset **{report['preset']}** ({report['preset_reason']}), layer(s) **{layers}** — "
         f"{report['layer_selection']['reason']}",
         f"- rank {report['rank']} per layer, weight decay {report['weight_decay']:g}, alpha "
         f"{report['alpha']:.4f}, zero-shot threshold {report['zero_shot_threshold']:.4f}",
@@ -477,33 +500,57 @@ def default_data_dir() -> Path | None:
     return None
 
 
+def style_prompts_dir() -> Path | None:
+    """The question and narrative prompts written for this project (14 languages), shipped as
+    package data of ``evaluation``: the second prompt family of the default calibration."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("evaluation")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "styles"
+    return path if path.is_dir() else None
+
+
+def default_data_sources() -> list[Path]:
+    """The default calibration data: PolyRefuse and the project's style prompts."""
+    polyrefuse = default_data_dir()
+    if polyrefuse is None:
+        raise FileNotFoundError(
+            "no calibration data: set BABELGATE_DATA to a PolyRefuse folder, or pass --data "
+            "(and --artifact A to serve an artifact made elsewhere)"
+        )
+    styles = style_prompts_dir()
+    return [polyrefuse] + ([styles] if styles is not None else [])
+
+
 def ensure_default_artifact(model: str | Path | None = None, *, progress: bool = True) -> Path:
     """The cached calibration of the embedded (or given) model, made on first use.
 
-    Cached under ``<cache>/artifacts/<model fingerprint>``; a finished artifact is reused, an
-    interrupted calibration leaves nothing behind (artifacts are written atomically).
+    Cached under ``<cache>/artifacts/<model fingerprint>-default-<preset>``; a finished artifact
+    is reused, an interrupted calibration leaves nothing behind (artifacts are written
+    atomically, activations are cached as they are computed). The data are
+    ``default_data_sources()``, so ``auto`` resolves to the robust preset when the style
+    prompts are installed.
     """
+    from gate.activation_cache import CachedBackend
     from gate.hf.backend import TransformersBackend
     from gate.hf.embedded import cache_root
     from gate.hf.model_source import model_info
 
+    sources = default_data_sources()
+    prompts = [p for src in sources for p in load_dataset(src)]
+    options = CalibrationOptions(
+        eval_max_per_class=32,
+        progress=progress,
+        data_name=" + ".join(str(src) for src in sources),
+    )
+    preset, _ = resolve_preset(prompts, options)
     info = model_info(model)
-    target = cache_root() / "artifacts" / f"{info.fingerprint}-default"
+    target = cache_root() / "artifacts" / f"{info.fingerprint}-default-{preset}"
     if (target / "manifest.json").is_file():
         return target
-    data = default_data_dir()
-    if data is None:
-        raise FileNotFoundError(
-            "no calibration data for the default artifact: set BABELGATE_DATA to a PolyRefuse "
-            "folder, or run `babelgate calibrate --data ... --out A` and pass --artifact A"
-        )
     target.parent.mkdir(parents=True, exist_ok=True)
-    backend = TransformersBackend(model)
-    calibrate(
-        backend,
-        data,
-        target,
-        CalibrationOptions(eval_max_per_class=32, progress=progress),
-        force=False,
-    )
+    backend = CachedBackend(TransformersBackend(model), cache_root() / "activations")
+    calibrate(backend, prompts, target, options, force=False)
     return target

@@ -143,3 +143,40 @@ def test_robust_preset_refuses_single_family_data_before_loading_a_model(
                  "--out", str(tmp_path / "x"), "--backend", "transformers",
                  "--model", str(tmp_path / "no-such-model")])  # fmt: skip
     assert code == 2 and "one family (instruction)" in capsys.readouterr().err
+
+
+def _rows(families: list[str]) -> list:
+    from gate.data import LabelledPrompt
+
+    return [
+        LabelledPrompt(f"{fam} {lang} {label}", label, lang, "train", f"{fam}.jsonl", fam)
+        for fam in families
+        for lang in ("en", "de")
+        for label in (0, 1)
+    ]
+
+
+def test_auto_preset_is_robust_only_with_two_prompt_families():
+    from gate.calibration import CalibrationOptions, resolve_preset
+
+    auto = CalibrationOptions()
+    assert auto.preset == "auto"
+    preset, why = resolve_preset(_rows(["instruction"]), auto)
+    assert preset == "paper" and "one prompt family (instruction)" in why
+    preset, why = resolve_preset(_rows(["instruction", "question"]), auto)
+    assert preset == "robust" and "2 prompt families" in why
+    forced = CalibrationOptions(layer=9)
+    assert resolve_preset(_rows(["instruction", "question"]), forced)[0] == "paper"
+    asked = CalibrationOptions(preset="paper")
+    assert resolve_preset(_rows(["instruction", "question"]), asked) == ("paper", "asked for")
+
+
+def test_default_calibration_data_has_two_families(polyrefuse_dir, monkeypatch):
+    from gate.calibration import CalibrationOptions, default_data_sources, resolve_preset
+    from gate.data import load_dataset
+
+    monkeypatch.setenv("BABELGATE_DATA", str(polyrefuse_dir))
+    sources = default_data_sources()
+    assert sources[0] == polyrefuse_dir and sources[1].name == "styles"
+    prompts = [p for src in sources for p in load_dataset(src)]
+    assert resolve_preset(prompts, CalibrationOptions())[0] == "robust"

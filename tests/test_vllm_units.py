@@ -64,6 +64,17 @@ def test_compiled_mode_and_foreign_worker_extension_are_refused():
     assert kwargs["enforce_eager"] is True and kwargs["max_model_len"] == 512
 
 
+def test_cpu_engine_gets_a_fixed_kv_cache_unless_memory_is_configured():
+    from server.engine.startup import CPU_KV_CACHE_BYTES
+
+    assert guarded_engine_kwargs({})["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES  # no GPU here
+    assert guarded_engine_kwargs({"kv_cache_memory_bytes": 1 << 30})["kv_cache_memory_bytes"] == (
+        1 << 30
+    )
+    kwargs = guarded_engine_kwargs({"gpu_memory_utilization": 0.5})
+    assert "kv_cache_memory_bytes" not in kwargs and kwargs["gpu_memory_utilization"] == 0.5
+
+
 def test_model_runner_v2_forced_by_the_environment_is_refused(monkeypatch):
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(GuardrailStartupError, match="VLLM_USE_V2_MODEL_RUNNER=0"):

@@ -28,16 +28,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="PolyRefuse folder, JSON/JSONL/CSV file or folder, or hf:<name>[:split]; repeat to "
         "train on several datasets at once (each row's `style` field, else its dataset, names "
-        "its prompt family) (default: $BABELGATE_DATA or ../shared/data/polyrefuse)",
+        "its prompt family) (default: PolyRefuse from $BABELGATE_DATA or "
+        "../shared/data/polyrefuse, plus the project's question and narrative prompts, "
+        "evaluation/data/styles)",
     )
     p.add_argument(
         "--preset",
-        choices=("paper", "robust"),
-        default="paper",
+        choices=("auto", "paper", "robust"),
+        default="auto",
         help="paper: METHOD.md's single layer chosen on validation AUROC (reproduction); "
         "robust: layers read and weight decay chosen by held-out-style validation (needs "
         "training data of >= 2 prompt families, e.g. --data <polyrefuse> --data "
-        "evaluation/data/styles)",
+        "evaluation/data/styles); auto (default): robust when the data holds >= 2 families, "
+        "else paper",
     )
     p.add_argument(
         "--out",
@@ -91,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
         REPORT_MD,
         CalibrationOptions,
         calibrate,
-        check_preset_data,
-        default_data_dir,
+        default_data_sources,
         ensure_default_artifact,
+        resolve_preset,
     )
     from gate.data import load_dataset
 
@@ -105,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
-    sources = args.data or [default_data_dir()]
-    if sources[0] is None:
-        raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
+    sources = args.data or default_data_sources()
     languages = [x for x in (args.languages or "").split(",") if x.strip()] or None
     prompts = [p for src in sources for p in load_dataset(src)]  # validated before the model
     options = CalibrationOptions(
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data_name=" + ".join(str(src) for src in sources),
     )
-    check_preset_data(prompts, options.preset)
+    resolve_preset(prompts, options)  # a robust preset the data cannot serve fails here
     backend = make_backend(args.model, args.backend, args.dtype)
     if not args.no_activation_cache:
         from gate.activation_cache import CachedBackend
