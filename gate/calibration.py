@@ -55,7 +55,7 @@ REPORT_PNG = "auroc_by_layer.png"
 
 @dataclass
 class CalibrationOptions:
-    """What ``babelgate calibrate`` exposes; defaults follow METHOD.md."""
+    """What ``babelgate calibrate`` exposes; defaults follow METHOD.md, except ``preset``."""
 
     languages: Sequence[str] | None = None  # languages to evaluate (default: all in the data)
     preset: str = "auto"  # "paper" (METHOD.md), "robust" (held-out-style selection) or "auto"
