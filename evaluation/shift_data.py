@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+from gate.calibration import style_prompts_dir
 from gate.data import DataError, LabelledPrompt, load_dataset, load_file, subsample
 
-STYLES_DIR = Path(__file__).resolve().parent / "data" / "styles"
 FAMILIES: tuple[str, ...] = ("instruction", "question", "narrative")  # trainable families
 DONOTANSWER_HARMFUL: tuple[str, ...] = (
     "malicious_uses",
@@ -66,8 +66,12 @@ def load_donotanswer(folder: Path) -> list[LabelledPrompt]:
     return out
 
 
-def load_styles(folder: Path = STYLES_DIR) -> list[LabelledPrompt]:
-    """The project's own question and narrative prompts, every language file in ``folder``."""
+def load_styles(folder: Path | None = None) -> list[LabelledPrompt]:
+    """The project's own question and narrative prompts, every language file in ``folder``
+    (default: ``gate.calibration.style_prompts_dir()``, the copy shipped with ``evaluation``)."""
+    folder = folder or style_prompts_dir()
+    if folder is None:
+        raise DataError("the project's style prompts are not installed (evaluation/data/styles)")
     files = sorted(folder.glob("*.jsonl"))
     if not files:
         raise DataError(f"{folder}: no style files")

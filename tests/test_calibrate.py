@@ -109,13 +109,13 @@ def test_calibrate_refuses_unknown_language(tmp_path, polyrefuse_dir, capsys):
 def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
     tmp_path, polyrefuse_dir, embedded_model_dir, capsys
 ):
-    from evaluation.shift_data import STYLES_DIR
+    from gate.calibration import style_prompts_dir
     from gate.estimator import HarmfulnessGate
 
     out = tmp_path / "robust"
     code = main([
         "calibrate", "--preset", "robust", "--data", str(polyrefuse_dir),
-        "--data", str(STYLES_DIR), "--out", str(out), "--languages", "en,yo",
+        "--data", str(style_prompts_dir()), "--out", str(out), "--languages", "en,yo",
         "--max-per-class", "8", "--no-progress",
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err

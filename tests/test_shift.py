@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from evaluation.shift import CONFIGS, SHIFT_JSON, SHIFT_MD, SHIFT_PNG, ShiftOptions, item_fold
-from evaluation.shift_data import STYLES_DIR, build_families, donotanswer_dir, load_styles
+from evaluation.shift_data import build_families, donotanswer_dir, load_styles
+from gate.calibration import style_prompts_dir
 
 
 def test_style_files_are_translations_of_one_item_list():
-    english = [json.loads(x) for x in (STYLES_DIR / "en.jsonl").read_text().splitlines()]
+    styles = style_prompts_dir()
+    assert styles is not None
+    english = [json.loads(x) for x in (styles / "en.jsonl").read_text().splitlines()]
     assert len(english) == 96
-    for path in sorted(STYLES_DIR.glob("*.jsonl")):
+    for path in sorted(styles.glob("*.jsonl")):
         rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
         assert [(r["id"], r["label"], r["style"]) for r in rows] == [
             (r["id"], r["label"], r["style"]) for r in english
