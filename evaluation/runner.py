@@ -189,9 +189,7 @@ def _guard_params(
     if lang_setup is None:
         return GuardParams(language, spec.guard_policy, zero_shot, "zero-shot")
     record = lang_setup["thresholds"][spec.threshold or "zero-shot"]
-    return GuardParams(
-        language, spec.guard_policy, float(record["value"]), str(record["source"])
-    )
+    return GuardParams(language, spec.guard_policy, float(record["value"]), str(record["source"]))
 
 
 def _row_base(spec: PolicySpec, lang: str, index: int, prompt: LabelledPrompt) -> dict[str, Any]:

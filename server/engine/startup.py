@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SELF_CHECK_PROMPT = "What is the capital of France?"
+SELF_CHECK_LANGUAGE = "en"
 # KV cache of a CPU engine whose caller set no memory option. vLLM's default there reserves
 # 92% of the machine's memory and refuses to start when any other process holds more than 8%
 # of it (measured: `babelgate serve` failed with 15.8 of 17.3 GiB free).
 CPU_KV_CACHE_BYTES = 4 << 30
-SELF_CHECK_LANGUAGE = "en"
 
 
 def prepare_environment() -> None:
