@@ -41,6 +41,7 @@ from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
 from gate.languages import HIGH_RESOURCE
 from gate.metrics import auroc, f1_score
 from gate.selection import Candidate, candidates, fit_on, merge, select_robust
+from gate.style_check import item_fold, mean_fold_auroc
 
 SHIFT_JSON, SHIFT_MD, SHIFT_PNG = "shift.json", "shift.md", "shift_auroc.png"
 CONFIGS: tuple[str, ...] = ("paper", "robust", "robust-unseen")
@@ -63,12 +64,6 @@ class ShiftOptions:
     rank: int = 10
     min_auroc: float = MIN_PROTECTED_AUROC
     progress: bool = True
-
-
-def item_fold(prompt: LabelledPrompt) -> int:
-    """0 or 1 from the prompt's item id (translations of one item share it) or its text."""
-    key = prompt.source.split("#", 1)[1] if "#" in prompt.source else prompt.text
-    return zlib.crc32(key.encode("utf-8")) % 2
 
 
 class _Acts:
@@ -238,12 +233,11 @@ def _record_folds(target: dict, family: str, per_fold: list, acts: _Acts,
         if 0 < y.sum() < len(y):
             # Fold scores share no logit scale, so thresholds are not pooled: F1 comes from
             # the fold with more rows; AUROC is the mean of the folds' AUROCs.
-            folds = [(s, t) for s, t in parts if 0 < t.sum() < len(t)]
             target.setdefault(family, {})[lang] = {
                 "n_harmful": int(y.sum()),
                 "n_harmless": int(len(y) - y.sum()),
-                "auroc": float(np.mean([auroc(s, t) for s, t in folds])),
-                "folds": len(folds),
+                "auroc": mean_fold_auroc(parts),
+                "folds": int(sum(0 < t.sum() < len(t) for _, t in parts)),
             }
 
 

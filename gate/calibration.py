@@ -36,10 +36,11 @@ from gate.data import (
     select,
     subsample,
 )
-from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
+from gate.estimator import MIN_PROTECTED_AUROC, WEAK_FAMILY_AUROC, GateConfig, HarmfulnessGate
 from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
 from gate.metrics import auroc, f1_score
-from gate.selection import candidates, fit_on, select_robust
+from gate.selection import Candidate, candidates, fit_on, select_robust
+from gate.style_check import check_rows, family_auroc, family_of
 from gate.threshold import balanced_f1_threshold
 
 # "auto" (the default) resolves to "robust" when the training data holds two or more prompt
@@ -47,6 +48,11 @@ from gate.threshold import balanced_f1_threshold
 # style shift without losing in-distribution (docs/eval/embedded/shift/shift.md), but it needs
 # a held-out family to choose on.
 PRESETS: tuple[str, ...] = ("auto", "paper", "robust")
+
+# Part of the cached default artifact's name: bumped when what the default calibration writes
+# changes, so a cache made by an older babelgate is recalibrated rather than served as is
+# (2: the per-family style check, ``gate.style_check``).
+DEFAULT_ARTIFACT_REVISION = 2
 
 REPORT_JSON = "calibration_report.json"
 REPORT_MD = "calibration_report.md"
@@ -72,6 +78,7 @@ class CalibrationOptions:
     progress: bool = True
     data_name: str = "in-memory prompts"  # recorded in the report when data is a list
     min_auroc: float = MIN_PROTECTED_AUROC  # at or below: the language is marked unprotected
+    weak_family_auroc: float = WEAK_FAMILY_AUROC  # below, on a family: the language is weak on it
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -190,8 +197,9 @@ def calibrate(
             roles[("pool", lang)] = subsample(pool, cap, opts.seed + 1)
 
     preset, preset_reason = resolve_preset(prompts, opts)
+    checked = check_rows(prompts, languages, max_per_class=opts.eval_cap, seed=opts.seed)
     # One forward pass per distinct prompt text, all layers at once.
-    texts = sorted({p.text for rows in roles.values() for p in rows})
+    texts = sorted({p.text for rows in [*roles.values(), *checked.values()] for p in rows})
     index = {t: i for i, t in enumerate(texts)}
     all_acts = backend.activations(texts, None, batch_size=opts.batch_size, progress=opts.progress)
     splits = {
@@ -215,6 +223,14 @@ def calibrate(
                                backend.model_info)  # fmt: skip
         gate.fit({lang: (sp.acts[:, layer], sp.labels) for lang, sp in train.items()})
 
+    by_family = family_auroc(
+        Candidate(gate.layers, gate.config.weight_decay),
+        {lang: (sp.prompts, sp.acts) for lang, sp in train.items()},
+        {key: (rows, all_acts[[index[p.text] for p in rows]]) for key, rows in checked.items()},
+        rank=rank,
+        seed=opts.seed,
+    )
+    gate.metadata = {"family_auroc": by_family, "weak_family_auroc": opts.weak_family_auroc}
     per_language: dict[str, dict] = {}
     auroc_by_layer: dict[str, list[float]] = {}
     for lang in languages:
@@ -232,6 +248,8 @@ def calibrate(
             "f1_k": {},
             "f1_k_std": {},
             "status": "unknown",
+            "family_auroc": by_family.get(lang, {}),
+            "weak_families": gate.weak_families(lang),
         }
         if ("val", lang) in splits:  # high-resource val: already encoded for layer choice
             val = splits[("val", lang)]
@@ -282,6 +300,10 @@ def calibrate(
             x for x, r in per_language.items() if r["status"] == "unprotected"
         ],
         "min_auroc": opts.min_auroc,
+        "weak_languages": {
+            x: r["weak_families"] for x, r in per_language.items() if r["weak_families"]
+        },
+        "weak_family_auroc": opts.weak_family_auroc,
         "rank": gate.config.rank,
         "alpha": gate.alpha,
         "zero_shot_threshold": gate.zero_shot_threshold,
@@ -296,12 +318,12 @@ def calibrate(
         "wall_time_s": round(wall, 1),
         "n_prompts_encoded": len(texts),
     }
-    gate.metadata = {
-        "layer_selection": selection["reason"],
-        "data": data_name,
-        "report": REPORT_JSON,
-        "wall_time_s": report["wall_time_s"],
-    }
+    gate.metadata.update(
+        layer_selection=selection["reason"],
+        data=data_name,
+        report=REPORT_JSON,
+        wall_time_s=report["wall_time_s"],
+    )
     extra = {
         REPORT_JSON: json.dumps(report, indent=2, ensure_ascii=False).encode(),
         REPORT_MD: render_markdown(report).encode(),
@@ -338,11 +360,6 @@ def resolve_preset(
             "needs two or more to choose on a held-out one"
         )
     return "robust", f"auto: {len(families)} prompt families ({', '.join(families)})"
-
-
-def family_of(prompt: LabelledPrompt) -> str:
-    """The prompt family (style) a training row belongs to: its ``style``, else its dataset."""
-    return prompt.style or Path(prompt.source.split(":")[-1]).stem or "unnamed"
 
 
 def _family_rows(train: dict[str, _Split]) -> dict[str, list[tuple[str, int]]]:
@@ -415,6 +432,7 @@ def render_markdown(report: dict) -> str:
     """A human summary of a calibration report."""
     layers = "+".join(str(x) for x in report["layers"])
     unprotected = report["unprotected_languages"]
+    weak = report["weak_languages"]
     lines = [
         f"# babelgate calibration: {report['model']['id']}",
         "",
@@ -429,10 +447,13 @@ def render_markdown(report: dict) -> str:
         f"{report['wall_time_s']} s",
         "- unprotected languages (labelled pool AUROC <= "
         f"{report['min_auroc']}): **{', '.join(unprotected) if unprotected else 'none'}**",
+        f"- weak on a prompt family (cross-fitted AUROC < {report['weak_family_auroc']}): **"
+        + ("; ".join(f"{x}: {', '.join(f)}" for x, f in weak.items()) if weak else "none")
+        + "**",
         "",
         "| language | tier | split | n harmful / harmless | AUROC | F1 zero-shot | F1 k=1 | "
-        "F1 k=4 | threshold | pool AUROC | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "F1 k=4 | threshold | pool AUROC | status | AUROC per family |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(x: float | None) -> str:
@@ -444,7 +465,9 @@ def render_markdown(report: dict) -> str:
             f"{row['n_harmful']} / {row['n_harmless']} | {fmt(row['auroc'])} | "
             f"{fmt(row['f1_zero_shot'])} | {fmt(row['f1_k'].get('1'))} | "
             f"{fmt(row['f1_k'].get('4'))} | {fmt(row.get('threshold'))} | "
-            f"{fmt(row.get('pool_auroc'))} | {row['status']} |"
+            f"{fmt(row.get('pool_auroc'))} | {row['status']} | "
+            + (", ".join(f"{f} {fmt(v)}" for f, v in row["family_auroc"].items()) or "—")
+            + " |"
         )
     lines += [
         "",
@@ -452,7 +475,10 @@ def render_markdown(report: dict) -> str:
         "from the language's train split; the threshold column is the per-language threshold "
         "stored in the artifact (— = falls back to the zero-shot threshold). Status: how well "
         "the gate separates the language's labelled train pool (unknown: no labelled examples "
-        "of the language); an unprotected language gets the server's fallback action.",
+        "of the language); an unprotected language gets the server's fallback action. AUROC "
+        "per family: the gate's configuration refitted on half of the training items and "
+        "scored on the language's rows of each prompt family from the other half, both ways "
+        "(gate.style_check); a family below the floor is one the language is weak on.",
         "",
     ]
     return "\n".join(lines)
@@ -527,9 +553,9 @@ def default_data_sources() -> list[Path]:
 def ensure_default_artifact(model: str | Path | None = None, *, progress: bool = True) -> Path:
     """The cached calibration of the embedded (or given) model, made on first use.
 
-    Cached under ``<cache>/artifacts/<model fingerprint>-default-<preset>``; a finished artifact
-    is reused, an interrupted calibration leaves nothing behind (artifacts are written
-    atomically, activations are cached as they are computed). The data are
+    Cached under ``<cache>/artifacts/<model fingerprint>-default-<preset>-r<revision>``; a
+    finished artifact is reused, an interrupted calibration leaves nothing behind (artifacts
+    are written atomically, activations are cached as they are computed). The data are
     ``default_data_sources()``, so ``auto`` resolves to the robust preset when the style
     prompts are installed.
     """
@@ -547,7 +573,8 @@ def ensure_default_artifact(model: str | Path | None = None, *, progress: bool =
     )
     preset, _ = resolve_preset(prompts, options)
     info = model_info(model)
-    target = cache_root() / "artifacts" / f"{info.fingerprint}-default-{preset}"
+    name = f"{info.fingerprint}-default-{preset}-r{DEFAULT_ARTIFACT_REVISION}"
+    target = cache_root() / "artifacts" / name
     if (target / "manifest.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,9 @@ THRESHOLD_SOURCES: tuple[str, ...] = ("zero-shot", "recalibrated", "manual", "de
 # A language whose labelled examples the gate separates no better than this (AUROC) is not
 # protected by any threshold: its record is marked unprotected instead of trusted.
 MIN_PROTECTED_AUROC = 0.6
+# Below this AUROC on a prompt family (measured at calibration, ``gate.style_check``), a
+# language is reported weak on that family: the project's target under style shift is 0.7.
+WEAK_FAMILY_AUROC = 0.7
 
 
 def utc_now() -> str:
@@ -525,6 +528,18 @@ class HarmfulnessGate:
     def unprotected_languages(self) -> list[str]:
         """Languages whose records say no threshold protects them (sorted)."""
         return sorted(lang for lang, rec in self._thresholds.items() if not rec.protected)
+
+    def family_auroc(self, language: str) -> dict[str, float]:
+        """The calibration's cross-fitted AUROC per prompt family for ``language`` (metadata
+        ``family_auroc``; empty when not measured: one-family data, an artifact older than the
+        check, or a language the data lacked)."""
+        return dict(self.metadata.get("family_auroc", {}).get(language, {}))
+
+    def weak_families(self, language: str) -> list[str]:
+        """The prompt families on which ``language`` fell below the calibration's floor
+        (metadata ``weak_family_auroc``, default ``WEAK_FAMILY_AUROC``), sorted."""
+        floor = float(self.metadata.get("weak_family_auroc", WEAK_FAMILY_AUROC))
+        return sorted(f for f, v in self.family_auroc(language).items() if v < floor)
 
     # ----------------------------------------------------------------------------- persistence
 

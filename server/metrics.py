@@ -52,6 +52,13 @@ class ServerMetrics:
             ["language"],
             registry=registry,
         )
+        self.family_auroc = Gauge(
+            "babelgate_language_family_auroc",
+            "The gate's AUROC per language and prompt family (style), measured at calibration "
+            "by cross-fitting; below the calibration's floor the language is weak on it.",
+            ["language", "family"],
+            registry=registry,
+        )
         self.unprotected_requests = Counter(
             "babelgate_unprotected_requests",
             "Requests routed to an unprotected language, by the fallback action applied.",

@@ -128,6 +128,18 @@ def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
     gate = HarmfulnessGate.load(out)
     assert list(gate.layers) == report["layers"] and gate.layer == report["layers"][-1]
     assert gate.config.weight_decay == report["weight_decay"]
+    # The style check: every evaluated language measured on each family, cross-fitted, and
+    # carried into the artifact (what the server reports) exactly as in the report.
+    for lang in ("en", "yo"):
+        row = report["languages"][lang]
+        assert set(row["family_auroc"]) == {"instruction", "question", "narrative"}
+        assert all(0.0 <= v <= 1.0 for v in row["family_auroc"].values())
+        assert gate.family_auroc(lang) == row["family_auroc"]
+        assert gate.weak_families(lang) == row["weak_families"]
+    assert report["weak_languages"] == {
+        x: r["weak_families"] for x, r in report["languages"].items() if r["weak_families"]
+    }
+    assert "weak on a prompt family" in (out / "calibration_report.md").read_text()
 
 
 def test_robust_preset_refuses_a_forced_layer(tmp_path, polyrefuse_dir, capsys):

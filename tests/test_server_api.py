@@ -673,6 +673,9 @@ def test_language_whose_examples_the_gate_inverts_is_unprotected_everywhere(
             extra_body={"babelgate": {"language": "yo"}},
         )
         assert raw.headers["x-babelgate-protected"] == "false"
+        # a paper (one-family) artifact carries no style check: nothing is claimed weak
+        assert raw.headers["x-babelgate-weak-families"] == "none"
+        assert listing["weak_languages"] == {}
         g = raw.parse().babelgate
         assert (g["protected"], g["action"], g["policy"]) == (False, "flag", "shadow")
         m = metrics(server)

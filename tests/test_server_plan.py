@@ -56,3 +56,32 @@ def test_unprotected_language_gets_the_fallback_action(tmp_path, fallback):
     assert counted(svc, "sw", fallback) == 0.0
     assert svc.publish_threshold("yo").protected is False
     assert svc.metrics.language_protected.labels("yo")._value.get() == 0.0
+
+
+def test_weak_families_reach_the_plan_the_verdict_the_admin_view_and_the_metric(tmp_path):
+    from server.app.admin import _view
+    from server.app.schemas import GuardInfo
+
+    svc, gate = service(tmp_path)
+    gate.metadata = {
+        "family_auroc": {"yo": {"instruction": 0.9, "question": 0.55}, "en": {"question": 0.92}},
+        "weak_family_auroc": 0.7,
+    }
+    assert svc.plan(Detection("yo", "override", 1.0)).weak_families == ("question",)
+    assert svc.plan(Detection("en", "override", 1.0)).weak_families == ()
+    assert svc.plan(Detection("ko", "override", 1.0)).weak_families == ()  # not measured
+    assert svc.publish_family_auroc() == {"yo": ["question"]}
+    gauge = svc.metrics.family_auroc
+    assert gauge.labels("yo", "question")._value.get() == 0.55
+    assert gauge.labels("en", "question")._value.get() == 0.92
+    view = _view(svc, "yo")
+    assert view["weak_families"] == ["question"]
+    assert view["family_auroc"] == {"instruction": 0.9, "question": 0.55}
+    info = GuardInfo(language="yo", language_source="override", language_confidence=1.0,
+                     gate_score=0.1, threshold=0.0, threshold_source="zero-shot",
+                     decision="harmless", policy="routing", action="steer", intervened=True,
+                     weak_families=["question"])  # fmt: skip
+    assert info.headers()["x-babelgate-weak-families"] == "question"
+    assert info.model_copy(update={"weak_families": []}).headers()[
+        "x-babelgate-weak-families"
+    ] == "none"

@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.shift import CONFIGS, SHIFT_JSON, SHIFT_MD, SHIFT_PNG, ShiftOptions, item_fold
+from evaluation.shift import CONFIGS, SHIFT_JSON, SHIFT_MD, SHIFT_PNG, ShiftOptions
 from evaluation.shift_data import build_families, donotanswer_dir, load_styles
 from gate.calibration import style_prompts_dir
+from gate.style_check import item_fold
 
 
 def test_style_files_are_translations_of_one_item_list():

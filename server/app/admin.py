@@ -34,7 +34,12 @@ def _admin(request: Request) -> tuple[GuardrailService, str]:
 
 def _view(svc: GuardrailService, language: str) -> dict[str, Any]:
     record = svc.threshold(language)
-    return {**record.to_dict(), "origin": svc.origin(language)}
+    return {
+        **record.to_dict(),
+        "origin": svc.origin(language),
+        "family_auroc": svc.gate.family_auroc(language),
+        "weak_families": svc.gate.weak_families(language),
+    }
 
 
 def _publish(svc: GuardrailService, language: str) -> dict[str, Any]:
@@ -56,6 +61,8 @@ async def list_thresholds(request: Request) -> dict[str, Any]:
         "gate_layers": list(svc.gate.layers),
         "unprotected_languages": [v["language"] for v in views if not v["protected"]],
         "unprotected_action": svc.settings.unprotected_action,
+        "weak_languages": {v["language"]: v["weak_families"] for v in views if v["weak_families"]},
+        "weak_family_auroc": svc.gate.metadata.get("weak_family_auroc"),
         "thresholds": views,
     }
 

@@ -121,6 +121,7 @@ class ChatRun:
             intervened=refuse or bool(verdict is not None and verdict.intervened),
             gate_failure=failed,
             protected=plan.protected,
+            weak_families=list(plan.weak_families),
         )
         return self.info
 

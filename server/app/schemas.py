@@ -153,6 +153,8 @@ class GuardInfo(BaseModel):
     intervened: bool
     gate_failure: bool = False
     protected: bool = True  # False: the language is unprotected, the fallback action applied
+    # Prompt families (styles) on which calibration measured the gate weak for this language.
+    weak_families: list[str] = Field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
         """The same verdict as ``x-babelgate-*`` response headers."""
@@ -163,10 +165,13 @@ class GuardInfo(BaseModel):
                 return "true" if value else "false"
             if isinstance(value, float):
                 return f"{value:.6g}"
+            if isinstance(value, list):
+                return ",".join(value) or "none"
             return str(value)
 
         names = ("language", "language_source", "gate_score", "threshold", "threshold_source",
-                 "decision", "policy", "action", "intervened", "protected")  # fmt: skip
+                 "decision", "policy", "action", "intervened", "protected",
+                 "weak_families")  # fmt: skip
         return {f"x-babelgate-{n.replace('_', '-')}": fmt(getattr(self, n)) for n in names}
 
 

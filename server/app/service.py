@@ -62,6 +62,7 @@ class GuardPlan:
     record: ThresholdRecord
     action: str  # what a harmful verdict triggers: steer / refuse / flag
     policy: str  # the engine policy sent with the request
+    weak_families: tuple[str, ...] = ()  # prompt families the gate was measured weak on here
 
     @property
     def protected(self) -> bool:
@@ -139,6 +140,14 @@ class GuardrailService:
                 "requests get --unprotected-action %s): %s",
                 s.unprotected_action, ", ".join(unprotected),
             )
+        weak = self.publish_family_auroc()
+        if weak:
+            log.warning(
+                "languages the gate is WEAK on for some prompt families (calibration AUROC "
+                "below %s; see GET /admin/thresholds): %s",
+                self._gate.metadata.get("weak_family_auroc"),
+                "; ".join(f"{x} ({', '.join(f)})" for x, f in weak.items()),
+            )
         log.info(
             "babelgate ready: model %s (served as %s), gate %s, policy %s, action %s",
             self.model_path, ", ".join(self.served_names), self.artifact_path, s.policy, s.action,
@@ -198,6 +207,16 @@ class GuardrailService:
         self.metrics.language_protected.labels(language).set(1 if record.protected else 0)
         return record
 
+    def publish_family_auroc(self) -> dict[str, list[str]]:
+        """Export the artifact's per-family AUROC (``gate.style_check``) as metrics; return the
+        languages weak on some family, with those families."""
+        measured = sorted(self.gate.metadata.get("family_auroc", {}))
+        for lang in measured:
+            for family, value in self.gate.family_auroc(lang).items():
+                self.metrics.family_auroc.labels(lang, family).set(value)
+        weak = {lang: self.gate.weak_families(lang) for lang in measured}
+        return {lang: families for lang, families in weak.items() if families}
+
     def origin(self, language: str) -> str:
         """Where ``threshold(language)`` comes from: "override", "artifact" or "zero-shot"."""
         assert self.store is not None
@@ -231,7 +250,7 @@ class GuardrailService:
         policy = self.settings.policy
         if action == "flag" and policy != "none":
             policy = "shadow"
-        return GuardPlan(detection, record, action, policy)
+        return GuardPlan(detection, record, action, policy, tuple(self.gate.weak_families(lang)))
 
     def detect(self, override: str | None, messages: Sequence[dict[str, Any]]) -> Detection:
         """The caller's language if given (validated), else detection on the user text."""
