@@ -169,14 +169,28 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
             if 0 < y.sum() < len(y):
                 cells[config].setdefault(family, {})[lang] = _measure(gate, a, y, opts, lang)
 
+    by_category: dict[str, dict[str, float]] = {}
+
+    def categories(config: str, gate: HarmfulnessGate) -> None:
+        """Do-Not-Answer per harm category (each against all the benign questions)."""
+        rows = tests["donotanswer"]
+        benign = [p for p in rows if p.label == 0]
+        for cat in sorted({p.source for p in rows if p.label == 1}):
+            a, y = acts.by_language([p for p in rows if p.source == cat] + benign)["en"]
+            by_category.setdefault(config, {})[cat.split(":", 1)[1]] = auroc(
+                gate.score_all_layers(a), y
+            )
+
     paper = _paper_gate(acts, inst_train, inst_val, opts.rank, opts.seed, L)
     reasons["paper"] = f"layer {paper.layer} (best mean high-resource val AUROC)"
     for family, rows in tests.items():
         record("paper", family, paper, rows)
+    categories("paper", paper)
 
     full, reasons["robust"] = _robust_gate(acts, inst_train + own, opts.rank, opts.seed, L)
     record("robust", "instruction", full, tests["instruction"])
     record("robust", "donotanswer", full, tests["donotanswer"])  # never trained on
+    categories("robust", full)
     for family in SHIFTED:  # cross-fitted by item: score fold f with the gate that left it out
         per_fold = []
         for fold in (0, 1):
@@ -192,6 +206,7 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
         record("robust-unseen", family, unseen, tests[family])
         if family == "question":  # no question-style training at all
             record("robust-unseen", "donotanswer", unseen, tests["donotanswer"])
+            categories("robust-unseen", unseen)
 
     families = {
         f: {
@@ -207,6 +222,7 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
         "options": {k: v for k, v in asdict(opts).items() if k not in ("out", "progress")},
         "configurations": reasons,
         "cells": cells,
+        "donotanswer_by_category": by_category,
         "summary": summarise(cells),
         "wall_time_s": {
             "activations": round(t_acts, 1),
@@ -314,6 +330,17 @@ def render_markdown(report: dict) -> str:
                 f"{'—' if f1k is None else f'{f1k:.3f}'} | "
                 f"{'—' if rate is None else f'{rate:.0%}'} |"
             )
+    by_category = report.get("donotanswer_by_category", {})
+    if by_category:
+        cats = sorted({c for per in by_category.values() for c in per})
+        lines += ["", "Do-Not-Answer (English) per harm category, each against the benign "
+                  "questions: the gates are trained on crime/violence-style harm, which the "
+                  "malicious-uses category matches and the other two do not:", "",
+                  "| configuration | " + " | ".join(cats) + " |",
+                  "|---" * (len(cats) + 1) + "|"]  # fmt: skip
+        for config, per in by_category.items():
+            lines.append(f"| {config} | " + " | ".join(
+                "—" if c not in per else f"{per[c]:.3f}" for c in cats) + " |")  # fmt: skip
     targets = []
     for name, t in report["summary"]["targets"].items():
         en = "—" if t["en_auroc"] is None else f"{t['en_auroc']:.3f}"

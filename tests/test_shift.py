@@ -59,17 +59,24 @@ def test_shift_run_on_the_embedded_model(polyrefuse_dir, embedded_model_dir, tmp
 
     backend = CachedBackend(TransformersBackend(), tmp_path / "cache")
     opts = ShiftOptions(data=str(polyrefuse_dir), out=tmp_path / "shift",
-                        languages=["de", "fr", "yo"], max_per_class=10, draws=2,
+                        languages=["de", "en", "yo"], max_per_class=10, draws=2,
                         progress=False)  # fmt: skip
     report = run_shift(opts, backend)
     cells = report["cells"]
     assert set(cells) == set(CONFIGS)
     for config in ("paper", "robust"):
-        assert set(cells[config]["instruction"]) == {"de", "fr", "yo"}
+        assert set(cells[config]["instruction"]) == {"de", "en", "yo"}
     for config in CONFIGS:
         for fam in ("question", "narrative"):
-            assert set(cells[config][fam]) == {"de", "fr", "yo"}, (config, fam)
+            assert set(cells[config][fam]) == {"de", "en", "yo"}, (config, fam)
             assert all(0.0 <= c["auroc"] <= 1.0 for c in cells[config][fam].values())
+    # Do-Not-Answer: English only, never trained on, also split by harm category
+    assert set(cells["robust"]["donotanswer"]) == {"en"}
+    for config in CONFIGS:
+        per = report["donotanswer_by_category"][config]
+        assert set(per) == {"malicious_uses", "information_hazard",
+                            "discrimination_exclusion_toxicity_hateful_offensive"}  # fmt: skip
+        assert all(0.0 <= v <= 1.0 for v in per.values())
     paper_q = cells["paper"]["question"]["yo"]
     assert paper_q["unprotected_rate"] in (0.0, 0.5, 1.0) and paper_q["f1_k4"] is not None
     out = tmp_path / "shift"
