@@ -40,19 +40,19 @@ from gate.estimator import MIN_PROTECTED_AUROC, WEAK_FAMILY_AUROC, GateConfig, H
 from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
 from gate.metrics import auroc, f1_score
 from gate.selection import Candidate, candidates, fit_on, select_robust
-from gate.style_check import check_rows, family_auroc, family_of
+from gate.style_check import balance_families, check_rows, family_auroc, family_of
 from gate.threshold import balanced_f1_threshold
 
 # "auto" (the default) resolves to "robust" when the training data holds two or more prompt
 # families and to "paper" otherwise: on the embedded model the robust configuration won under
-# style shift without losing in-distribution (docs/eval/embedded/shift/shift.md), but it needs
-# a held-out family to choose on.
+# style shift without losing in-distribution to the paper's (docs/eval/embedded/shift/shift.md),
+# but it needs a held-out family to choose on.
 PRESETS: tuple[str, ...] = ("auto", "paper", "robust")
 
 # Part of the cached default artifact's name: bumped when what the default calibration writes
 # changes, so a cache made by an older babelgate is recalibrated rather than served as is
-# (2: the per-family style check, ``gate.style_check``).
-DEFAULT_ARTIFACT_REVISION = 2
+# (2: the per-family style check, ``gate.style_check``; 3: families balanced in training).
+DEFAULT_ARTIFACT_REVISION = 3
 
 REPORT_JSON = "calibration_report.json"
 REPORT_MD = "calibration_report.md"
@@ -79,6 +79,7 @@ class CalibrationOptions:
     data_name: str = "in-memory prompts"  # recorded in the report when data is a list
     min_auroc: float = MIN_PROTECTED_AUROC  # at or below: the language is marked unprotected
     weak_family_auroc: float = WEAK_FAMILY_AUROC  # below, on a family: the language is weak on it
+    balance_families: bool = True  # train on as many rows of each family (per language, class)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -170,6 +171,8 @@ def calibrate(
             for p in subsample([r for r in rows if family_of(r) == fam], opts.max_per_class,
                                opts.seed)
         ]  # fmt: skip
+        if opts.balance_families:
+            roles[("train", lang)] = balance_families(roles[("train", lang)], opts.seed)
         check_both_classes(roles[("train", lang)], f"{lang} train split")
         val = select(prompts, language=lang, split="val")
         if val:
@@ -294,6 +297,7 @@ def calibrate(
         "layer": gate.layer,
         "layers": list(gate.layers),
         "weight_decay": gate.config.weight_decay,
+        "balance_families": opts.balance_families,
         "layer_selection": selection,
         "families": {f: len(rows) for f, rows in _family_rows(train).items()},
         "unprotected_languages": [
@@ -441,7 +445,9 @@ def render_markdown(report: dict) -> str:
         f"- rank {report['rank']} per layer, weight decay {report['weight_decay']:g}, alpha "
         f"{report['alpha']:.4f}, zero-shot threshold {report['zero_shot_threshold']:.4f}",
         f"- trained on {', '.join(report['training_languages'])} "
-        f"({sum(report['n_train'].values())} prompts; families: "
+        f"({sum(report['n_train'].values())} prompts; families"
+        + (" balanced" if report.get("balance_families") else "")
+        + ": "
         + ", ".join(f"{f} {n}" for f, n in report["families"].items())
         + f"), data `{report['data']}`, seed {report['seed']}, wall time "
         f"{report['wall_time_s']} s",

@@ -8,7 +8,14 @@ import numpy as np
 from gate.data import LabelledPrompt
 from gate.estimator import GateConfig, HarmfulnessGate
 from gate.selection import Candidate
-from gate.style_check import check_rows, family_auroc, family_of, item_fold, mean_fold_auroc
+from gate.style_check import (
+    balance_families,
+    check_rows,
+    family_auroc,
+    family_of,
+    item_fold,
+    mean_fold_auroc,
+)
 
 
 def row(text: str, label: int, lang: str, split: str, style: str | None, item: str = ""):
@@ -76,3 +83,19 @@ def test_a_family_the_gate_ranks_backwards_is_weak_and_a_separated_one_is_not():
     assert gate.weak_families("en") == [] and gate.family_auroc("en") == {}
     gate.metadata["weak_family_auroc"] = got["yo"]["narrative"] + 0.01
     assert gate.weak_families("yo") == ["narrative", "question"]
+
+
+def test_balance_families_cuts_each_family_to_the_smallest_per_class_count_per_language():
+    rows = [row(f"i{i}", i % 2, "en", "train", "instruction") for i in range(20)]  # 10 + 10
+    rows += [row(f"q{i}", int(i < 3), "en", "train", "question") for i in range(8)]  # 3 + 5
+    rows += [row(f"h{i}", 1, "en", "train", "harmful-only") for i in range(2)]  # one class
+    rows += [row(f"y{i}", i % 2, "yo", "train", "instruction") for i in range(6)]  # one family
+    out = balance_families(rows, seed=0)
+    en = [p for p in out if p.language == "en"]
+    count = {(family_of(p), p.label): 0 for p in en}
+    for p in en:
+        count[(family_of(p), p.label)] += 1
+    assert count == {("instruction", 0): 3, ("instruction", 1): 3, ("question", 0): 3,
+                     ("question", 1): 3, ("harmful-only", 1): 2}  # fmt: skip
+    assert [p for p in out if p.language == "yo"] == rows[-6:]
+    assert balance_families(rows, seed=0) == out  # reproducible

@@ -55,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-max-per-class", type=int, default=None, help="cap for evaluation splits only"
     )
+    p.add_argument(
+        "--no-family-balance",
+        action="store_true",
+        help="train on every row of every prompt family (default: per language and class, "
+        "each family cut to the smallest one's count, so one style cannot dominate)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threshold-k",
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         rank=args.rank,
         max_per_class=args.max_per_class,
         eval_max_per_class=args.eval_max_per_class,
+        balance_families=not args.no_family_balance,
         seed=args.seed,
         threshold_k=args.threshold_k,
         batch_size=args.batch_size,
