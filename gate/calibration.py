@@ -79,7 +79,7 @@ class CalibrationOptions:
     data_name: str = "in-memory prompts"  # recorded in the report when data is a list
     min_auroc: float = MIN_PROTECTED_AUROC  # at or below: the language is marked unprotected
     weak_family_auroc: float = WEAK_FAMILY_AUROC  # below, on a family: the language is weak on it
-    balance_families: bool = True  # train on as many rows of each family (per language, class)
+    balance_families: bool = True  # robust: as many training rows of each family (language, class)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -159,6 +159,8 @@ def calibrate(
     if missing:
         raise DataError(f"language(s) {missing} not in {data_name} (it has {', '.join(present)})")
 
+    preset, preset_reason = resolve_preset(prompts, opts)
+    balanced = opts.balance_families and preset == "robust"
     hrl = [x for x in HIGH_RESOURCE if x in present]
     if not hrl:
         raise DataError(f"{data_name} has no high-resource language to train on ({HIGH_RESOURCE})")
@@ -171,7 +173,7 @@ def calibrate(
             for p in subsample([r for r in rows if family_of(r) == fam], opts.max_per_class,
                                opts.seed)
         ]  # fmt: skip
-        if opts.balance_families:
+        if balanced:
             roles[("train", lang)] = balance_families(roles[("train", lang)], opts.seed)
         check_both_classes(roles[("train", lang)], f"{lang} train split")
         val = select(prompts, language=lang, split="val")
@@ -199,7 +201,6 @@ def calibrate(
             cap = min(opts.k_pool_per_class, opts.max_per_class or opts.k_pool_per_class)
             roles[("pool", lang)] = subsample(pool, cap, opts.seed + 1)
 
-    preset, preset_reason = resolve_preset(prompts, opts)
     checked = check_rows(prompts, languages, max_per_class=opts.eval_cap, seed=opts.seed)
     # One forward pass per distinct prompt text, all layers at once.
     texts = sorted({p.text for rows in [*roles.values(), *checked.values()] for p in rows})
@@ -297,7 +298,7 @@ def calibrate(
         "layer": gate.layer,
         "layers": list(gate.layers),
         "weight_decay": gate.config.weight_decay,
-        "balance_families": opts.balance_families,
+        "balance_families": balanced,
         "layer_selection": selection,
         "families": {f: len(rows) for f, rows in _family_rows(train).items()},
         "unprotected_languages": [

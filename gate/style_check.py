@@ -2,7 +2,8 @@
 
 Runs in the CLI process (calibration, the shift evaluation). A language's threshold can be
 sound on the prompts it was calibrated on and the gate still fail on another way of asking
-(on the embedded model, harmful *questions* in Korean score below benign ones). The check
+(on the embedded model, Korean questions and narratives at AUROC 0.68 against 0.86 for
+instructions). The check
 measures that at calibration time, from labelled rows of every family in the data: the gate's
 configuration is refitted twice on the training rows, each time on half of the *items* (a
 prompt and its translations share an item, so share a half), and each checked row is scored by
@@ -46,13 +47,17 @@ def item_fold(prompt: LabelledPrompt) -> int:
 def balance_families(rows: Sequence[LabelledPrompt], seed: int) -> list[LabelledPrompt]:
     """Per language, every family cut to the smallest family's count per class (reproducibly
     drawn), so no one way of asking dominates the readout. PolyRefuse's instructions outnumber
-    the project's questions and narratives 10 to 1; balanced, the robust gate of the embedded
-    model gained 0.04-0.07 mean AUROC on narratives across two seeds, for 0.01 in-distribution.
+    the project's questions and narratives 10 to 1; balanced, the embedded model's default
+    robust gate gained 0.045 and 0.067 mean AUROC on narratives (seeds 0 and 1) and lost 0.009
+    and 0.014 in-distribution (style check of the full calibration, README).
     Families lacking a class do not set the count; rows of one family come back unchanged."""
     out: list[LabelledPrompt] = []
     for lang in sorted({p.language for p in rows}):
         mine = [p for p in rows if p.language == lang]
-        families = {f: [p for p in mine if family_of(p) == f] for f in sorted(map(family_of, mine))}
+        families: dict[str, list[LabelledPrompt]] = {}
+        for p in mine:
+            families.setdefault(family_of(p), []).append(p)
+        families = dict(sorted(families.items()))
         counts = [
             min(n, len(fam) - n)
             for fam in families.values()

@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-family-balance",
         action="store_true",
-        help="train on every row of every prompt family (default: per language and class, "
-        "each family cut to the smallest one's count, so one style cannot dominate)",
+        help="robust preset: train on every row of every prompt family (default: per language "
+        "and class, each family cut to the smallest one's count, so one style cannot dominate)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
