@@ -41,7 +41,7 @@ from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
 from gate.languages import HIGH_RESOURCE
 from gate.metrics import auroc, f1_score
 from gate.selection import Candidate, candidates, fit_on, merge, select_robust
-from gate.style_check import balance_families, item_fold, mean_fold_auroc
+from gate.style_check import item_fold, mean_fold_auroc
 
 SHIFT_JSON, SHIFT_MD, SHIFT_PNG = "shift.json", "shift.md", "shift_auroc.png"
 CONFIGS: tuple[str, ...] = ("paper", "robust", "robust-unseen")
@@ -102,9 +102,8 @@ def _paper_gate(acts: _Acts, train: list[LabelledPrompt], val: list[LabelledProm
 
 def _robust_gate(acts: _Acts, rows: list[LabelledPrompt], rank: int, seed: int,
                  num_layers: int) -> tuple[HarmfulnessGate, str]:  # fmt: skip
-    """The robust preset's gate as ``babelgate calibrate`` makes it: families balanced per
-    language, configuration chosen by held-out family, fitted on all ``rows``."""
-    rows = balance_families(rows, seed)
+    """The robust preset's gate as ``babelgate calibrate`` makes it: configuration chosen by
+    held-out family, fitted on all ``rows``."""
     families = {
         fam: acts.by_language([p for p in rows if p.style == fam])
         for fam in sorted({p.style for p in rows})

@@ -46,10 +46,10 @@ def item_fold(prompt: LabelledPrompt) -> int:
 
 def balance_families(rows: Sequence[LabelledPrompt], seed: int) -> list[LabelledPrompt]:
     """Per language, every family cut to the smallest family's count per class (reproducibly
-    drawn), so no one way of asking dominates the readout. PolyRefuse's instructions outnumber
-    the project's questions and narratives 10 to 1; balanced, the embedded model's default
-    robust gate gained 0.045 and 0.067 mean AUROC on narratives (seeds 0 and 1) and lost 0.009
-    and 0.014 in-distribution (style check of the full calibration, README).
+    drawn), so no one way of asking dominates the readout (``--family-balance``). PolyRefuse's
+    instructions outnumber the project's questions and narratives 10 to 1; balanced, the
+    embedded model's robust gate gained 0.045 and 0.067 mean AUROC on narratives (seeds 0 and
+    1) but flagged 85-90 % of English MMLU questions harmful, so it is not the default.
     Families lacking a class do not set the count; rows of one family come back unchanged."""
     out: list[LabelledPrompt] = []
     for lang in sorted({p.language for p in rows}):
