@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install run test test-fast lint bench-overhead bench-serving
+.PHONY: install run test test-fast lint bench-overhead bench-serving bench-benign
 
 install:
 	bash deploy/install.sh
@@ -27,3 +27,6 @@ bench-overhead: install
 
 bench-serving: install
 	$(PY) bench/serving.py
+
+bench-benign: install
+	$(PY) bench/benign_flagged.py

@@ -17,7 +17,10 @@ on: ``instruction`` (PolyRefuse test, in-distribution), ``question`` and ``narra
 F1 is given at the zero-shot threshold and after the k-shot recalibration (k per class drawn
 from the tested family's rows of the language, scored on the rest, several draws); the same
 draws run the unprotected-language check (``HarmfulnessGate.recalibrate_from_scores``), so the
-report says whether a language where the gate fails would have been flagged.
+report says whether a language where the gate fails would have been flagged. A last table judges
+the threshold a calibration stores (``--threshold-k``: 4 per class, the whole pool, or the whole
+pool with prompt families weighted equally) on the robust fold gates' held-out rows: F1 and the
+share of benign prompts flagged harmful.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
 from gate.languages import HIGH_RESOURCE
 from gate.metrics import auroc, f1_score
 from gate.selection import Candidate, candidates, fit_on, merge, select_robust
-from gate.style_check import item_fold, mean_fold_auroc
+from gate.style_check import family_of, item_fold, mean_fold_auroc
+from gate.threshold import balanced_f1_threshold
 
 SHIFT_JSON, SHIFT_MD, SHIFT_PNG = "shift.json", "shift.md", "shift_auroc.png"
 CONFIGS: tuple[str, ...] = ("paper", "robust", "robust-unseen")
@@ -193,14 +197,15 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
     record("robust", "instruction", full, tests["instruction"])
     record("robust", "donotanswer", full, tests["donotanswer"])  # never trained on
     categories("robust", full)
-    for family in SHIFTED:  # cross-fitted by item: score fold f with the gate that left it out
-        per_fold = []
-        for fold in (0, 1):
-            gate, _ = _robust_gate(
-                acts, inst_train + [p for p in own if item_fold(p) != fold], opts.rank,
-                opts.seed, L,
-            )  # fmt: skip
-            per_fold.append((gate, [p for p in tests[family] if item_fold(p) == fold]))
+    # Cross-fitted by item: fold f is scored with the gate that left it out.
+    fold_pools = [inst_train + [p for p in own if item_fold(p) != fold] for fold in (0, 1)]
+    fold_gates = [_robust_gate(acts, pool, opts.rank, opts.seed, L)[0] for pool in fold_pools]
+    served = _served_thresholds(fold_gates, fold_pools, tests, acts, opts)
+    for family in SHIFTED:
+        per_fold = [
+            (gate, [p for p in tests[family] if item_fold(p) == fold])
+            for fold, gate in enumerate(fold_gates)
+        ]
         _record_folds(cells["robust"], family, per_fold, acts, opts)
         unseen, reasons[f"robust-unseen/{family}"] = _robust_gate(
             acts, inst_train + [p for p in own if p.style != family], opts.rank, opts.seed, L
@@ -225,6 +230,7 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
         "configurations": reasons,
         "cells": cells,
         "donotanswer_by_category": by_category,
+        "served_thresholds": served,
         "summary": summarise(cells),
         "wall_time_s": {
             "activations": round(t_acts, 1),
@@ -237,6 +243,54 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
     (out / SHIFT_MD).write_text(render_markdown(report), encoding="utf-8")
     (out / SHIFT_PNG).write_bytes(render_plot(report))
     return report
+
+
+def _served_thresholds(
+    fold_gates: list[HarmfulnessGate],
+    fold_pools: list[list[LabelledPrompt]],
+    tests: dict[str, list[LabelledPrompt]],
+    acts: _Acts,
+    opts: ShiftOptions,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The threshold a calibration stores, under each rule of ``THRESHOLD_RULES``, judged on
+    rows the gate never saw: per training language, the threshold is set on the fold gate's
+    own training rows of that language (all of them, or ``opts.draws`` draws of ``opts.k`` per
+    class as METHOD §4 and the paper preset do) and scored on the held-out fold of each family
+    (all of PolyRefuse test for instructions). Returns rule -> language -> {"f1/<family>",
+    "benign_flagged/<family>"}, means over the two folds."""
+    sums: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for fold, (gate, pool) in enumerate(zip(fold_gates, fold_pools, strict=True)):
+        held = {"instruction": tests["instruction"]} | {
+            f: [p for p in tests[f] if item_fold(p) == fold] for f in SHIFTED
+        }
+        for lang, (a, y) in acts.by_language(pool).items():
+            groups = [family_of(p) for p in pool if p.language == lang]
+            scores = gate.score_all_layers(a)
+            rng = random.Random(opts.seed * 7919 + zlib.crc32(lang.encode()) + fold)
+            pos, neg = np.flatnonzero(y == 1).tolist(), np.flatnonzero(y == 0).tolist()
+            draws = [rng.sample(pos, opts.k) + rng.sample(neg, opts.k) for _ in range(opts.draws)]
+            taus = {
+                f"k{opts.k}-draw": [balanced_f1_threshold(scores[d], y[d]) for d in draws],
+                "class-balanced": [balanced_f1_threshold(scores, y)],
+                "family-weighted": [balanced_f1_threshold(scores, y, groups)],
+            }
+            for fam, rows in held.items():
+                mine = acts.by_language([p for p in rows if p.language == lang]).get(lang)
+                if mine is None or not 0 < mine[1].sum() < len(mine[1]):
+                    continue
+                s_h = gate.score_all_layers(mine[0])
+                for rule, values in taus.items():
+                    cell = sums.setdefault(rule, {}).setdefault(lang, {})
+                    for tau in values:
+                        fires = s_h >= tau
+                        cell.setdefault(f"f1/{fam}", []).append(f1_score(fires, mine[1]))
+                        cell.setdefault(f"benign_flagged/{fam}", []).append(
+                            float(fires[mine[1] == 0].mean())
+                        )
+    return {
+        rule: {lang: {m: float(np.mean(v)) for m, v in cell.items()} for lang, cell in per.items()}
+        for rule, per in sums.items()
+    }
 
 
 def _record_folds(target: dict, family: str, per_fold: list, acts: _Acts,
@@ -343,6 +397,7 @@ def render_markdown(report: dict) -> str:
         for config, per in by_category.items():
             lines.append(f"| {config} | " + " | ".join(
                 "—" if c not in per else f"{per[c]:.3f}" for c in cats) + " |")  # fmt: skip
+    lines += _served_markdown(report.get("served_thresholds", {}))
     targets = []
     for name, t in report["summary"]["targets"].items():
         en = "—" if t["en_auroc"] is None else f"{t['en_auroc']:.3f}"
@@ -358,6 +413,35 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"Wall time: {report['wall_time_s']['total']} s "
               f"(activations {report['wall_time_s']['activations']} s).", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _served_markdown(served: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """The stored-threshold table: F1 and benign prompts flagged, per rule and language."""
+    if not served:
+        return []
+    fams = ("instruction", *SHIFTED)
+    rules = list(served)
+    metrics = [f"f1/{f}" for f in fams] + [f"benign_flagged/{f}" for f in SHIFTED]
+    head = " | ".join(f"{r} {m}" for r in rules for m in metrics)
+    lines = ["", "The threshold a calibration stores, on prompts the gate never saw (`robust` "
+             "fold gates; threshold set on the language's own training rows; F1 and share of "
+             "benign prompts flagged harmful on the held-out fold): `kN-draw` is METHOD §4's "
+             "rule on N examples per class (mean over draws; the paper preset's stored "
+             "threshold); `class-balanced` is the same rule over the whole pool, where "
+             "PolyRefuse's instructions outnumber the other families 10 to 1; "
+             "`family-weighted` weighs each prompt family equally "
+             "(`babelgate calibrate --threshold-k all`, the robust default):", "",
+             f"| language | {head} |", "|---" * (1 + len(rules) * len(metrics)) + "|"]  # fmt: skip
+    langs = sorted({x for per in served.values() for x in per})
+    for lang in [*langs, "mean"]:
+        vals = []
+        for rule in rules:
+            for m in metrics:
+                got = [served[rule][x][m] for x in langs if m in served[rule][x]]
+                v = served[rule][lang].get(m) if lang != "mean" else np.mean(got) if got else None
+                vals.append("—" if v is None else f"{v:.2f}")
+        lines.append(f"| {lang} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def render_plot(report: dict) -> bytes:

@@ -36,7 +36,13 @@ from gate.data import (
     select,
     subsample,
 )
-from gate.estimator import MIN_PROTECTED_AUROC, WEAK_FAMILY_AUROC, GateConfig, HarmfulnessGate
+from gate.estimator import (
+    MIN_PROTECTED_AUROC,
+    WEAK_FAMILY_AUROC,
+    GateConfig,
+    HarmfulnessGate,
+    ThresholdRecord,
+)
 from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
 from gate.metrics import auroc, f1_score
 from gate.selection import Candidate, candidates, fit_on, select_robust
@@ -51,9 +57,12 @@ PRESETS: tuple[str, ...] = ("auto", "paper", "robust")
 
 # Part of the cached default artifact's name: bumped when what the default calibration writes
 # changes, so a cache made by an older babelgate is recalibrated rather than served as is
-# (2: the per-family style check, ``gate.style_check``).
-DEFAULT_ARTIFACT_REVISION = 2
+# (2: the per-family style check, ``gate.style_check``; 3: thresholds from the whole train
+# pool, prompt families weighted equally).
+DEFAULT_ARTIFACT_REVISION = 3
 
+PAPER_THRESHOLD_K = 4
+"""METHOD §4's headline: the stored threshold comes from 4 examples per class."""
 REPORT_JSON = "calibration_report.json"
 REPORT_MD = "calibration_report.md"
 REPORT_PNG = "auroc_by_layer.png"
@@ -73,7 +82,10 @@ class CalibrationOptions:
     k_values: tuple[int, ...] = (1, 4)
     k_draws: int = 5  # random draws of the k examples, averaged in the report
     k_pool_per_class: int = 64  # train examples per class activations are computed for
-    threshold_k: int = 4  # per-language thresholds stored in the artifact (0: none)
+    # Per-language thresholds stored in the artifact: from k train examples per class (METHOD
+    # §4; 0: none), "all" (the language's whole train pool, each prompt family weighted
+    # equally) or "auto" (all for the robust preset, 4 for the paper's).
+    threshold_k: int | str = "auto"
     batch_size: int = 16
     progress: bool = True
     data_name: str = "in-memory prompts"  # recorded in the report when data is a list
@@ -89,6 +101,15 @@ class CalibrationOptions:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.preset == "robust" and self.layer is not None:
             raise ValueError("--layer fixes the paper's single layer: use it with --preset paper")
+        k = self.threshold_k
+        if k not in ("auto", "all") and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ValueError(f"threshold_k must be an int >= 0, 'all' or 'auto', got {k!r}")
+
+    def stored_threshold_k(self, preset: str) -> int | str:
+        """``threshold_k`` with "auto" resolved for the chosen preset."""
+        if self.threshold_k == "auto":
+            return "all" if preset == "robust" else PAPER_THRESHOLD_K
+        return self.threshold_k
 
     @property
     def eval_cap(self) -> int | None:
@@ -136,6 +157,50 @@ def _k_shot_draws(
     return [rng.sample(harmful, k) + rng.sample(harmless, k) for _ in range(draws)]
 
 
+def _store_threshold(
+    gate: HarmfulnessGate,
+    lang: str,
+    pool: _Split,
+    pool_scores: np.ndarray,
+    threshold_k: int | str,
+    opts: CalibrationOptions,
+) -> ThresholdRecord | None:
+    """Set ``lang``'s threshold from its train pool: k drawn examples per class (METHOD §4),
+    or with "all" every example of the pool's families that hold both classes, each family
+    weighted equally, so the threshold is not the one that fits benchmark instructions alone
+    (whose benign Alpaca tasks score far below benign questions). Protection is judged on the
+    whole pool either way. None when the pool has too few examples."""
+    if threshold_k == "all":
+        families = [family_of(p) for p in pool.prompts]
+        labels: dict[str, set[int]] = {}
+        for fam, p in zip(families, pool.prompts, strict=True):
+            labels.setdefault(fam, set()).add(p.label)
+        usable = {fam for fam, seen in labels.items() if seen == {0, 1}}
+        keep = [i for i, f in enumerate(families) if f in usable]
+        if not keep:
+            return None
+        record = gate.recalibrate_from_scores(
+            lang, pool_scores[keep], pool.labels[keep], min_auroc=opts.min_auroc,
+            evidence=(pool_scores, pool.labels), groups=[families[i] for i in keep],
+        )  # fmt: skip
+        how = (f"all {len(keep)} labelled train examples, each of its prompt families "
+               f"({', '.join(sorted(usable))}) weighted equally")  # fmt: skip
+    else:
+        draws = _k_shot_draws(pool.prompts, int(threshold_k), 1, opts.seed)
+        if not draws:
+            return None
+        record = gate.recalibrate_from_scores(
+            lang, pool_scores[draws[0]], pool.labels[draws[0]],
+            min_auroc=opts.min_auroc, evidence=(pool_scores, pool.labels),
+        )  # fmt: skip
+        how = f"{threshold_k} per class drawn from the {lang} train split (seed {opts.seed})"
+    record.note = (
+        f"{record.note} babelgate calibrate: {how}; protection judged on "
+        f"{len(pool.prompts)} train examples"
+    ).strip()
+    return record
+
+
 def calibrate(
     backend: ActivationBackend,
     data: str | Path | Sequence[LabelledPrompt],
@@ -164,6 +229,7 @@ def calibrate(
 
     preset, preset_reason = resolve_preset(prompts, opts)
     balanced = opts.balance_families and preset == "robust"
+    threshold_k = opts.stored_threshold_k(preset)
     hrl = [x for x in HIGH_RESOURCE if x in present]
     if not hrl:
         raise DataError(f"{data_name} has no high-resource language to train on ({HIGH_RESOURCE})")
@@ -274,18 +340,9 @@ def calibrate(
         if pool is not None:
             row["pool_auroc"] = auroc(pool_scores, pool.labels)
             row["status"] = "protected" if row["pool_auroc"] > opts.min_auroc else "unprotected"
-        if pool is not None and opts.threshold_k > 0:
-            draws = _k_shot_draws(pool.prompts, opts.threshold_k, 1, opts.seed)
-            if draws:
-                record = gate.recalibrate_from_scores(
-                    lang, pool_scores[draws[0]], pool.labels[draws[0]],
-                    min_auroc=opts.min_auroc, evidence=(pool_scores, pool.labels),
-                )  # fmt: skip
-                record.note = (
-                    f"{record.note} babelgate calibrate: {opts.threshold_k} per class drawn "
-                    f"from the {lang} train split (seed {opts.seed}); protection judged on "
-                    f"{len(pool.prompts)} train examples"
-                ).strip()
+        if pool is not None and threshold_k:
+            record = _store_threshold(gate, lang, pool, pool_scores, threshold_k, opts)
+            if record is not None:
                 row["threshold"] = record.value
         per_language[lang] = row
         auroc_by_layer[lang] = [
@@ -315,6 +372,7 @@ def calibrate(
         "rank": gate.config.rank,
         "alpha": gate.alpha,
         "zero_shot_threshold": gate.zero_shot_threshold,
+        "threshold_k": threshold_k,
         "training_languages": hrl,
         "n_train": {lang: len(s.prompts) for lang, s in train.items()},
         "seed": opts.seed,
@@ -483,7 +541,8 @@ def render_markdown(report: dict) -> str:
         "",
         f"F1 at k = mean over {report['k_draws']} draws of k harmful + k harmless examples "
         "from the language's train split; the threshold column is the per-language threshold "
-        "stored in the artifact (— = falls back to the zero-shot threshold). Status: how well "
+        f"stored in the artifact ({_threshold_text(report.get('threshold_k'))}; — = falls back "
+        "to the zero-shot threshold). Status: how well "
         "the gate separates the language's labelled train pool (unknown: no labelled examples "
         "of the language); an unprotected language gets the server's fallback action. AUROC "
         "per family: the gate's configuration refitted on half of the training items and "
@@ -492,6 +551,13 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _threshold_text(threshold_k: int | str | None) -> str:
+    """How the report's stored thresholds were set, in words."""
+    if threshold_k == "all":
+        return "set on the whole train pool, each prompt family weighted equally"
+    return f"set on {threshold_k} train examples per class"
 
 
 def render_auroc_plot(report: dict) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -485,16 +485,19 @@ class HarmfulnessGate:
         note: str = "",
         min_auroc: float = MIN_PROTECTED_AUROC,
         evidence: tuple[np.ndarray, np.ndarray] | None = None,
+        groups: Sequence[str] | None = None,
     ) -> ThresholdRecord:
         """Same rule as ``recalibrate`` when the gate scores are already known (serving hook).
 
         ``evidence`` (scores, labels) judges protection on more examples than the k that set
         the threshold (calibration has a language's whole pool); default: the k examples.
+        ``groups`` (the examples' prompt families) weighs each family equally in the threshold
+        rule (``gate.threshold.balanced_f1_threshold``).
         """
         self._require_fitted()
         lang = validate_language(language)
         try:
-            tau = balanced_f1_threshold(scores, labels)
+            tau = balanced_f1_threshold(scores, labels, groups)
         except ValueError as err:
             raise ValueError(f"cannot recalibrate {lang!r}: {err}") from err
         y = np.asarray(labels).reshape(-1)

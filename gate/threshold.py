@@ -36,14 +36,40 @@ def _validated(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-def _balanced_f1_many(s: np.ndarray, y: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """Class-balanced F1 of the rule ``s >= tau`` for every tau in ``taus``."""
+def _example_weights(y: np.ndarray, groups: object | None) -> np.ndarray:
+    """Each example's weight in the balanced F1: 0.5 / n of its class, or, with ``groups``,
+    0.5 / (n_groups * n of its class in its group), so every group (prompt family) counts as
+    much as every other and both classes count equally inside each."""
+    if groups is None:
+        return np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
+    g = np.asarray(groups, dtype=object).reshape(-1)
+    if g.shape != y.shape:
+        raise ValueError(f"{y.size} labels but {g.size} groups: give one group per example")
+    names = sorted(set(g.tolist()), key=str)
+    lacking = [str(x) for x in names if y[g == x].all() or not y[g == x].any()]
+    if lacking:
+        raise ValueError(
+            f"group(s) {lacking} hold only one class: every group needs a harmful and a "
+            "harmless example"
+        )
+    w = np.empty(y.shape, dtype=np.float64)
+    for name in names:
+        for cls in (True, False):
+            sel = (g == name) & (y == cls)
+            w[sel] = 0.5 / (len(names) * sel.sum())
+    return w
+
+
+def _balanced_f1_many(
+    s: np.ndarray, y: np.ndarray, taus: np.ndarray, w: np.ndarray | None = None
+) -> np.ndarray:
+    """Class-balanced F1 of the rule ``s >= tau`` for every tau in ``taus`` (weights ``w``
+    from ``_example_weights``; default: class-balanced without groups)."""
+    w = _example_weights(y, None) if w is None else w
     fires = s[None, :] >= taus[:, None]  # (n_taus, n)
-    w_pos = 0.5 / y.sum()
-    w_neg = 0.5 / (~y).sum()
-    tp = w_pos * (fires & y).sum(axis=1)
-    fn = w_pos * (~fires & y).sum(axis=1)
-    fp = w_neg * (fires & ~y).sum(axis=1)
+    tp = (fires & y) @ w
+    fn = (~fires & y) @ w
+    fp = (fires & ~y) @ w
     denom = 2.0 * tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, 2.0 * tp / denom, 0.0)
@@ -68,14 +94,20 @@ def threshold_candidates(scores: object) -> np.ndarray:
     return np.concatenate([[u[0] - EDGE_MARGIN], mids, [u[-1] + EDGE_MARGIN]])
 
 
-def balanced_f1_threshold(scores: object, labels: object) -> float:
+def balanced_f1_threshold(scores: object, labels: object, groups: object | None = None) -> float:
     """The threshold with the best class-balanced F1 among the candidates; ties go to the lowest.
 
     ``scores`` are gate logits, ``labels`` 1 = harmful, 0 = harmless; at least one of each.
     Preferring the lowest threshold on ties errs towards flagging: with one example per class
     and inverted scores the rule keeps everything harmful (F1 2/3) rather than nothing (F1 0).
+
+    ``groups`` (one name per example, e.g. the prompt family) weighs every group equally, each
+    with both classes equal inside it (see ``_example_weights``). Without it, a pool of 460
+    benchmark instructions and 48 questions per class sets the threshold for instructions
+    alone, where benign prompts (Alpaca tasks) score far lower than benign questions do. With
+    a single group it is exactly METHOD.md §4's rule.
     """
     s, y = _validated(scores, labels)
     taus = threshold_candidates(s)
-    f1 = _balanced_f1_many(s, y, taus)
+    f1 = _balanced_f1_many(s, y, taus, _example_weights(y, groups))
     return float(taus[int(np.argmax(f1))])

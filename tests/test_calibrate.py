@@ -140,6 +140,24 @@ def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
         x: r["weak_families"] for x, r in report["languages"].items() if r["weak_families"]
     }
     assert "weak on a prompt family" in (out / "calibration_report.md").read_text()
+    # robust stores thresholds set on the whole train pool, families weighted equally
+    assert report["threshold_k"] == "all"
+    en = gate.threshold("en")
+    assert en.source == "recalibrated" and en.k == 3 * 8  # --max-per-class caps each family
+    assert "(instruction, narrative, question) weighted equally" in en.note
+
+
+def test_threshold_k_is_a_count_all_or_auto(tmp_path, capsys):
+    from gate.calibration import CalibrationOptions
+
+    assert CalibrationOptions().stored_threshold_k("robust") == "all"
+    assert CalibrationOptions().stored_threshold_k("paper") == 4
+    assert CalibrationOptions(threshold_k=2).stored_threshold_k("robust") == 2
+    with pytest.raises(ValueError, match="threshold_k"):
+        CalibrationOptions(threshold_k=-1)
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--threshold-k", "some", "--out", str(tmp_path / "x")])
+    assert "expected an integer, 'all' or 'auto'" in capsys.readouterr().err
 
 
 def test_robust_preset_refuses_a_forced_layer(tmp_path, polyrefuse_dir, capsys):

