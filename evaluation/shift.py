@@ -252,11 +252,12 @@ def _served_thresholds(
     acts: _Acts,
     opts: ShiftOptions,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """The threshold a calibration stores, under each rule of ``THRESHOLD_RULES``, judged on
-    rows the gate never saw: per training language, the threshold is set on the fold gate's
-    own training rows of that language (all of them, or ``opts.draws`` draws of ``opts.k`` per
-    class as METHOD §4 and the paper preset do) and scored on the held-out fold of each family
-    (all of PolyRefuse test for instructions). Returns rule -> language -> {"f1/<family>",
+    """The threshold a calibration stores, judged on rows the gate never saw: per training
+    language, the threshold is set on the fold gate's own training rows of that language
+    (``k<k>-draw``: ``opts.draws`` draws of ``opts.k`` per class, as METHOD §4 and the paper
+    preset do; ``class-balanced``: all of them; ``family-weighted``: all of them, each prompt
+    family weighted equally) and scored on the held-out fold of each family (all of
+    PolyRefuse test for instructions). Returns rule -> language -> {"f1/<family>",
     "benign_flagged/<family>"}, means over the two folds."""
     sums: dict[str, dict[str, dict[str, list[float]]]] = {}
     for fold, (gate, pool) in enumerate(zip(fold_gates, fold_pools, strict=True)):

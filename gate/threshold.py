@@ -36,12 +36,14 @@ def _validated(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-def _example_weights(y: np.ndarray, groups: object | None) -> np.ndarray:
-    """Each example's weight in the balanced F1: 0.5 / n of its class, or, with ``groups``,
-    0.5 / (n_groups * n of its class in its group), so every group (prompt family) counts as
-    much as every other and both classes count equally inside each."""
+def _class_cells(y: np.ndarray, groups: object | None) -> list[tuple[np.ndarray, float]]:
+    """(members, weight of each) per class, or per class within each group: 0.5 / n of its
+    class, or with ``groups`` 0.5 / (n_groups * n of its class in its group), so every group
+    (prompt family) counts as much as every other and both classes count equally inside each.
+    Counts times one weight per cell, so without groups the arithmetic is METHOD §4's exactly
+    (ties between candidates stay exact ties)."""
     if groups is None:
-        return np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
+        return [(y, 0.5 / y.sum()), (~y, 0.5 / (~y).sum())]
     g = np.asarray(groups, dtype=object).reshape(-1)
     if g.shape != y.shape:
         raise ValueError(f"{y.size} labels but {g.size} groups: give one group per example")
@@ -52,24 +54,27 @@ def _example_weights(y: np.ndarray, groups: object | None) -> np.ndarray:
             f"group(s) {lacking} hold only one class: every group needs a harmful and a "
             "harmless example"
         )
-    w = np.empty(y.shape, dtype=np.float64)
+    cells = []
     for name in names:
-        for cls in (True, False):
-            sel = (g == name) & (y == cls)
-            w[sel] = 0.5 / (len(names) * sel.sum())
-    return w
+        for members in ((g == name) & y, (g == name) & ~y):
+            cells.append((members, 0.5 / (len(names) * members.sum())))
+    return cells
 
 
 def _balanced_f1_many(
-    s: np.ndarray, y: np.ndarray, taus: np.ndarray, w: np.ndarray | None = None
+    s: np.ndarray, y: np.ndarray, taus: np.ndarray, groups: object | None = None
 ) -> np.ndarray:
-    """Class-balanced F1 of the rule ``s >= tau`` for every tau in ``taus`` (weights ``w``
-    from ``_example_weights``; default: class-balanced without groups)."""
-    w = _example_weights(y, None) if w is None else w
+    """Class-balanced F1 of the rule ``s >= tau`` for every tau in ``taus`` (weights from
+    ``_class_cells``)."""
     fires = s[None, :] >= taus[:, None]  # (n_taus, n)
-    tp = (fires & y) @ w
-    fn = (~fires & y) @ w
-    fp = (fires & ~y) @ w
+    tp = fn = fp = np.zeros(len(taus))
+    for members, w in _class_cells(y, groups):
+        hits = (fires & members).sum(axis=1)
+        if members[y].any():  # a harmful cell
+            tp = tp + w * hits
+            fn = fn + w * (members.sum() - hits)
+        else:
+            fp = fp + w * hits
     denom = 2.0 * tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, 2.0 * tp / denom, 0.0)
@@ -102,12 +107,12 @@ def balanced_f1_threshold(scores: object, labels: object, groups: object | None 
     and inverted scores the rule keeps everything harmful (F1 2/3) rather than nothing (F1 0).
 
     ``groups`` (one name per example, e.g. the prompt family) weighs every group equally, each
-    with both classes equal inside it (see ``_example_weights``). Without it, a pool of 460
+    with both classes equal inside it (see ``_class_cells``). Without it, a pool of 460
     benchmark instructions and 48 questions per class sets the threshold for instructions
     alone, where benign prompts (Alpaca tasks) score far lower than benign questions do. With
     a single group it is exactly METHOD.md §4's rule.
     """
     s, y = _validated(scores, labels)
     taus = threshold_candidates(s)
-    f1 = _balanced_f1_many(s, y, taus, _example_weights(y, groups))
+    f1 = _balanced_f1_many(s, y, taus, groups)
     return float(taus[int(np.argmax(f1))])
