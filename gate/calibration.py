@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -626,14 +626,20 @@ def default_data_sources() -> list[Path]:
     return [polyrefuse] + ([styles] if styles is not None else [])
 
 
-def ensure_default_artifact(model: str | Path | None = None, *, progress: bool = True) -> Path:
+def ensure_default_artifact(
+    model: str | Path | None = None,
+    *,
+    progress: bool = True,
+    on_calibrate: Callable[[Path], None] | None = None,
+) -> Path:
     """The cached calibration of the embedded (or given) model, made on first use.
 
     Cached under ``<cache>/artifacts/<model fingerprint>-default-<preset>-r<revision>``; a
     finished artifact is reused, an interrupted calibration leaves nothing behind (artifacts
     are written atomically, activations are cached as they are computed). The data are
     ``default_data_sources()``, so ``auto`` resolves to the robust preset when the style
-    prompts are installed.
+    prompts are installed. ``on_calibrate(target)`` is called when no cached artifact exists,
+    before the calibration (minutes) starts, so a caller can say why it waits.
     """
     from gate.activation_cache import CachedBackend
     from gate.hf.backend import TransformersBackend
@@ -653,6 +659,8 @@ def ensure_default_artifact(model: str | Path | None = None, *, progress: bool =
     target = cache_root() / "artifacts" / name
     if (target / "manifest.json").is_file():
         return target
+    if on_calibrate is not None:
+        on_calibrate(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     backend = CachedBackend(TransformersBackend(model), cache_root() / "activations")
     calibrate(backend, prompts, target, options, force=False)

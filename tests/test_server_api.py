@@ -65,6 +65,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_while_starting: list[int] = []
+        self.phases_while_starting: set[str] = set()
         self.chat_while_starting: httpx.Response | None = None
 
     def start(self) -> None:
@@ -83,13 +84,14 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                status = httpx.get(f"{self.url}/health", timeout=10).status_code
+                health = httpx.get(f"{self.url}/health", timeout=10)
             except httpx.HTTPError:
                 time.sleep(0.5)
                 continue
-            if status == 200:
+            if health.status_code == 200:
                 return
-            self.health_while_starting.append(status)
+            self.health_while_starting.append(health.status_code)
+            self.phases_while_starting.add(health.json()["phase"])
             if self.chat_while_starting is None:
                 # vLLM's start blocks the server's event loop for a while: retry on timeout
                 with contextlib.suppress(httpx.HTTPError):
@@ -206,6 +208,9 @@ def chat(client: openai.OpenAI, content: str | list[dict[str, str]], **kw: Any) 
 
 def test_health_and_engine_were_503_while_starting(server: Server) -> None:
     assert server.health_while_starting and set(server.health_while_starting) == {503}
+    # --artifact is given, so no calibration; the engine's start is the long phase
+    assert "starting the guarded vLLM engine and checking its hook" in server.phases_while_starting
+    assert not any("calibrating" in p for p in server.phases_while_starting)
     r = server.chat_while_starting
     assert r is not None and r.status_code == 503
     assert r.json()["error"]["code"] == "engine_not_ready"

@@ -2,7 +2,8 @@
 
 Runs in the API-server process. ``/health`` is 200 only once the guarded engine has started and
 its hook self-check has passed (``GuardedEngine.start`` raises otherwise), and while the engine
-reports itself alive; 503 before and after.
+reports itself alive; 503 before (with the start-up ``phase``: a first-use calibration takes
+minutes) and after.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     svc = service_of(request)
     if svc.engine is None:
-        return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "starting", "phase": svc.phase}, status_code=503)
     try:
         await svc.engine.engine.check_health()
     except Exception as exc:

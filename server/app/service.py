@@ -2,8 +2,9 @@
 
 Runs in the API-server process. The HTTP server comes up first and answers ``/health`` with 503
 while the model folder, the default calibration and the guarded engine start (minutes the first
-time) in a background task; when that task fails the process exits with the reason, since a
-guardrail that cannot guard must not serve.
+time) in a background task; ``/health`` and the log say which phase it is in (a first-use
+calibration takes about 15 minutes on 2 CPU cores and shows progress bars), and when the task
+fails the process exits with the reason, since a guardrail that cannot guard must not serve.
 
 Thresholds: an override in the admin store wins over the artifact's own threshold, which wins
 over the zero-shot fallback (``HarmfulnessGate.threshold``). The live gate's records are never
@@ -19,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -87,6 +88,7 @@ class GuardrailService:
         self._start_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
         self.startup_error: BaseException | None = None
+        self.phase = "starting"  # what the start task is doing, for /health and the log
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -112,8 +114,12 @@ class GuardrailService:
         from server.engine.guarded_engine import GuardedEngine
 
         s = self.settings
+        self._enter("resolving the model")
         self.model_path = await asyncio.to_thread(resolve_model, s.model)
-        self.artifact_path = await asyncio.to_thread(resolve_artifact, s.artifact, s.model)
+        self._enter("loading the gate artifact")
+        self.artifact_path = await asyncio.to_thread(
+            resolve_artifact, s.artifact, s.model, self._calibrating
+        )
         manifest = read_manifest(self.artifact_path)
         state_dir = s.state_dir or default_state_dir()
         self.store = ThresholdStore(state_dir, str(manifest["tensors_sha256"])[:16])
@@ -122,6 +128,7 @@ class GuardrailService:
         # The server's own copy of the gate holds the artifact's threshold records; the engine
         # checks that the artifact belongs to the model.
         self._gate = await asyncio.to_thread(HarmfulnessGate.load, self.artifact_path)
+        self._enter("starting the guarded vLLM engine and checking its hook")
         engine = await GuardedEngine.start(
             str(self.model_path), str(self.artifact_path), engine_kwargs=s.engine_kwargs()
         )
@@ -151,6 +158,18 @@ class GuardrailService:
         log.info(
             "babelgate ready: model %s (served as %s), gate %s, policy %s, action %s",
             self.model_path, ", ".join(self.served_names), self.artifact_path, s.policy, s.action,
+        )
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        log.info("startup: %s", phase)
+
+    def _calibrating(self, target: Path) -> None:
+        """Called (from the start task's thread) when no cached default calibration exists."""
+        self._enter(f"calibrating the gate on first use, cached afterwards at {target}")
+        log.warning(
+            "no cached calibration for this model: calibrating now (up to 15 minutes on 2 CPU "
+            "cores, once); /health stays 503 until it is done"
         )
 
     def shutdown(self) -> None:
@@ -282,9 +301,13 @@ def resolve_model(model: str | None) -> Path:
     return path
 
 
-def resolve_artifact(artifact: str | None, model: str | None) -> Path:
+def resolve_artifact(
+    artifact: str | None,
+    model: str | None,
+    on_calibrate: Callable[[Path], None] | None = None,
+) -> Path:
     """The gate artifact: ``--artifact`` if given, else the model's cached default calibration
-    (made on first use: minutes on a small CPU machine)."""
+    (made on first use: minutes on a small CPU machine; ``on_calibrate`` is told first)."""
     if artifact is not None:
         path = Path(artifact).expanduser()
         if not path.is_dir():
@@ -295,7 +318,7 @@ def resolve_artifact(artifact: str | None, model: str | None) -> Path:
         return path
     from gate.calibration import ensure_default_artifact
 
-    return ensure_default_artifact(model, progress=False)
+    return ensure_default_artifact(model, progress=True, on_calibrate=on_calibrate)
 
 
 def default_state_dir() -> Path:
