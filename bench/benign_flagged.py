@@ -14,7 +14,7 @@ calibration saw: a flagged question is one the server would steer, or refuse und
 and PolyRefuse's English test split (held out; harmful recall by prompt length in words, since
 short requests score lower, and harmless prompts flagged).
 
-    python bench/benign_flagged.py [--mmlu 200]
+    python bench/benign_flagged.py [--mmlu 200] [--family-balance]
 
 The last line is ``mmlu_flagged_ratio=<all/k4> harmful_recall_ratio=<all/k4>`` (the first is 0
 when the default flags no MMLU question).
@@ -42,6 +42,8 @@ LENGTHS = (("1-9", 1, 10), ("10-15", 10, 16), ("16+", 16, 10_000))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mmlu", type=int, default=200, help="MMLU questions (seeded sample)")
+    ap.add_argument("--family-balance", action="store_true",
+                    help="both calibrations with --family-balance (not the default)")  # fmt: skip
     args = ap.parse_args()
     backend = CachedBackend(TransformersBackend(), cache_root() / "activations")
     sources = default_data_sources()  # PolyRefuse first
@@ -55,7 +57,12 @@ def main() -> None:
     recall: dict[int | str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rule in (4, "all"):
-            opts = CalibrationOptions(eval_max_per_class=32, threshold_k=rule, progress=False)
+            opts = CalibrationOptions(
+                eval_max_per_class=32,
+                threshold_k=rule,
+                balance_families=args.family_balance,
+                progress=False,
+            )
             gate, report = calibrate(backend, prompts, Path(tmp) / str(rule), opts)
             acts = gate.inputs(backend.activations(mmlu, list(gate.layers), progress=False))
             flagged[rule] = float(np.mean(gate.decide(acts, "en")))

@@ -49,7 +49,8 @@ def balance_families(rows: Sequence[LabelledPrompt], seed: int) -> list[Labelled
     drawn), so no one way of asking dominates the readout (``--family-balance``). PolyRefuse's
     instructions outnumber the project's questions and narratives 10 to 1; balanced, the
     embedded model's robust gate gained 0.045 and 0.067 mean AUROC on narratives (seeds 0 and
-    1) but flagged 85-90 % of English MMLU questions harmful, so it is not the default.
+    1) but flagged 85-90 % of English MMLU questions harmful (79 % with whole-pool thresholds:
+    ``bench/benign_flagged.py --family-balance``), so it is not the default.
     Families lacking a class do not set the count; rows of one family come back unchanged."""
     out: list[LabelledPrompt] = []
     for lang in sorted({p.language for p in rows}):
