@@ -36,6 +36,27 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 
+def _launch(
+    model_path: str | Path | None,
+    artifact_path: str | Path | GateParams,
+    engine_kwargs: dict[str, Any] | None,
+) -> tuple[AsyncLLM, GateParams, str]:
+    """The engine (processes started, hook not yet installed), the gate and the model id;
+    raises before any process starts when the artifact or the model does not fit."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from gate.hf.model_source import load_model_config, resolve_model
+
+    prepare_environment()
+    model_id, load_path = resolve_model(model_path)
+    config = load_model_config(load_path)
+    check_model_config(config)
+    gate = load_gate_params(artifact_path, model_id, config)
+    args = AsyncEngineArgs(model=load_path, **guarded_engine_kwargs(engine_kwargs))
+    return AsyncLLM.from_engine_args(args), gate, model_id
+
+
 class _VerdictFetcher:
     """Coalesces concurrent verdict requests into one ``babelgate_verdicts`` RPC at a time."""
 
@@ -100,20 +121,15 @@ class GuardedEngine:
     ) -> GuardedEngine:
         """Start vLLM guarded by the gate at ``artifact_path`` (or ready ``GateParams``).
 
-        Raises ``GuardrailStartupError`` (engine stopped) when it cannot serve guarded.
+        Raises ``GuardrailStartupError`` (engine stopped) when it cannot serve guarded. The
+        blocking part (importing vLLM, checking the artifact, starting the engine processes:
+        about 30 s here) runs in a thread, so the caller's event loop keeps answering (the
+        API server's ``/health`` says 503 "starting" instead of timing out); vLLM starts its
+        output tasks on the first request when built outside the loop.
         """
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        from gate.hf.model_source import load_model_config, resolve_model
-
-        prepare_environment()
-        model_id, load_path = resolve_model(model_path)
-        config = load_model_config(load_path)
-        check_model_config(config)
-        gate = load_gate_params(artifact_path, model_id, config)
-        args = AsyncEngineArgs(model=load_path, **guarded_engine_kwargs(engine_kwargs))
-        engine = AsyncLLM.from_engine_args(args)
+        engine, gate, model_id = await asyncio.to_thread(
+            _launch, model_path, artifact_path, engine_kwargs
+        )
         try:
             self = cls(engine, gate, model_id, engine.get_tokenizer())
             self.install_info = await self._rpc("babelgate_install", gate.to_wire())
