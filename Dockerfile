@@ -21,4 +21,8 @@ RUN bash deploy/install.sh
 # Calibration data for the embedded model's first start (mount PolyRefuse here, or pass --artifact).
 ENV BABELGATE_DATA=/data/polyrefuse
 EXPOSE 8000
+# /health is 503 while starting (the first start calibrates: up to ~15 min on 2 cores) and 200
+# once the guarded engine passed its self-check; it answers throughout start-up.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20m --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 ENTRYPOINT ["babelgate", "serve", "--host", "0.0.0.0", "--port", "8000"]
