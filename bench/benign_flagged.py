@@ -71,8 +71,9 @@ def main() -> None:
                 f"MMLU flagged harmful {flagged[rule]:.3f} of {len(mmlu)}; thresholds "
                 + ", ".join(f"{x} {r['threshold']:.2f}" for x, r in report["languages"].items())
             )
-            fires = gate.decide(gate.inputs(backend.activations(
-                [p.text for p in test], list(gate.layers), progress=False)), "en")  # fmt: skip
+            h = gate.inputs(backend.activations([p.text for p in test], list(gate.layers),
+                                                progress=False))  # fmt: skip
+            fires, scores = gate.decide(h, "en"), gate.score(h)
             recall[rule] = float(fires[labels == 1].mean())
             by_length = ", ".join(
                 f"{name} words {fires[m].mean():.2f} (n={m.sum()})"
@@ -83,6 +84,12 @@ def main() -> None:
                 f"    PolyRefuse English test: harmful caught {recall[rule]:.3f} ({by_length}); "
                 f"harmless flagged {fires[labels == 0].mean():.3f} of {(labels == 0).sum()}"
             )
+            short = [
+                f"{test[i].text!r} {scores[i]:.2f}"
+                for i in np.argsort(scores)
+                if labels[i] == 1 and not fires[i] and words[i] < 10
+            ]
+            print("    missed, under 10 words, lowest scores: " + "; ".join(short[:6]))
     ratio = flagged["all"] / flagged[4] if flagged[4] else 0.0
     print(f"mmlu_flagged_ratio={ratio:.3f} harmful_recall_ratio={recall['all'] / recall[4]:.3f}")
 
