@@ -36,7 +36,8 @@ from gate.hf.backend import TransformersBackend
 from gate.hf.embedded import cache_root
 
 # Words per harmful prompt, for recall by length: (label, lowest, highest + 1).
-LENGTHS = (("1-9", 1, 10), ("10-15", 10, 16), ("16+", 16, 10_000))
+SHORT = 10  # fewer words than this: the bucket whose misses are printed
+LENGTHS = (("1-9", 1, SHORT), ("10-15", SHORT, 16), ("16+", 16, 10_000))
 
 
 def main() -> None:
@@ -87,9 +88,9 @@ def main() -> None:
             short = [
                 f"{test[i].text!r} {scores[i]:.2f}"
                 for i in np.argsort(scores)
-                if labels[i] == 1 and not fires[i] and words[i] < 10
+                if labels[i] == 1 and not fires[i] and words[i] < SHORT
             ]
-            print("    missed, under 10 words, lowest scores: " + "; ".join(short[:6]))
+            print(f"    missed, under {SHORT} words, lowest scores: " + "; ".join(short[:6]))
     ratio = flagged["all"] / flagged[4] if flagged[4] else 0.0
     print(f"mmlu_flagged_ratio={ratio:.3f} harmful_recall_ratio={recall['all'] / recall[4]:.3f}")
 
