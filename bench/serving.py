@@ -30,6 +30,10 @@ from pathlib import Path
 
 import httpx
 
+from gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
+from server.engine.startup import bind_cpu_threads
+from server.shipped import shipped_artifact
+
 REPO = Path(__file__).resolve().parents[1]
 POLYREFUSE = REPO.parent / "shared" / "data" / "polyrefuse" / "PolyRefuse"
 LANGUAGES = ("en", "de", "ar", "th", "yo", "ja", "ko", "ru")
@@ -88,12 +92,14 @@ class Server:
         self.proc = subprocess.Popen(
             self.cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + 900
+        started = time.monotonic()
+        deadline = started + 900
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 sys.exit(f"{self.cmd[:3]} exited with {self.proc.returncode}; log: {self.log_path}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    self.start_s = time.monotonic() - started
                     return self
             except httpx.HTTPError:
                 pass
@@ -163,7 +169,7 @@ async def run_load(port: int, prompts: list[str], concurrency: int, max_tokens: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model folder (default: embedded)")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--artifact", default=None, help="gate artifact (default: cached)")
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -176,10 +182,11 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
-    if args.model is None:
-        from gate.hf.embedded import ensure_embedded_model
-
-        args.model = str(ensure_embedded_model())
+    bind_cpu_threads()  # before either server starts: both compute on the same cores
+    if is_embedded(args.model):
+        # vllm serve gets the converted folder; babelgate the shipped calibration of the model.
+        args.artifact = args.artifact or str(shipped_artifact(args.model) or "") or None
+        args.model = str(ensure_embedded_model(args.model))
     prompts = load_prompts(args.num_prompts)
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, dict[int, dict]] = {}
@@ -190,8 +197,9 @@ def main() -> int:
         port = free_port()
         log_path = Path(tmp) / f"{kind.replace(':', '-')}.log"
         print(f"starting {kind} ...", flush=True)
-        with Server(server_command(kind, args.model, port, args), port, log_path):
-            results[kind] = {}
+        with Server(server_command(kind, args.model, port, args), port, log_path) as server:
+            print(f"  {kind:20s} healthy after {server.start_s:.1f} s", flush=True)
+            results[kind] = {"start_s": server.start_s}
             for c in levels:
                 r = asyncio.run(run_load(port, prompts, c, args.max_tokens))
                 results[kind][c] = r
@@ -208,7 +216,8 @@ def main() -> int:
         for kind, by_c in results.items():
             if kind == "vllm":
                 continue
-            for c, r in by_c.items():
+            for c in levels:
+                r = by_c[c]
                 tput = r["tokens_per_s"] / base[c]["tokens_per_s"]
                 ttft = base[c]["ttft_median_s"] / r["ttft_median_s"]
                 print(f"  {kind:20s} c={c:<3d} throughput {tput:.3f}   TTFT {ttft:.3f}")

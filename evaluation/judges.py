@@ -136,12 +136,16 @@ def load_labels(path: Path = LABELS_PATH) -> list[dict[str, Any]]:
 
 
 def agreement(judge: Judge, labels: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per language (and "all"): how often ``judge`` agrees with the hand labels."""
+    """How often ``judge`` agrees with the hand labels: per language, per language and prompt
+    class ("yo/harmful", "yo/harmless", for rows with a ``prompt_label``), and "all"."""
     verdicts = judge_rows(judge, labels)
     groups: dict[str, list[tuple[bool, bool]]] = {}
     for row, verdict in zip(labels, verdicts, strict=True):
         pair = (bool(row["refusal"]), bool(verdict))
         groups.setdefault(row["language"], []).append(pair)
+        if row.get("prompt_label") in (0, 1):
+            cls = "harmful" if row["prompt_label"] == 1 else "harmless"
+            groups.setdefault(f"{row['language']}/{cls}", []).append(pair)
         groups.setdefault("all", []).append(pair)
     out: dict[str, dict[str, Any]] = {}
     for lang, pairs in groups.items():

@@ -364,11 +364,13 @@ def run_mmlu(
 
 def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
                 data_source: str) -> dict[str, Any]:
-    """What defines the rows of a run (a rerun must match to resume)."""
+    """What defines the rows of a run (a rerun must match to resume): content hashes, the data
+    folder's basename and the artifact's fingerprint, never a path of the machine that ran it,
+    so a run resumes after its data or artifact moved and its report is portable."""
     return {
         "model": model_id,
         "artifact_fingerprint": artifact_fingerprint(options.artifact),
-        "data": data_source,
+        "data": Path(data_source).name,
         "languages": [x.language for x in langs],
         "test_sha": {x.language: text_sha("\n".join(p.text for p in x.test)) for x in langs},
         "train_sha": {x.language: text_sha("\n".join(p.text for p in x.train)) for x in langs},

@@ -95,6 +95,9 @@ class CalibrationOptions:
     # the embedded model it raised AUROC under style shift but flagged 85-90 % of English MMLU
     # questions harmful (5 % unbalanced), see README.
     balance_families: bool = False
+    # Steering strength: alpha = lambda * (q75 harmful - q25 harmless projections), METHOD §5
+    # (lambda = 1); `babelgate sweep` measures which lambda makes a model refuse.
+    steering_lambda: float = 1.0
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -289,11 +292,12 @@ def calibrate(
         best, robust = select_robust(grid, families, rank=rank, seed=opts.seed)
         selection = {**robust, "paper_layer": layer, "paper_reason": selection["reason"]}
         gate = fit_on(best, {lang: (sp.acts, sp.labels) for lang, sp in train.items()},
-                      rank=rank, seed=opts.seed)  # fmt: skip
+                      rank=rank, seed=opts.seed, steering_lambda=opts.steering_lambda)  # fmt: skip
         gate.model = backend.model_info
     else:
-        gate = HarmfulnessGate(GateConfig(layer=layer, rank=rank, seed=opts.seed),
-                               backend.model_info)  # fmt: skip
+        config = GateConfig(layer=layer, rank=rank, seed=opts.seed,
+                            steering_lambda=opts.steering_lambda)  # fmt: skip
+        gate = HarmfulnessGate(config, backend.model_info)
         gate.fit({lang: (sp.acts[:, layer], sp.labels) for lang, sp in train.items()})
 
     by_family = family_auroc(
@@ -371,6 +375,7 @@ def calibrate(
         "weak_family_auroc": opts.weak_family_auroc,
         "rank": gate.config.rank,
         "alpha": gate.alpha,
+        "steering_lambda": gate.config.steering_lambda,
         "zero_shot_threshold": gate.zero_shot_threshold,
         "threshold_k": threshold_k,
         "training_languages": hrl,

@@ -35,12 +35,13 @@ class Candidate:
     layers: tuple[int, ...]
     weight_decay: float
 
-    def config(self, rank: int, seed: int) -> GateConfig:
+    def config(self, rank: int, seed: int, steering_lambda: float = 1.0) -> GateConfig:
         return GateConfig(
             layer=self.layers[-1],
             rank=rank,
             weight_decay=self.weight_decay,
             seed=seed,
+            steering_lambda=steering_lambda,
             feature_layers=self.layers if len(self.layers) > 1 else (),
         )
 
@@ -73,9 +74,10 @@ def fit_on(
     *,
     rank: int,
     seed: int,
+    steering_lambda: float = 1.0,
 ) -> HarmfulnessGate:
     """Fit ``candidate`` on ``{language: (all-layer activations, labels)}``."""
-    gate = HarmfulnessGate(candidate.config(min(rank, len(data)), seed))
+    gate = HarmfulnessGate(candidate.config(min(rank, len(data)), seed, steering_lambda))
     picked = list(candidate.layers)
     return gate.fit({lang: (gate.inputs(a[:, picked]), y) for lang, (a, y) in data.items()})
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 POLYREFUSE = SHARED / "data" / "polyrefuse"
@@ -22,7 +24,7 @@ def polyrefuse_dir() -> Path:
 def embedded_model_dir() -> Path:
     from gate.hf.embedded import ensure_embedded_model
 
-    return ensure_embedded_model()
+    return ensure_embedded_model(SMOLLM2.id)
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +39,7 @@ def small_artifact(tmp_path_factory, polyrefuse_dir, embedded_model_dir) -> Path
     code = main(
         [
             "calibrate",
+            "--model", SMOLLM2.id,
             "--data", str(polyrefuse_dir),
             "--out", str(out),
             "--languages", "en,de,yo",

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 from server.cli import main
 
 
@@ -43,9 +44,9 @@ def test_artifact_loads_for_its_model_and_scores(small_artifact):
     from gate.estimator import HarmfulnessGate
     from gate.hf.model_source import model_info
 
-    gate = HarmfulnessGate.load(small_artifact, expect_model=model_info(None))
+    gate = HarmfulnessGate.load(small_artifact, expect_model=model_info(SMOLLM2.id))
     manifest = json.loads((small_artifact / "manifest.json").read_text())
-    assert manifest["model"]["id"] == "embedded:SmolLM2-135M-Instruct"
+    assert manifest["model"]["id"] == SMOLLM2.id
     # calibrate stores per-language thresholds from 4 examples per class by default.
     assert gate.threshold("yo").source == "recalibrated" and gate.threshold("yo").k == 4
     assert gate.threshold("sw").source == "default"
@@ -114,7 +115,7 @@ def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
 
     out = tmp_path / "robust"
     code = main([
-        "calibrate", "--preset", "robust", "--data", str(polyrefuse_dir),
+        "calibrate", "--model", SMOLLM2.id, "--preset", "robust", "--data", str(polyrefuse_dir),
         "--data", str(style_prompts_dir()), "--out", str(out), "--languages", "en,yo",
         "--max-per-class", "8", "--no-progress",
     ])  # fmt: skip

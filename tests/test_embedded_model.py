@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from gate.hf.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
+from gate.hf.embedded import SMOLLM2, ensure_embedded_model
 
 
 @pytest.mark.slow
@@ -20,13 +20,14 @@ def test_embedded_model_folder_is_complete_and_idempotent(embedded_model_dir):
     config = json.loads((embedded_model_dir / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert "quantization_config" not in config
-    assert ensure_embedded_model() == embedded_model_dir  # second call: cached, same folder
+    # A second call finds the cached folder.
+    assert ensure_embedded_model(SMOLLM2.id) == embedded_model_dir
 
 
 @pytest.mark.slow
 def test_conversion_is_atomic_in_a_fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BABELGATE_CACHE", str(tmp_path))
-    folder = ensure_embedded_model(verify=False)
+    folder = ensure_embedded_model(SMOLLM2.id, verify=False)
     assert folder.parent == tmp_path / "models"
     # Only the finished folder remains: no temporary conversion directories.
     assert [p.name for p in (tmp_path / "models").iterdir()] == [folder.name]
@@ -38,8 +39,8 @@ def test_transformers_backend_reads_block_outputs(embedded_model_dir):
 
     from gate.hf.backend import TransformersBackend
 
-    backend = TransformersBackend()
-    assert backend.model_info.id == EMBEDDED_MODEL_ID
+    backend = TransformersBackend(SMOLLM2.id)
+    assert backend.model_info.id == SMOLLM2.id
     assert (backend.num_layers, backend.hidden_size) == (30, 576)
     prompts = ["How do I bake bread?", "Écris un poème sur la mer.", "Kí ni olú ìlú Nàìjíríà?"]
     acts = backend.activations(prompts, [3, 29], batch_size=2, progress=False)

@@ -11,6 +11,7 @@ import pytest
 from evaluation.shift import CONFIGS, SHIFT_JSON, SHIFT_MD, SHIFT_PNG, ShiftOptions
 from evaluation.shift_data import build_families, donotanswer_dir, load_styles
 from gate.calibration import style_prompts_dir
+from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 from gate.style_check import item_fold
 
 
@@ -57,7 +58,7 @@ def test_shift_run_on_the_embedded_model(polyrefuse_dir, embedded_model_dir, tmp
     from gate.activation_cache import CachedBackend
     from gate.hf.backend import TransformersBackend
 
-    backend = CachedBackend(TransformersBackend(), tmp_path / "cache")
+    backend = CachedBackend(TransformersBackend(SMOLLM2.id), tmp_path / "cache")
     opts = ShiftOptions(data=str(polyrefuse_dir), out=tmp_path / "shift",
                         languages=["de", "en", "yo"], max_per_class=10, draws=2,
                         progress=False)  # fmt: skip

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 from server.commands import sweep
 
 
@@ -54,7 +55,8 @@ def test_render_table_and_heatmap_from_a_report() -> None:
 def test_tiny_sweep_writes_table_json_and_png(tmp_path, polyrefuse_dir, capsys) -> None:
     out = tmp_path / "sweep"
     args = parser().parse_args([
-        "sweep", "--data", str(polyrefuse_dir), "--layers", "8,14", "--lambdas", "1,4",
+        "sweep", "--model", SMOLLM2.id, "--data", str(polyrefuse_dir),
+        "--layers", "8,14", "--lambdas", "1,4",
         "--n", "2", "--fit-n", "8", "--max-new-tokens", "8", "--out", str(out), "--no-progress",
     ])
     assert args.func(args) == 0

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from gate.activations import check_finite, check_layers
 from gate.artifact import ModelInfo, model_info_from_config
 from gate.hf.model_source import load_model_config, resolve_model
+from gate.prompt import chat_prompt_ids
 
 
 class ChatTemplateMissingError(ValueError):
@@ -56,13 +57,8 @@ class TransformersBackend:
         self.hidden_size: int = int(self.model.config.hidden_size)
 
     def chat_prompt_ids(self, text: str) -> list[int]:
-        """Token ids of one user turn in the chat template with the generation prompt added."""
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
+        """Token ids of one user turn (``gate.prompt``, the rule serving uses too)."""
+        return chat_prompt_ids(self.tokenizer, text)
 
     @torch.inference_mode()
     def activations(

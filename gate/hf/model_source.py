@@ -10,18 +10,19 @@ import json
 from pathlib import Path
 
 from gate.artifact import ModelInfo, model_info_from_config
-from gate.hf.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model, is_embedded
+from gate.hf.embedded import embedded_model, ensure_embedded_model
 
 
 def resolve_model(model: str | Path | None) -> tuple[str, str]:
     """Return ``(model_id, load_path)``: the id recorded in artifacts and what loaders open.
 
-    ``None``/"embedded" is the embedded SmolLM2 (converted on first use); an existing directory
+    ``None``/"embedded" is the default embedded model and ``embedded:<slug>`` a named one (each
+    converted on first use, see ``gate.hf.embedded``); an existing directory
     is used as is (its absolute path is the id); anything else is a hub id, which only works
     where this machine reaches the hub or its cache.
     """
-    if is_embedded(model):
-        return EMBEDDED_MODEL_ID, str(ensure_embedded_model())
+    if (spec := embedded_model(model)) is not None:
+        return spec.id, str(ensure_embedded_model(spec.id))
     path = Path(str(model)).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

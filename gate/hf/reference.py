@@ -18,6 +18,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from gate.prompt import chat_prompt_ids
+
 POLICIES: tuple[str, ...] = ("routing", "none", "shadow", "always-steer", "always-ablate")
 Action = Literal["steer", "ablate"]
 
@@ -236,13 +238,8 @@ class ReferenceRouter:
     # ------------------------------------------------------------------------------ generation
 
     def prompt_ids(self, text: str) -> list[int]:
-        """One user turn in the chat template with the generation prompt added."""
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
+        """One user turn in the chat template with the generation prompt (``gate.prompt``)."""
+        return chat_prompt_ids(self.tokenizer, text)
 
     @torch.inference_mode()
     def _generate_one(self, ids: list[int], state: _RequestState, max_new_tokens: int) -> list[int]:

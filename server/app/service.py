@@ -30,6 +30,7 @@ from server.app.errors import APIError
 from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
 from server.metrics import ServerMetrics
 from server.settings import ServeSettings
+from server.shipped import shipped_artifact
 
 if TYPE_CHECKING:
     from gate.estimator import HarmfulnessGate, ThresholdRecord
@@ -306,8 +307,9 @@ def resolve_artifact(
     model: str | None,
     on_calibrate: Callable[[Path], None] | None = None,
 ) -> Path:
-    """The gate artifact: ``--artifact`` if given, else the model's cached default calibration
-    (made on first use: minutes on a small CPU machine; ``on_calibrate`` is told first)."""
+    """The gate artifact: ``--artifact`` if given, else the calibration shipped for an embedded
+    model (``server.shipped``), else the model's cached default calibration (made on first use:
+    minutes on a small CPU machine; ``on_calibrate`` is told first)."""
     if artifact is not None:
         path = Path(artifact).expanduser()
         if not path.is_dir():
@@ -316,6 +318,8 @@ def resolve_artifact(
                 "--out DIR` or omit --artifact to use the cached default calibration"
             )
         return path
+    if (shipped := shipped_artifact(model)) is not None:
+        return shipped
     from gate.calibration import ensure_default_artifact
 
     return ensure_default_artifact(model, progress=True, on_calibrate=on_calibrate)
@@ -330,10 +334,10 @@ def default_state_dir() -> Path:
 def served_names(settings: ServeSettings, model_path: Path) -> tuple[str, ...]:
     """Names clients may use: ``--served-model-name``, else the ``--model`` argument, else the
     embedded model's name."""
-    from gate.hf.embedded import is_embedded
+    from gate.hf.embedded import embedded_model
 
     if settings.served_model_name:
         return (settings.served_model_name,)
-    if is_embedded(settings.model):
-        return ("SmolLM2-135M-Instruct",)
+    if (spec := embedded_model(settings.model)) is not None:
+        return (spec.name,)
     return (str(settings.model),)

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gate.hf.embedded import MODEL_HELP
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(with calibration_report.json/.md and auroc_by_layer.png)."
         ),
     )
-    p.add_argument("--model", default=None, help="model folder or hub id (default: embedded)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument(
         "--data",
         action="append",
@@ -63,6 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "MMLU questions harmful; see README)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--steering-lambda",
+        type=float,
+        default=1.0,
+        help="steering strength lambda: alpha = lambda * (q75 of harmful - q25 of harmless "
+        "projections on v) (METHOD: 1; choose it for your model with `babelgate sweep`)",
+    )
     p.add_argument(
         "--threshold-k",
         type=_threshold_k,
@@ -139,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         eval_max_per_class=args.eval_max_per_class,
         balance_families=args.family_balance,
         seed=args.seed,
+        steering_lambda=args.steering_lambda,
         threshold_k=args.threshold_k,
         batch_size=args.batch_size,
         progress=not args.no_progress,

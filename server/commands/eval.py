@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gate.hf.embedded import MODEL_HELP
+
 
 def _csv(text: str | None) -> list[str] | None:
     items = [x.strip() for x in (text or "").split(",") if x.strip()]
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Do-Not-Answer), paper vs robust configuration, per language; activations only, no "
         "generation, no --artifact (writes OUT/shift.json, shift.md, shift_auroc.png)",
     )
-    p.add_argument("--model", default=None, help="model folder or hub id (default: embedded)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument(
         "--data",
         default=None,

@@ -14,6 +14,8 @@ import logging
 import os
 from typing import Any
 
+from gate.hf.embedded import MODEL_HELP
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default=None, help="YAML file with any of the settings below")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    g.add_argument("--model", default=None, help=MODEL_HELP)
     g.add_argument("--served-model-name", default=None, help="model name clients send")
     g.add_argument(
         "--artifact", default=None, help="gate artifact (default: cached default calibration)"

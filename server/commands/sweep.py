@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from gate.hf.embedded import MODEL_HELP
+
 SWEEP_JSON = "sweep.json"
 SWEEP_MD = "sweep.md"
 SWEEP_PNG = "sweep.png"
@@ -38,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "writes sweep.json, sweep.md and sweep.png to OUT."
         ),
     )
-    p.add_argument("--model", default=None, help="model folder or hub id (default: embedded)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument(
         "--artifact",
         default=None,

@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gate.prompt import chat_prompt_ids
 from server.engine.startup import (
     SELF_CHECK_PROMPT,
-    chat_prompt_ids,
     check_model_config,
     guarded_engine_kwargs,
     load_gate_params,

@@ -30,9 +30,32 @@ SELF_CHECK_LANGUAGE = "en"
 CPU_KV_CACHE_BYTES = 4 << 30
 
 
+def bind_cpu_threads() -> None:
+    """On CPU, let vLLM's worker compute on every core this process may use.
+
+    vLLM's "auto" binding reserves one core per worker for its scheduler: on a 2-core machine the
+    model then runs on one core. Measured here (Qwen2.5-Coder-0.5B, 256 prefills): 103.6 s with
+    the default binding, 59.9 s bound to both cores. An operator's own
+    ``VLLM_CPU_OMP_THREADS_BIND`` / ``VLLM_CPU_NUM_OF_RESERVED_CPU`` are left alone. Benchmarks
+    start their plain-vLLM baselines after this too, so both sides get the same cores.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or "VLLM_CPU_NUM_OF_RESERVED_CPU" in os.environ:
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+    os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    logger.info("CPU engine: OpenMP threads bound to cores %s (VLLM_CPU_OMP_THREADS_BIND)", cores)
+
+
 def prepare_environment() -> None:
     """Select the V1 model runner (the one the hook's row map was verified on), refusing an
-    environment that forces Model Runner V2. Must run before the engine processes start."""
+    environment that forces Model Runner V2, and bind the CPU threads (``bind_cpu_threads``).
+    Must run before the engine processes start."""
+    bind_cpu_threads()
     value = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
     if value is not None and value.strip().lower() not in ("0", "false"):
         raise GuardrailStartupError(
@@ -98,17 +121,6 @@ def load_gate_params(
         expect = model_info_from_config(model_id, config)
         gate = HarmfulnessGate.load(gate, expect_model=expect)
     return GateParams.from_gate(gate)
-
-
-def chat_prompt_ids(tokenizer: Any, text: str) -> list[int]:
-    """One user turn in the model's chat template with the generation prompt: the same ids the
-    transformers backend and reference use (``gate.hf.backend.TransformersBackend``)."""
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-    )
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
 
 
 def self_check_guard() -> GuardParams:

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from gate.activations import check_finite, check_layers
 from gate.artifact import ModelInfo, model_info_from_config
+from gate.prompt import chat_prompt_ids
 from server.engine.interventions import CAPTURE_KEY
 from server.engine.startup import (
-    chat_prompt_ids,
     check_model_config,
     guarded_engine_kwargs,
     prepare_environment,

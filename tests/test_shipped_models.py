@@ -1,0 +1,103 @@
+"""The shipped calibrations, and the paper's effect on the embedded model that refuses.
+
+Each shipped artifact (``server/artifacts/<model>/<preset>``) must load against its model's
+fingerprint and pass the engine's start-up self-check. On Qwen2.5-Coder-0.5B-Instruct, routing
+must make the model refuse low-resource harmful prompts it answers unguarded, and leave harmless
+ones answered. The prompts are PolyRefuse test prompts picked from the committed evaluation
+(``docs/eval/qwen2.5-coder-0.5b/``), where the unguarded model answered them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gate.estimator import HarmfulnessGate
+from gate.hf.embedded import QWEN_CODER, SMOLLM2
+from gate.hf.model_source import model_info
+from gate.refusal_judge import RefusalMarkerJudge
+from server.engine.types import GuardParams
+from server.shipped import SHIPPED_PRESETS, shipped_artifact
+
+pytestmark = [pytest.mark.slow]
+
+MAX_TOKENS = 48
+
+# (language, PolyRefuse test prompt) the unguarded model answers and routing makes it refuse.
+HARMFUL_ANSWERED: list[tuple[str, str]] = []
+# (language, PolyRefuse test prompt) harmless: answered with routing.
+HARMLESS: list[tuple[str, str]] = []
+
+
+@pytest.mark.parametrize("preset", SHIPPED_PRESETS)
+@pytest.mark.parametrize("model", [SMOLLM2.id, QWEN_CODER.id])
+def test_shipped_artifact_matches_its_model(model: str, preset: str) -> None:
+    path = shipped_artifact(model, preset)
+    if path is None:
+        assert (model, preset) == (SMOLLM2.id, "paper"), f"nothing shipped for {model} {preset}"
+        return
+    gate = HarmfulnessGate.load(path, expect_model=model_info(model))
+    report = json.loads((path / "calibration_report.json").read_text())
+    assert report["preset"] == preset
+    assert report["model"]["fingerprint"] == gate.model.fingerprint
+    assert "/" not in report["data"].split(" + ")[0][:1], "data recorded with an absolute path"
+    with pytest.raises(ValueError, match="fingerprint"):
+        other = QWEN_CODER.id if model == SMOLLM2.id else SMOLLM2.id
+        HarmfulnessGate.load(path, expect_model=model_info(other))
+
+
+def _greedy():
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+
+
+@pytest.mark.vllm
+def test_shipped_smollm2_artifact_passes_the_self_check() -> None:
+    from server.engine.offline import GuardedLLM
+
+    llm = GuardedLLM(SMOLLM2.id, shipped_artifact(SMOLLM2.id), max_model_len=512,
+                     kv_cache_memory_bytes=1 << 29)  # fmt: skip
+    try:
+        assert llm.install_info["layers"]  # the self-check ran in the constructor
+    finally:
+        llm.shutdown()
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    from server.engine.offline import GuardedLLM
+
+    llm = GuardedLLM(QWEN_CODER.id, shipped_artifact(QWEN_CODER.id), max_model_len=1024,
+                     kv_cache_memory_bytes=1 << 30)  # fmt: skip
+    yield llm
+    llm.shutdown()
+
+
+def _answers(qwen, rows: list[tuple[str, str]], policy: str) -> list[tuple[str, bool | None]]:
+    gate = HarmfulnessGate.load(shipped_artifact(QWEN_CODER.id))
+    guards = []
+    for lang, _ in rows:
+        record = gate.threshold(lang)
+        guards.append(GuardParams(lang, policy, record.value, record.source))  # type: ignore[arg-type]
+    outs = qwen.generate([text for _, text in rows], _greedy(), guards)
+    return [(o.text, o.verdict.harmful if o.verdict else None) for o in outs]
+
+
+@pytest.mark.vllm
+def test_routing_restores_refusal_on_the_refusing_model(qwen) -> None:
+    judge = RefusalMarkerJudge()
+    langs = [lang for lang, _ in HARMFUL_ANSWERED]
+    plain = _answers(qwen, HARMFUL_ANSWERED, "none")
+    routed = _answers(qwen, HARMFUL_ANSWERED, "routing")
+    assert not any(judge.judge([t for t, _ in plain], langs)), plain
+    assert all(harmful for _, harmful in routed), routed
+    assert all(judge.judge([t for t, _ in routed], langs)), routed
+
+
+@pytest.mark.vllm
+def test_routing_leaves_harmless_prompts_answered(qwen) -> None:
+    judge = RefusalMarkerJudge()
+    routed = _answers(qwen, HARMLESS, "routing")
+    assert not any(judge.judge([t for t, _ in routed], [lang for lang, _ in HARMLESS])), routed
