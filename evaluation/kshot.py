@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gate.kshot import kshot_indices, kshot_rng
 from gate.metrics import f1_score
 from gate.threshold import balanced_f1_threshold
 
@@ -45,16 +46,11 @@ def usable_train(train: ScoredPool, test_texts: Sequence[str]) -> dict[int, np.n
 def draw_k(
     train: ScoredPool, test_texts: Sequence[str], k: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Indices into ``train`` of k harmful and k harmless rows drawn without replacement."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    pools = usable_train(train, test_texts)
-    for label, idx in pools.items():
-        if idx.size < k:
-            kind = "harmful" if label else "harmless"
-            raise ValueError(f"only {idx.size} usable {kind} train rows for k={k}")
-    return np.concatenate([rng.choice(pools[1], k, replace=False),
-                           rng.choice(pools[0], k, replace=False)])
+    """Indices into ``train`` of k harmful and k harmless rows drawn without replacement
+    (``gate.kshot``), never a row whose text is a test text."""
+    banned = set(test_texts)
+    usable = [t not in banned for t in train.texts]
+    return kshot_indices(train.labels, k, rng, usable=usable)
 
 
 def recalibrated_threshold(
@@ -79,6 +75,7 @@ def kshot_curve(
     ks: Sequence[int] = DEFAULT_KS,
     draws: int = 10,
     seed: int = 0,
+    stream: tuple[int | str, ...] = (),
 ) -> dict[int, dict[str, float | int | list[float]]]:
     """Test F1 per k: k = 0 uses the zero-shot threshold; k >= 1 recalibrates on ``draws``
     independent k-shot draws from train (seeded per k). Values of k larger than the usable
@@ -92,7 +89,7 @@ def kshot_curve(
         elif k > available:
             continue
         else:
-            rng = np.random.default_rng([seed, k])
+            rng = kshot_rng(seed, *stream, k)
             values = [
                 f1_at(test, recalibrated_threshold(train, test.texts, k, rng)[0])
                 for _ in range(draws)

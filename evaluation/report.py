@@ -132,7 +132,7 @@ def gate_quality(setup: dict[str, Any], langs: Sequence[Any], zero_shot: float,
         } | {f"threshold_{name}": rec["value"] for name, rec in s["thresholds"].items()}
         curves[lang.language] = kshot_curve(
             train, test, zero_shot, ks=options.kshot_ks, draws=options.kshot_draws,
-            seed=options.seed,
+            seed=options.seed, stream=(lang.language,),
         )
     return quality, curves
 

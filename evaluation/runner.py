@@ -34,11 +34,12 @@ from evaluation.defaults import (
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
 )
-from evaluation.kshot import DEFAULT_KS, ScoredPool, recalibrated_threshold, usable_train
+from evaluation.kshot import DEFAULT_KS, ScoredPool, recalibrated_threshold
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
 from evaluation.store import ResultStore, open_run, read_jsonl
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
+from gate.kshot import kshot_indices, kshot_rng
 from server.engine.types import GuardParams
 
 SETUP_FILE = "setup.json"
@@ -129,12 +130,13 @@ def _pool(rows: Sequence[LabelledPrompt], scores: Sequence[float]) -> ScoredPool
                       tuple(p.text for p in rows))
 
 
-def _fit_indices(lang: LanguageData, k: int, rng: np.random.Generator) -> np.ndarray:
+def _fit_indices(lang: LanguageData, k: int, seed: int) -> np.ndarray:
     """Up to k per class of the train pool for the baselines (never a test text)."""
-    pool = _pool(lang.train, np.zeros(len(lang.train)))
-    usable = usable_train(pool, [p.text for p in lang.test])
-    picks = [rng.choice(usable[c], min(k, usable[c].size), replace=False) for c in (1, 0)]
-    return np.concatenate(picks)
+    banned = {p.text for p in lang.test}
+    usable = [p.text not in banned for p in lang.train]
+    labels = [p.label for p in lang.train]
+    rng = kshot_rng(seed, lang.language, "baseline-fit", k)
+    return kshot_indices(labels, k, rng, usable=usable, allow_fewer=True)
 
 
 def run_setup(engine: Any, langs: list[LanguageData], options: EvalOptions) -> dict[str, Any]:
@@ -146,20 +148,20 @@ def run_setup(engine: Any, langs: list[LanguageData], options: EvalOptions) -> d
     engine.install_baselines(prompt_capture=True)
     bar = tqdm(total=len(langs), desc="setup (scores, thresholds, baselines)",
                disable=not options.progress)
-    for i, lang in enumerate(langs):
+    for lang in langs:
         test_scores = engine.gate_scores([p.text for p in lang.test], lang.language)
         train_scores = engine.gate_scores([p.text for p in lang.train], lang.language)
         train = _pool(lang.train, train_scores)
         test_texts = [p.text for p in lang.test]
         thresholds: dict[str, Any] = {"zero-shot": {"value": zero_shot, "source": "zero-shot"}}
         for name, k in RECALIBRATION_KS.items():
-            rng = np.random.default_rng([options.seed, k, i])
+            rng = kshot_rng(options.seed, lang.language, k)
             tau, used = recalibrated_threshold(train, test_texts, k, rng)
             thresholds[name] = {
                 "value": tau, "source": f"recalibrated-k{k}",
                 "examples_sha": [text_sha(t) for t in used],
             }
-        fit = _fit_indices(lang, options.baseline_k, np.random.default_rng([options.seed, 7, i]))
+        fit = _fit_indices(lang, options.baseline_k, options.seed)
         acts = engine.capture([lang.train[j].text for j in fit])
         labels = np.array([lang.train[j].label for j in fit])
         adasteer = fit_adasteer(lang.language, acts[:, 0], labels)

@@ -25,9 +25,7 @@ share of benign prompts flagged harmful.
 
 from __future__ import annotations
 
-import random
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from gate.artifact import write_json_atomic
 from gate.calibration import candidate_layers
 from gate.data import LabelledPrompt
 from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
+from gate.kshot import kshot_draws
 from gate.languages import HIGH_RESOURCE
 from gate.metrics import auroc, f1_score
 from gate.selection import Candidate, candidates, fit_on, merge, select_robust
@@ -127,12 +126,9 @@ def _measure(gate: HarmfulnessGate, a: np.ndarray, y: np.ndarray, opts: ShiftOpt
         "auroc": auroc(scores, y),
         "f1_zero_shot": f1_score(scores >= gate.zero_shot_threshold, y),
     }
-    rng = random.Random(opts.seed * 7919 + zlib.crc32(lang.encode()))
-    pos, neg = np.flatnonzero(y == 1).tolist(), np.flatnonzero(y == 0).tolist()
     f1s, flagged = [], 0
-    if len(pos) > opts.k and len(neg) > opts.k:
-        for _ in range(opts.draws):
-            draw = rng.sample(pos, opts.k) + rng.sample(neg, opts.k)
+    if min(int(y.sum()), int(len(y) - y.sum())) > opts.k:
+        for draw in kshot_draws(y, opts.k, opts.draws, opts.seed, lang):
             rest = np.setdiff1d(np.arange(len(y)), draw)
             record = gate.recalibrate_from_scores(
                 lang, scores[draw], y[draw], min_auroc=opts.min_auroc
@@ -267,9 +263,7 @@ def _served_thresholds(
         for lang, (a, y) in acts.by_language(pool).items():
             groups = [family_of(p) for p in pool if p.language == lang]
             scores = gate.score_all_layers(a)
-            rng = random.Random(opts.seed * 7919 + zlib.crc32(lang.encode()) + fold)
-            pos, neg = np.flatnonzero(y == 1).tolist(), np.flatnonzero(y == 0).tolist()
-            draws = [rng.sample(pos, opts.k) + rng.sample(neg, opts.k) for _ in range(opts.draws)]
+            draws = kshot_draws(y, opts.k, opts.draws, opts.seed, lang, fold)
             taus = {
                 f"k{opts.k}-draw": [balanced_f1_threshold(scores[d], y[d]) for d in draws],
                 "class-balanced": [balanced_f1_threshold(scores, y)],

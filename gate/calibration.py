@@ -19,7 +19,6 @@ only the gate library and an ``ActivationBackend``; it never re-implements the m
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from gate.estimator import (
     HarmfulnessGate,
     ThresholdRecord,
 )
+from gate.kshot import kshot_draws
 from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
 from gate.metrics import auroc, f1_score
 from gate.selection import Candidate, candidates, fit_on, select_robust
@@ -148,18 +148,6 @@ def candidate_layers(num_layers: int) -> list[int]:
     return list(range(lo, hi + 1))
 
 
-def _k_shot_draws(
-    pool: list[LabelledPrompt], k: int, draws: int, seed: int
-) -> list[list[int]]:
-    """Indices of ``draws`` independent draws of k harmful + k harmless examples from ``pool``."""
-    rng = random.Random(seed * 1000 + k)
-    harmful = [i for i, p in enumerate(pool) if p.label == 1]
-    harmless = [i for i, p in enumerate(pool) if p.label == 0]
-    if len(harmful) < k or len(harmless) < k:
-        return []
-    return [rng.sample(harmful, k) + rng.sample(harmless, k) for _ in range(draws)]
-
-
 def _store_threshold(
     gate: HarmfulnessGate,
     lang: str,
@@ -189,7 +177,7 @@ def _store_threshold(
         how = (f"all {len(keep)} labelled train examples, each of its prompt families "
                f"({', '.join(sorted(usable))}) weighted equally")  # fmt: skip
     else:
-        draws = _k_shot_draws(pool.prompts, int(threshold_k), 1, opts.seed)
+        draws = kshot_draws(pool.labels, int(threshold_k), 1, opts.seed, lang)
         if not draws:
             return None
         record = gate.recalibrate_from_scores(
@@ -336,7 +324,7 @@ def calibrate(
         for k in opts.k_values:
             f1s = []
             if pool is not None:
-                for draw in _k_shot_draws(pool.prompts, k, opts.k_draws, opts.seed):
+                for draw in kshot_draws(pool.labels, k, opts.k_draws, opts.seed, lang):
                     tau = balanced_f1_threshold(pool_scores[draw], pool.labels[draw])
                     f1s.append(f1_score(scores >= tau, ev.labels))
             row["f1_k"][str(k)] = float(np.mean(f1s)) if f1s else None

@@ -7,10 +7,11 @@ applies the paper's balanced-F1 threshold rule, and rewrites the manifest atomic
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 
 import numpy as np
+
+from gate.kshot import kshot_indices, kshot_rng
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,14 +45,14 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None:
         if args.k < 1:
             raise DataError("--k must be at least 1")
-        rng = random.Random(args.seed)
-        chosen = []
+        labels = [e.label for e in examples]
         for label in (1, 0):
-            rows = [e for e in examples if e.label == label]
-            if len(rows) < args.k:
-                raise DataError(f"--k {args.k} but only {len(rows)} examples with label {label}")
-            chosen += rng.sample(rows, args.k)
-        examples = chosen
+            if labels.count(label) < args.k:
+                raise DataError(
+                    f"--k {args.k} but only {labels.count(label)} examples with label {label}"
+                )
+        draw = kshot_indices(labels, args.k, kshot_rng(args.seed, language, args.k))
+        examples = [examples[i] for i in draw]
     gate = HarmfulnessGate.load(args.artifact)
     backend = TransformersBackend(args.model or gate.model.id)
     gate = HarmfulnessGate.load(args.artifact, expect_model=backend.model_info)
