@@ -185,6 +185,7 @@ def test_harmful_under_refuse_streams_the_templated_refusal(tmp_path, monkeypatc
     choice = got[0]["choices"][0]
     assert choice["delta"] == {"content": refusal_text("de"), "role": "assistant"}
     assert choice["finish_reason"] == "content_filter"
+    assert engine.aborted == [f"{r.headers['x-request-id']}-0"]  # generation was stopped
 
 
 @pytest.mark.parametrize("verdicts", [True, False])  # a verdict without a score, or none
@@ -199,6 +200,7 @@ def test_failed_gate_fails_closed_with_a_refusal(tmp_path, monkeypatch, verdicts
     assert got[0]["choices"][0]["delta"]["content"] == refusal_text("de")
     assert got[0]["babelgate"]["gate_failure"] is True
     assert got[-1] == "[DONE]"
+    assert engine.aborted == [f"{r.headers['x-request-id']}-0"]
     svc = client.app.state.service
     assert svc.metrics.gate_failures.labels("closed")._value.get() == 1.0
     assert requests_counted(client, "de", "error", "routing", "refuse") == 1.0

@@ -167,23 +167,26 @@ class ChatRun:
         return all(f is not None for f in self.finish)
 
     def close(self) -> None:
-        """Abort unfinished engine requests and release everything, in a task of its own so
-        that it completes even when called from a cancelled request (client gone)."""
+        """Abort the engine requests unfinished now and release everything, in a task of its own
+        so that it completes even when called from a cancelled request (client gone). Which
+        requests to abort is read here, not in the task: a refusal marks every choice finished
+        right after closing, yet its engine requests must be aborted."""
         if self._closed:
             return
         self._closed = True
-        task = asyncio.get_running_loop().create_task(self._release())
+        unfinished = {i for i in range(self.n) if self.finish[i] is None}
+        task = asyncio.get_running_loop().create_task(self._release(unfinished))
         _CLEANUPS.add(task)
         task.add_done_callback(_CLEANUPS.discard)
 
-    async def _release(self) -> None:
+    async def _release(self, unfinished: set[int]) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         for i, gen in enumerate(self._gens):
-            if self.finish[i] is None:
+            if i in unfinished:
                 try:
                     await self.engine.abort(self.ids[i])
                 except Exception:
