@@ -3,8 +3,9 @@
 Runs in the API-server process. The server renders the chat template itself (so it can check
 the prompt length and count tokens), routes the user text to a language, resolves that
 language's threshold and action, and sends one engine request per choice. Streaming responses
-start once the verdict is known (it arrives with the first token), so the ``x-babelgate-*``
-headers carry it; a client that goes away aborts its engine requests.
+start once the verdict is known (it arrives with the first token) and its outcome decided
+(``server.app.outcome``), so the ``x-babelgate-*`` headers carry it; a client that goes away
+aborts its engine requests.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from server.app.auth import check_api_key
 from server.app.errors import APIError, error_body
 from server.app.generation import ChatRun
+from server.app.outcome import decide_outcome, guard_info
 from server.app.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -35,6 +37,8 @@ from server.app.schemas import (
     Usage,
 )
 from server.app.service import GuardrailService
+from server.metrics import ServerMetrics
+from server.settings import GateFailureMode
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -129,7 +133,7 @@ async def chat_completions(
     arrival = time.monotonic()
     svc = service_of(request)
     check_api_key(request, svc.settings.api_key)
-    svc.require_engine()
+    engine = svc.require_engine()
     model = svc.check_model(body.model)
     messages = chat_messages(body)
     ids = prompt_token_ids(svc.tokenizer, messages)
@@ -138,16 +142,17 @@ async def chat_completions(
     override = override or request.headers.get("x-babelgate-language")
     plan = svc.plan(svc.detect(override, messages))
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    run = ChatRun(svc, plan, ids, sampling_params(body, budget), request_id, arrival)
-    svc.metrics.in_flight.inc()
+    run = ChatRun(engine, plan, ids, sampling_params(body, budget), request_id, arrival)
+    mode, metrics = svc.settings.gate_failure, svc.metrics
+    metrics.in_flight.inc()
     if body.stream:
-        return await _stream(svc, run, body, model, request_id)
+        return await _stream(run, body, model, request_id, mode, metrics)
     try:
-        info = await _until_disconnect(request, _complete(run))
+        info = await _until_disconnect(request, _complete(run, mode, metrics))
     finally:
         run.close()
-        svc.metrics.in_flight.dec()
-    record_metrics(svc, run, info, arrival)
+        metrics.in_flight.dec()
+    record_metrics(metrics, run, info, arrival)
     created = int(time.time())
     completion = ChatCompletion(
         id=request_id,
@@ -169,8 +174,21 @@ async def chat_completions(
     )
 
 
-async def _complete(run: ChatRun) -> GuardInfo:
-    info = await run.open()
+async def open_and_decide(run: ChatRun, mode: GateFailureMode, metrics: ServerMetrics) -> GuardInfo:
+    """Wait for the run's verdict, decide its outcome and carry it out (both the streamed and
+    the whole response go through here); the verdict as the client sees it. A gate that gave
+    no score is counted by the failure mode applied and logged."""
+    verdict = await run.open()
+    outcome = decide_outcome(run.plan, verdict, mode)
+    if outcome.gate_failure:
+        metrics.gate_failures.labels(mode).inc()
+        log.error("gate verdict missing for %s (fail %s): %s", run.ids[0], mode, verdict)
+    run.apply(outcome)
+    return guard_info(run.plan, verdict, outcome)
+
+
+async def _complete(run: ChatRun, mode: GateFailureMode, metrics: ServerMetrics) -> GuardInfo:
+    info = await open_and_decide(run, mode, metrics)
     await run.collect()
     return info
 
@@ -204,11 +222,10 @@ def usage(run: ChatRun) -> Usage:
     )
 
 
-def record_metrics(svc: GuardrailService, run: ChatRun, info: GuardInfo, arrival: float) -> None:
+def record_metrics(m: ServerMetrics, run: ChatRun, info: GuardInfo, arrival: float) -> None:
     """Count a finished chat completion (also when the client went away mid-stream)."""
     from gate.refusal_judge import is_refusal
 
-    m = svc.metrics
     decision = info.decision or ("error" if info.gate_failure else "none")
     m.requests.labels(info.language, decision, info.policy, info.action).inc()
     if info.gate_score is not None:
@@ -241,14 +258,19 @@ class GuardedStream(StreamingResponse):
 
 
 async def _stream(
-    svc: GuardrailService, run: ChatRun, body: ChatCompletionRequest, model: str, request_id: str
+    run: ChatRun,
+    body: ChatCompletionRequest,
+    model: str,
+    request_id: str,
+    mode: GateFailureMode,
+    metrics: ServerMetrics,
 ) -> StreamingResponse:
     arrival = run.arrival
     try:
-        info = await run.open()
+        info = await open_and_decide(run, mode, metrics)
     except BaseException:
         run.close()
-        svc.metrics.in_flight.dec()
+        metrics.in_flight.dec()
         raise
     created = int(time.time())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -265,8 +287,8 @@ async def _stream(
             return
         released = True
         run.close()
-        svc.metrics.in_flight.dec()
-        record_metrics(svc, run, info, arrival)
+        metrics.in_flight.dec()
+        record_metrics(metrics, run, info, arrival)
 
     async def events() -> AsyncIterator[str]:
         guard = info.model_dump()

@@ -1,10 +1,12 @@
-"""One chat completion on the guarded engine: n engine requests, their verdict, and the action.
+"""One chat completion on the guarded engine: n engine requests, their verdict, the outcome.
 
 Runs in the API-server process. The gate decides inside each request's own prefill, so the
 verdict comes back with the first generated token; ``ChatRun.open`` waits for exactly that and
-then either lets generation continue (steer / flag / harmless) or aborts the engine requests and
-answers with the templated refusal (refuse, or a failed gate under fail-closed). ``n`` choices
-are ``n`` engine requests of one sample each (seed + i when seeded), all judged by one plan.
+returns it, the route decides the outcome (``server.app.outcome.decide_outcome``), and
+``ChatRun.apply`` either lets generation continue (steer / ablate / flag / nothing) or aborts
+the engine requests and answers with the templated refusal (refuse, or a failed gate under
+fail-closed). ``n`` choices are ``n`` engine requests of one sample each (seed + i when seeded),
+all judged by one plan. A run needs only the engine and the plan, not the whole service.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.app.schemas import GuardInfo
-from server.app.service import GuardPlan, GuardrailService
-from server.engine.types import GuardParams
+from server.app.outcome import GuardPlan, Outcome
+from server.app.service import Engine
+from server.engine.types import GuardParams, Verdict
 from server.refusal_templates import refusal_text
 
 log = logging.getLogger(__name__)
@@ -41,15 +43,14 @@ class ChatRun:
 
     def __init__(
         self,
-        service: GuardrailService,
+        engine: Engine,
         plan: GuardPlan,
         prompt_ids: list[int],
         sampling_params: list[Any],
         request_id: str,
         arrival: float,
     ) -> None:
-        self.service = service
-        self.engine = service.require_engine()
+        self.engine = engine
         self.plan = plan
         self.prompt_ids = prompt_ids
         self.params = sampling_params
@@ -60,8 +61,7 @@ class ChatRun:
         self.tokens = [0] * self.n
         self.finish: list[str | None] = [None] * self.n
         self.first_token_at: float | None = None
-        self.info: GuardInfo | None = None
-        self.refused = False
+        self._firsts: list[Any] = []
         self._gens: list[AsyncIterator[tuple[Any, Any]]] = []
         self._pending: list[Piece] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,8 +79,9 @@ class ChatRun:
             id=request_id,
         )
 
-    async def open(self) -> GuardInfo:
-        """Start the engine requests, wait for their prefill, and apply the verdict."""
+    async def open(self) -> Verdict | None:
+        """Start the engine requests and wait for their prefill; the verdict (the first choice
+        that has one; None when none came back). Nothing reaches the client before ``apply``."""
         self._gens = [
             self.engine.generate(self.prompt_ids, params, self._guard(rid), rid)
             for params, rid in zip(self.params, self.ids, strict=True)
@@ -91,45 +92,21 @@ class ChatRun:
             self.close()
             raise
         self.first_token_at = time.monotonic()
-        verdict = next((v for _, v in firsts if v is not None), None)
-        plan = self.plan
-        failed = plan.policy != "none" and (verdict is None or verdict.score is None)
-        decision = None if failed or verdict is None else verdict.decision
-        mode = self.service.settings.gate_failure
-        if failed:
-            self.service.metrics.gate_failures.labels(mode).inc()
-            log.error("gate verdict missing for %s (fail %s): %s", self.ids[0], mode, verdict)
-        refuse = (failed and mode == "closed") or (
-            decision == "harmful" and plan.action == "refuse"
-        )
-        if refuse:
+        self._firsts = [output for output, _ in firsts]
+        return next((v for _, v in firsts if v is not None), None)
+
+    def apply(self, outcome: Outcome) -> None:
+        """Carry out the outcome: the templated refusal, or the first tokens as they came."""
+        if outcome.refuse:
             self._refuse()
-            action = "refuse"
         else:
-            self._pending = [self._take(i, out) for i, (out, _) in enumerate(firsts)]
-            action = taken_action(decision, plan.action, verdict)
-        self.info = GuardInfo(
-            language=plan.detection.language,
-            language_source=plan.detection.source,
-            language_confidence=round(plan.detection.confidence, 4),
-            gate_score=None if verdict is None else verdict.score,
-            threshold=plan.record.value,
-            threshold_source=plan.record.source,
-            decision=decision,
-            policy=plan.policy,
-            action=action,
-            intervened=refuse or bool(verdict is not None and verdict.intervened),
-            gate_failure=failed,
-            protected=plan.protected,
-            weak_families=list(plan.weak_families),
-        )
-        return self.info
+            self._pending = [self._take(i, out) for i, out in enumerate(self._firsts)]
+        self._firsts = []
 
     def _refuse(self) -> None:
         self.close()
-        self.refused = True
         text = refusal_text(self.plan.detection.language)
-        count = len(self.service.tokenizer.encode(text, add_special_tokens=False))
+        count = len(self.engine.tokenizer.encode(text, add_special_tokens=False))
         self.texts = [text] * self.n
         self.tokens = [count] * self.n
         self.finish = ["content_filter"] * self.n
@@ -190,23 +167,26 @@ class ChatRun:
         return all(f is not None for f in self.finish)
 
     def close(self) -> None:
-        """Abort unfinished engine requests and release everything, in a task of its own so
-        that it completes even when called from a cancelled request (client gone)."""
+        """Abort the engine requests unfinished now and release everything, in a task of its own
+        so that it completes even when called from a cancelled request (client gone). Which
+        requests to abort is read here, not in the task: a refusal marks every choice finished
+        right after closing, yet its engine requests must be aborted."""
         if self._closed:
             return
         self._closed = True
-        task = asyncio.get_running_loop().create_task(self._release())
+        unfinished = {i for i in range(self.n) if self.finish[i] is None}
+        task = asyncio.get_running_loop().create_task(self._release(unfinished))
         _CLEANUPS.add(task)
         task.add_done_callback(_CLEANUPS.discard)
 
-    async def _release(self) -> None:
+    async def _release(self, unfinished: set[int]) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         for i, gen in enumerate(self._gens):
-            if self.finish[i] is None:
+            if i in unfinished:
                 try:
                     await self.engine.abort(self.ids[i])
                 except Exception:
@@ -218,12 +198,3 @@ class ChatRun:
 # Cleanup tasks in flight (a reference keeps them from being garbage-collected mid-way).
 _CLEANUPS: set[asyncio.Task[None]] = set()
 
-
-def taken_action(decision: str | None, configured: str, verdict: Any) -> str:
-    """What the guard did to the output: "flag" for a harmful verdict under the flag action,
-    else the engine's intervention ("steer" on harmful, "ablate" on harmless under routing)."""
-    if decision == "harmful" and configured == "flag":
-        return "flag"
-    if verdict is not None and verdict.intervention in ("steer", "ablate"):
-        return str(verdict.intervention)
-    return "none"

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import logging
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from server.admin_store import ThresholdStore
 from server.app.errors import APIError
+from server.app.outcome import GuardPlan, plan_request
 from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
 from server.metrics import ServerMetrics
 from server.settings import ServeSettings
@@ -54,21 +53,6 @@ class Engine(Protocol):
     async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]: ...
 
     def shutdown(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class GuardPlan:
-    """What the server decided about a request before the engine sees it."""
-
-    detection: Detection
-    record: ThresholdRecord
-    action: str  # what a harmful verdict triggers: steer / refuse / flag
-    policy: str  # the engine policy sent with the request
-    weak_families: tuple[str, ...] = ()  # prompt families the gate was measured weak on here
-
-    @property
-    def protected(self) -> bool:
-        return self.record.protected
 
 
 class GuardrailService:
@@ -251,26 +235,22 @@ class GuardrailService:
     # ------------------------------------------------------------------------- routing
 
     def plan(self, detection: Detection) -> GuardPlan:
-        """Threshold, action and engine policy for a request routed to ``detection.language``.
-
-        ``flag`` reports only, so the engine runs in shadow (scored, output untouched). An
-        unprotected language gets ``unprotected_action`` instead of its usual action (counted
-        in a metric); under ``refuse`` its threshold is the stricter of its own and the zero-shot
-        one, since its own was not shown to mean anything.
-        """
+        """Threshold, action and engine policy for a request routed to ``detection.language``
+        (the rule: ``server.app.outcome.plan_request``); a request in an unprotected language is
+        counted with the fallback action it gets."""
         lang = detection.language
-        record = self.threshold(lang)
-        action = self.settings.action_for(lang)
-        if not record.protected:
-            action = self.settings.unprotected_action
-            self.metrics.unprotected_requests.labels(lang, action).inc()
-            if action == "refuse":
-                strict = min(record.value, float(self.gate.zero_shot_threshold))
-                record = dataclasses.replace(record, value=strict)
-        policy = self.settings.policy
-        if action == "flag" and policy != "none":
-            policy = "shadow"
-        return GuardPlan(detection, record, action, policy, tuple(self.gate.weak_families(lang)))
+        plan = plan_request(
+            detection,
+            self.threshold(lang),
+            self.settings.action_for(lang),
+            policy=self.settings.policy,
+            unprotected_action=self.settings.unprotected_action,
+            zero_shot_threshold=float(self.gate.zero_shot_threshold),
+            weak_families=self.gate.weak_families(lang),
+        )
+        if not plan.protected:
+            self.metrics.unprotected_requests.labels(lang, plan.action).inc()
+        return plan
 
     def detect(self, override: str | None, messages: Sequence[dict[str, Any]]) -> Detection:
         """The caller's language if given (validated), else detection on the user text."""

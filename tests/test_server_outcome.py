@@ -1,0 +1,164 @@
+"""The outcome of a chat request: every verdict x action x gate-failure mode, the unprotected
+fallback, and the engine policies, on the pure functions of ``server.app.outcome``.
+
+No engine and no model: a verdict row is what the worker would report for the request (its
+score, decision and the intervention it made), written out by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gate.estimator import ThresholdRecord
+from server.app.outcome import GuardPlan, Outcome, decide_outcome, guard_info, plan_request
+from server.engine.types import Verdict
+from server.langid import Detection
+
+DETECTION = Detection("de", "override", 1.0)
+ZERO_SHOT = 0.25
+
+
+def record(value: float = 0.5, protected: bool = True) -> ThresholdRecord:
+    return ThresholdRecord("de", value, "recalibrated", 8, 4, 4, "2024-01-01T00:00:00Z",
+                           auroc=0.9 if protected else 0.4, protected=protected)  # fmt: skip
+
+
+def plan(action: str, *, policy: str = "routing", protected: bool = True) -> GuardPlan:
+    return plan_request(DETECTION, record(protected=protected), action, policy=policy,
+                        unprotected_action="flag", zero_shot_threshold=ZERO_SHOT)  # fmt: skip
+
+
+def row(name: str, policy: str, intervention: str | None = None) -> Verdict | None:
+    """The verdict the worker reports: "harmful" / "harmless" (scored), "unscored" (a verdict
+    without a score: the request never reached its last prompt token), "missing" (none)."""
+    if name == "missing":
+        return None
+    score, harmful = {"harmful": (1.5, True), "harmless": (-1.5, False),
+                      "unscored": (None, None)}[name]  # fmt: skip
+    if intervention is None:  # what routing does; shadow and none never touch the stream
+        routed = policy == "routing" and harmful is not None
+        intervention = ("steer" if harmful else "ablate") if routed else "none"
+    positions = 0 if intervention == "none" else 4
+    return Verdict("b1", "de", policy, 0.5, "recalibrated", score, harmful, intervention, positions)
+
+
+# (verdict, configured action, --gate-failure) -> (kind, action reported, refusal, intervened,
+# gate failure, decision). Protected language, --policy routing (flag runs it in shadow).
+TABLE = {
+    ("harmful", "steer", "closed"): ("steer", "steer", False, True, False, "harmful"),
+    ("harmful", "steer", "open"): ("steer", "steer", False, True, False, "harmful"),
+    ("harmless", "steer", "closed"): ("ablate", "ablate", False, True, False, "harmless"),
+    ("harmless", "steer", "open"): ("ablate", "ablate", False, True, False, "harmless"),
+    ("unscored", "steer", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("unscored", "steer", "open"): ("fail-open", "none", False, False, True, None),
+    ("missing", "steer", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("missing", "steer", "open"): ("fail-open", "none", False, False, True, None),
+    ("harmful", "refuse", "closed"): ("refuse", "refuse", True, True, False, "harmful"),
+    ("harmful", "refuse", "open"): ("refuse", "refuse", True, True, False, "harmful"),
+    ("harmless", "refuse", "closed"): ("ablate", "ablate", False, True, False, "harmless"),
+    ("harmless", "refuse", "open"): ("ablate", "ablate", False, True, False, "harmless"),
+    ("unscored", "refuse", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("unscored", "refuse", "open"): ("fail-open", "none", False, False, True, None),
+    ("missing", "refuse", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("missing", "refuse", "open"): ("fail-open", "none", False, False, True, None),
+    ("harmful", "flag", "closed"): ("flag", "flag", False, False, False, "harmful"),
+    ("harmful", "flag", "open"): ("flag", "flag", False, False, False, "harmful"),
+    ("harmless", "flag", "closed"): ("none", "none", False, False, False, "harmless"),
+    ("harmless", "flag", "open"): ("none", "none", False, False, False, "harmless"),
+    ("unscored", "flag", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("unscored", "flag", "open"): ("fail-open", "none", False, False, True, None),
+    ("missing", "flag", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("missing", "flag", "open"): ("fail-open", "none", False, False, True, None),
+}
+
+
+def summary(outcome: Outcome) -> tuple:
+    return (outcome.kind, outcome.action, outcome.refuse, outcome.intervened,
+            outcome.gate_failure, outcome.decision)  # fmt: skip
+
+
+@pytest.mark.parametrize(("verdict", "action", "mode"), sorted(TABLE))
+def test_outcome_of_every_verdict_action_and_failure_mode(verdict, action, mode):
+    p = plan(action)
+    assert p.policy == ("shadow" if action == "flag" else "routing")
+    outcome = decide_outcome(p, row(verdict, p.policy), mode)
+    assert summary(outcome) == TABLE[verdict, action, mode]
+    assert outcome.fallback is False
+
+
+@pytest.mark.parametrize("fallback", ["flag", "refuse", "steer"])
+@pytest.mark.parametrize("own", [0.5, 0.1])  # above, then below the zero-shot threshold
+def test_unprotected_language_gets_its_fallback_and_refuse_the_stricter_threshold(fallback, own):
+    p = plan_request(DETECTION, record(own, protected=False), "steer", policy="routing",
+                     unprotected_action=fallback, zero_shot_threshold=ZERO_SHOT)  # fmt: skip
+    assert (p.action, p.protected) == (fallback, False)
+    assert p.policy == ("shadow" if fallback == "flag" else "routing")
+    assert p.record.value == (min(own, ZERO_SHOT) if fallback == "refuse" else own)
+    assert p.record.source == "recalibrated" and p.record.protected is False
+    outcome = decide_outcome(p, row("harmful", p.policy), "open")
+    want = {"flag": ("flag", False), "refuse": ("refuse", True), "steer": ("steer", False)}
+    assert (outcome.kind, outcome.refuse) == want[fallback]
+    assert outcome.fallback is True
+    closed = decide_outcome(p, None, "closed")
+    assert (closed.kind, closed.fallback) == ("fail-closed", True)
+
+
+def test_protected_language_keeps_its_action_and_threshold():
+    p = plan_request(DETECTION, record(0.5), "refuse", policy="routing",
+                     unprotected_action="flag", zero_shot_threshold=ZERO_SHOT)  # fmt: skip
+    assert (p.action, p.policy, p.record.value, p.protected) == ("refuse", "routing", 0.5, True)
+
+
+@pytest.mark.parametrize("action", ["steer", "refuse", "flag"])
+@pytest.mark.parametrize("verdict", ["unscored", "missing"])
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_policy_none_never_fails_and_never_acts(action, verdict, mode):
+    p = plan(action, policy="none")
+    assert p.policy == "none"  # flag does not turn "none" into shadow
+    outcome = decide_outcome(p, row(verdict, "none"), mode)
+    assert summary(outcome) == ("none", "none", False, False, False, None)
+
+
+@pytest.mark.parametrize(
+    ("policy", "verdict", "worker", "action", "mode", "expected"),
+    [
+        # always-* intervene whatever the score; the reported action is what the worker did
+        ("always-steer", "harmless", "steer", "steer", "closed", ("steer", "steer", False)),
+        ("always-ablate", "harmful", "ablate", "steer", "closed", ("ablate", "ablate", False)),
+        ("always-ablate", "harmful", "ablate", "refuse", "open", ("refuse", "refuse", True)),
+        # a failed gate under fail-open still reports an intervention the worker made
+        ("always-steer", "unscored", "steer", "steer", "open", ("fail-open", "steer", False)),
+        ("always-steer", "unscored", "steer", "steer", "closed", ("fail-closed", "refuse", True)),
+        # --policy shadow with steer: scored, nothing done, even when harmful
+        ("shadow", "harmful", "none", "steer", "closed", ("none", "none", False)),
+        # shadow with refuse still refuses (the server refuses, not the worker)
+        ("shadow", "harmful", "none", "refuse", "closed", ("refuse", "refuse", True)),
+    ],
+)  # fmt: skip
+def test_other_policies(policy, verdict, worker, action, mode, expected):
+    p = plan(action, policy=policy)
+    assert p.policy == policy
+    outcome = decide_outcome(p, row(verdict, policy, worker), mode)
+    assert (outcome.kind, outcome.action, outcome.refuse) == expected
+
+
+def test_flag_overrides_an_always_policy_with_shadow():
+    assert plan("flag", policy="always-steer").policy == "shadow"
+
+
+def test_guard_info_reports_plan_verdict_and_outcome():
+    p = plan_request(DETECTION, record(0.5, protected=False), "steer", policy="routing",
+                     unprotected_action="refuse", zero_shot_threshold=ZERO_SHOT,
+                     weak_families=["question"])  # fmt: skip
+    verdict = row("harmful", "routing")
+    info = guard_info(p, verdict, decide_outcome(p, verdict, "closed"))
+    assert info.model_dump() == {
+        "language": "de", "language_source": "override", "language_confidence": 1.0,
+        "gate_score": 1.5, "threshold": ZERO_SHOT, "threshold_source": "recalibrated",
+        "decision": "harmful", "policy": "routing", "action": "refuse", "intervened": True,
+        "gate_failure": False, "protected": False, "weak_families": ["question"],
+    }  # fmt: skip
+    failed = guard_info(p, None, decide_outcome(p, None, "open"))
+    assert (failed.gate_score, failed.decision, failed.action, failed.gate_failure) == (
+        None, None, "none", True
+    )

@@ -1,0 +1,228 @@
+"""Chat completions through the real FastAPI app on a fake engine: streamed chunks, the
+``[DONE]`` terminator, the verdict in chunks and headers, refusals and a failed gate.
+
+No vLLM and no model. ``FakeEngine`` satisfies ``server.app.service.Engine``: it streams canned
+DELTA outputs and reports the verdict the worker would (the worker's own ``GuardRecord`` turns
+a score and the request's guard parameters into it). ``sampling_params`` is replaced because the
+real one builds vLLM objects (importing vLLM takes seconds) that the fake engine never reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from gate.estimator import ThresholdRecord
+from server.admin_store import ThresholdStore
+from server.app import chat, create_app
+from server.app.service import Engine
+from server.engine.interventions import GuardRecord
+from server.engine.types import GuardParams, Verdict
+from server.metrics import ServerMetrics
+from server.refusal_templates import refusal_text
+from server.settings import ServeSettings
+
+PIECES = ("Hal", "lo", " Welt")
+MODEL = "tiny"
+
+
+class FakeTokenizer:
+    """One token per character: enough for the chat template, lengths and refusal counts."""
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        return [ord(c) % 97 for m in messages for c in m["content"]] + [1]
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+
+class FakeEngine:
+    """Streams ``PIECES`` per request; the verdict comes with every output. ``score=None``
+    makes the worker report no score, ``verdicts=False`` report no verdict at all."""
+
+    engine = None
+
+    def __init__(self, score: float | None, verdicts: bool = True) -> None:
+        self.tokenizer = FakeTokenizer()
+        self.score = score
+        self.verdicts = verdicts
+        self.guards: list[GuardParams] = []
+        self.aborted: list[str] = []
+
+    def _verdict(self, guard: GuardParams, prompt: Sequence[int]) -> Verdict | None:
+        if not self.verdicts:
+            return None
+        rec = GuardRecord(guard.id, guard.language, guard.policy, guard.threshold,
+                          guard.threshold_source)  # fmt: skip
+        if self.score is not None and guard.policy != "none":
+            rec.score, rec.harmful = self.score, self.score >= guard.threshold
+        rec.positions = len(prompt) if rec.action in ("steer", "ablate") else 0
+        return rec.verdict()
+
+    async def generate(
+        self, prompt: Sequence[int], sampling_params: Any, guard: GuardParams, request_id: str
+    ) -> AsyncIterator[tuple[Any, Verdict | None]]:
+        self.guards.append(guard)
+        verdict = self._verdict(guard, prompt)
+        for i, text in enumerate(PIECES):
+            last = i == len(PIECES) - 1
+            out = SimpleNamespace(text=text, token_ids=[i], finish_reason="stop" if last else None)
+            yield SimpleNamespace(outputs=[out], finished=last), verdict
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]:
+        raise AssertionError("chat completions never call gate_scores")
+
+    def shutdown(self) -> None:
+        pass
+
+
+class StubGate:
+    """The gate members ``GuardrailService.plan`` reads: thresholds, zero-shot, weak families."""
+
+    zero_shot_threshold = 0.0
+
+    def threshold(self, language: str) -> ThresholdRecord:
+        return ThresholdRecord(language, 0.5, "recalibrated", 8, 4, 4, "2024-01-01T00:00:00Z")
+
+    def weak_families(self, language: str) -> list[str]:
+        return []
+
+
+def make_client(tmp_path, monkeypatch, engine: Engine, **settings) -> TestClient:
+    monkeypatch.setattr(chat, "sampling_params", lambda body, max_tokens: [None] * body.n)
+    app = create_app(ServeSettings(**settings), ServerMetrics(CollectorRegistry()))
+    svc = app.state.service
+    svc.engine, svc.tokenizer, svc.max_model_len = engine, engine.tokenizer, 256
+    svc.served_names, svc._gate = (MODEL,), StubGate()
+    svc.store = ThresholdStore(tmp_path, "abc")
+    return TestClient(app)  # not entered: the lifespan (which starts a real engine) never runs
+
+
+def post(client: TestClient, **body: Any):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hallo"}],
+            "babelgate": {"language": "de"}, **body}  # fmt: skip
+    return client.post("/v1/chat/completions", json=body)
+
+
+def events(response) -> list[Any]:
+    """The SSE ``data:`` payloads, decoded (``[DONE]`` kept as the string)."""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = response.text.split("\n\n")
+    assert blocks[-1] == "", "every event ends with a blank line"
+    out = []
+    for block in blocks[:-1]:
+        assert block.startswith("data: "), block
+        data = block[len("data: "):]
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def requests_counted(client: TestClient, *labels: str) -> float:
+    svc = client.app.state.service
+    return svc.metrics.requests.labels(*labels)._value.get()
+
+
+def test_stream_sends_chunks_verdict_usage_and_done(tmp_path, monkeypatch):
+    engine = FakeEngine(score=-1.0)  # below the 0.5 threshold: harmless, ablated
+    client = make_client(tmp_path, monkeypatch, engine, action="steer")
+    r = post(client, stream=True, stream_options={"include_usage": True})
+    assert r.status_code == 200
+    assert r.headers["x-babelgate-decision"] == "harmless"
+    assert r.headers["x-babelgate-action"] == "ablate"
+    assert r.headers["x-babelgate-intervened"] == "true"
+    assert r.headers["x-babelgate-language"] == "de"
+    assert r.headers["cache-control"] == "no-cache"
+    got = events(r)
+    assert got[-1] == "[DONE]" and got.count("[DONE]") == 1
+    chunks, usage = got[:-2], got[-2]
+    request_id = r.headers["x-request-id"]
+    assert all(c["id"] == request_id and c["object"] == "chat.completion.chunk" for c in got[:-1])
+    assert [c["choices"][0]["delta"]["content"] for c in chunks] == list(PIECES)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "role" not in chunks[1]["choices"][0]["delta"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
+    guard = chunks[0]["babelgate"]
+    assert (guard["decision"], guard["action"], guard["gate_score"]) == ("harmless", "ablate", -1.0)
+    assert all("babelgate" not in c for c in chunks[1:])
+    assert usage["choices"] == [] and usage["babelgate"] == guard
+    assert usage["usage"]["completion_tokens"] == len(PIECES)
+    assert [g.policy for g in engine.guards] == ["routing"]
+    assert engine.guards[0].threshold == 0.5 and engine.guards[0].language == "de"
+    assert engine.aborted == []  # ran to the end: nothing to abort
+    assert requests_counted(client, "de", "harmless", "routing", "ablate") == 1.0
+
+
+def test_stream_of_two_choices_interleaves_both_and_ends_once(tmp_path, monkeypatch):
+    client = make_client(tmp_path, monkeypatch, FakeEngine(score=2.0), action="steer")
+    r = post(client, stream=True, n=2)
+    assert r.headers["x-babelgate-action"] == "steer"
+    got = events(r)
+    assert got[-1] == "[DONE]" and got.count("[DONE]") == 1
+    for index in (0, 1):
+        mine = [c for c in got[:-1] if c["choices"][0]["index"] == index]
+        assert "".join(c["choices"][0]["delta"]["content"] for c in mine) == "".join(PIECES)
+        assert mine[0]["choices"][0]["delta"]["role"] == "assistant" and "babelgate" in mine[0]
+        assert mine[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_harmful_under_refuse_streams_the_templated_refusal(tmp_path, monkeypatch):
+    engine = FakeEngine(score=2.0)
+    client = make_client(tmp_path, monkeypatch, engine, action="refuse")
+    r = post(client, stream=True)
+    assert r.headers["x-babelgate-action"] == "refuse"
+    assert r.headers["x-babelgate-decision"] == "harmful"
+    got = events(r)
+    assert got[-1] == "[DONE]" and len(got) == 2
+    choice = got[0]["choices"][0]
+    assert choice["delta"] == {"content": refusal_text("de"), "role": "assistant"}
+    assert choice["finish_reason"] == "content_filter"
+    assert engine.aborted == [f"{r.headers['x-request-id']}-0"]  # generation was stopped
+
+
+@pytest.mark.parametrize("verdicts", [True, False])  # a verdict without a score, or none
+def test_failed_gate_fails_closed_with_a_refusal(tmp_path, monkeypatch, verdicts):
+    engine = FakeEngine(score=None, verdicts=verdicts)
+    client = make_client(tmp_path, monkeypatch, engine, gate_failure="closed")
+    r = post(client, stream=True)
+    assert (r.headers["x-babelgate-action"], r.headers["x-babelgate-decision"]) == (
+        "refuse", "none"
+    )
+    got = events(r)
+    assert got[0]["choices"][0]["delta"]["content"] == refusal_text("de")
+    assert got[0]["babelgate"]["gate_failure"] is True
+    assert got[-1] == "[DONE]"
+    assert engine.aborted == [f"{r.headers['x-request-id']}-0"]
+    svc = client.app.state.service
+    assert svc.metrics.gate_failures.labels("closed")._value.get() == 1.0
+    assert requests_counted(client, "de", "error", "routing", "refuse") == 1.0
+
+
+def test_failed_gate_fails_open_and_generation_goes_on(tmp_path, monkeypatch):
+    engine = FakeEngine(score=None)
+    client = make_client(tmp_path, monkeypatch, engine, gate_failure="open")
+    r = post(client, stream=True)
+    assert r.headers["x-babelgate-action"] == "none"
+    got = events(r)
+    assert "".join(c["choices"][0]["delta"]["content"] for c in got[:-1]) == "".join(PIECES)
+    assert got[0]["babelgate"]["gate_failure"] is True and engine.aborted == []
+    assert client.app.state.service.metrics.gate_failures.labels("open")._value.get() == 1.0
+
+
+def test_whole_response_carries_the_same_outcome(tmp_path, monkeypatch):
+    client = make_client(tmp_path, monkeypatch, FakeEngine(score=2.0), action="flag")
+    r = post(client)
+    assert r.status_code == 200 and r.headers["x-babelgate-action"] == "flag"
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == "".join(PIECES)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["babelgate"]["policy"] == "shadow" and body["babelgate"]["intervened"] is False
+    assert requests_counted(client, "de", "harmful", "shadow", "flag") == 1.0
