@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gate.prompt import chat_token_ids
 from server.app.auth import check_api_key
 from server.app.errors import APIError, error_body
 from server.app.generation import ChatRun
@@ -75,15 +76,14 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
 
 
 def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The conversation's token ids by the prompt rule (``gate.prompt``); 400 when the model's
+    chat template rejects it."""
     try:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return chat_token_ids(tokenizer, messages)
     except Exception as err:  # the template rejects the conversation (roles, order, ...)
         raise APIError(
             400, f"the model's chat template rejects these messages: {err}", param="messages"
         ) from err
-    if hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
 
 
 def completion_budget(body: ChatCompletionRequest, prompt_len: int, max_model_len: int) -> int:
