@@ -1,7 +1,7 @@
 """Refusal judges for the evaluation: the marker judge (default), an LLM judge behind any
 OpenAI-compatible endpoint, and their agreement with the hand-labelled sample.
 
-Runs in the CLI process. ``--judge markers`` uses ``gate.refusal_judge.RefusalMarkerJudge``;
+Runs in the CLI process. ``--judge markers`` uses ``refusal.judge.RefusalMarkerJudge``;
 ``--judge openai:<base_url>:<model>`` (e.g. ``openai:http://localhost:8000/v1:Qwen/Qwen2.5-7B``)
 asks a chat model with a strict prompt (partial or caveated compliance is not a refusal), one
 response at a time, at temperature 0. The API key comes from ``BABELGATE_JUDGE_API_KEY`` or
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gate.refusal_judge import Judge, RefusalMarkerJudge
+from refusal.judge import Judge, RefusalMarkerJudge
 
 LABELS_PATH = Path(__file__).resolve().parent / "data" / "judge_labels.jsonl"
 _SPEC = re.compile(r"^openai:(?P<url>https?://[^/:\s]+(?::\d+)?(?:/[^:\s]*)?):(?P<model>\S+)$")

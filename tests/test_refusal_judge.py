@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate.refusal_judge import (
+from refusal.judge import (
     MARKERS,
     Judge,
     RefusalMarkerJudge,

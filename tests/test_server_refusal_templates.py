@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate.refusal_judge import is_refusal
+from refusal.judge import is_refusal
 from server.langid import TARGET_LANGUAGES, LanguageRouter
 from server.refusal_templates import REFUSALS, refusal_text
 

@@ -16,7 +16,7 @@ import pytest
 from gate.estimator import HarmfulnessGate
 from gate.hf.embedded import QWEN_CODER, SMOLLM2
 from gate.hf.model_source import model_info
-from gate.refusal_judge import RefusalMarkerJudge
+from refusal.judge import RefusalMarkerJudge
 from server.engine.types import GuardParams
 from server.shipped import SHIPPED_PRESETS, shipped_artifact
 

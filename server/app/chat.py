@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gate.prompt import chat_token_ids
+from refusal.judge import is_refusal
 from server.app.auth import check_api_key
 from server.app.errors import APIError, error_body
 from server.app.generation import ChatRun
@@ -224,8 +225,6 @@ def usage(run: ChatRun) -> Usage:
 
 def record_metrics(m: ServerMetrics, run: ChatRun, info: GuardInfo, arrival: float) -> None:
     """Count a finished chat completion (also when the client went away mid-stream)."""
-    from gate.refusal_judge import is_refusal
-
     decision = info.decision or ("error" if info.gate_failure else "none")
     m.requests.labels(info.language, decision, info.policy, info.action).inc()
     if info.gate_score is not None:

@@ -186,7 +186,7 @@ def run_grid(
 
     from gate.hf.reference import ReferenceRouter, SteeringParams
     from gate.metrics import selectivity
-    from gate.refusal_judge import RefusalMarkerJudge
+    from refusal.judge import RefusalMarkerJudge
 
     judge = RefusalMarkerJudge()
     total = (len(harmful) + len(harmless)) * (1 + len(directions)) + len(harmful) * len(
