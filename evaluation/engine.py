@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from server.engine.baseline_interventions import (
+from evaluation.baselines.interventions import (
     BASELINE_CAPTURE_KEY,
     BASELINE_KEY,
     BASELINE_WORKER_EXTENSION,
@@ -91,7 +91,7 @@ class EvalEngine:
         cast: Sequence[dict[str, Any]] = (),
         prompt_capture: bool = False,
     ) -> dict[str, Any]:
-        """Install fitted baselines (wire dicts from ``gate.baselines``) and/or the capture."""
+        """Install fitted baselines (wire dicts of ``evaluation.baselines``) and/or the capture."""
         return self._rpc("babelgate_install_baselines", list(adasteer), list(cast), prompt_capture)
 
     # ------------------------------------------------------------------ requests

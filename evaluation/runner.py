@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from evaluation.baselines.fitting import fit_adasteer, fit_cast
 from evaluation.defaults import (
     BASELINE_K,
     DEFAULT_LANGUAGES,
@@ -141,8 +142,6 @@ def _fit_indices(lang: LanguageData, k: int, seed: int) -> np.ndarray:
 
 def run_setup(engine: Any, langs: list[LanguageData], options: EvalOptions) -> dict[str, Any]:
     """Scores, thresholds and baseline fits (the stage cached in ``setup.json``)."""
-    from gate.baselines import fit_adasteer, fit_cast
-
     setup: dict[str, Any] = {"languages": {}, "adasteer": [], "cast": []}
     zero_shot = float(engine.gate.zero_shot_threshold)
     engine.install_baselines(prompt_capture=True)

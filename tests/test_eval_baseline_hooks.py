@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gate.baselines import cast_score, fit_adasteer, fit_cast
-from server.engine.baseline_interventions import (
+from evaluation.baselines.fitting import cast_score, fit_adasteer, fit_cast
+from evaluation.baselines.interventions import (
     BASELINE_CAPTURE_KEY,
     BASELINE_KEY,
     AdaSteerIntervention,

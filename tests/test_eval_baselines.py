@@ -1,4 +1,5 @@
-"""Adapted AdaSteer and CAST fitting (gate/baselines.py) against hand-computed cases."""
+"""Adapted AdaSteer and CAST fitting (evaluation/baselines/fitting.py) against hand-computed
+cases."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gate.baselines import (
+from evaluation.baselines.fitting import (
     behaviour_layer_range,
     cast_score,
     condition_layer_candidates,

@@ -3,8 +3,9 @@ installs them beside routing (``babelgate eval`` compares every policy in one se
 
 Runs in the vLLM worker. Requests opt in through ``extra_args[BASELINE_KEY] = {"id", "method",
 "language"}`` (no ``"babelgate"`` key, so routing leaves them alone); the fitted parameters per
-language (``gate.baselines``) are installed once by RPC. Both strategies keep per-request state
-keyed by the baseline id and decide inside the request's own prefill, like routing:
+language (``evaluation.baselines.fitting``) are installed once by RPC. Both strategies keep
+per-request state keyed by the baseline id and decide inside the request's own prefill, like
+routing:
 
 - ``AdaSteerIntervention`` hooks every layer. At the alpha and beta layers it reads the last
   prompt token's residual and freezes alpha and beta; from then on it adds
@@ -46,7 +47,7 @@ from server.engine.worker_extension import BabelgateWorkerExtension
 
 BASELINE_KEY = "babelgate_baseline"
 BASELINE_CAPTURE_KEY = "babelgate_baseline_capture"
-BASELINE_WORKER_EXTENSION = "server.engine.baseline_interventions.BaselineWorkerExtension"
+BASELINE_WORKER_EXTENSION = "evaluation.baselines.interventions.BaselineWorkerExtension"
 MAX_FINISHED_RECORDS = 65536
 
 
@@ -157,7 +158,8 @@ class _AdaSteerLanguage:
 
 
 class AdaSteerIntervention(_PerRequest):
-    """Adapted AdaSteer (``gate.baselines.AdaSteerParams``) per request, at every layer."""
+    """Adapted AdaSteer (``evaluation.baselines.fitting.AdaSteerParams``) per request, at every
+    layer."""
 
     name = "adasteer"
     method = "adasteer"
@@ -240,7 +242,7 @@ class _CastLanguage:
 
 
 class CastIntervention(_PerRequest):
-    """Adapted CAST (``gate.baselines.CastParams``) per request."""
+    """Adapted CAST (``evaluation.baselines.fitting.CastParams``) per request."""
 
     name = "cast"
     method = "cast"

@@ -2,7 +2,7 @@
 
 Runs in the process that fits them (``babelgate eval``); pure numpy. What is fitted here travels
 to the vLLM worker as plain lists (``to_wire``) and is applied there by
-``server/engine/baseline_interventions.py``, inside the same per-request hook as routing, so all
+``evaluation/baselines/interventions.py``, inside the same per-request hook as routing, so all
 policies are compared in one serving mechanism.
 
 Both are fitted per target language from a few labelled train prompts of that language (32 per
