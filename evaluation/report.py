@@ -19,6 +19,8 @@ import numpy as np
 from evaluation.judges import LABELS_PATH, agreement, judge_rows, load_labels, make_judge
 from evaluation.kshot import f1_at, kshot_curve
 from evaluation.policies import PolicySpec
+from evaluation.rows import scored_pool as _pool
+from evaluation.rows import text_sha
 from evaluation.store import ResultStore
 from gate.artifact import write_json_atomic
 from gate.languages import tier
@@ -53,8 +55,6 @@ def judged(rows: list[dict[str, Any]], judge: Any, cache: ResultStore) -> list[b
     """Verdicts for rows, reusing cached judgements of this judge (keyed by row and output)."""
 
     def cache_key(row: dict[str, Any]) -> str:
-        from evaluation.runner import text_sha
-
         return f"{judge.name}|{row['key']}|{text_sha(row['output'])}"
 
     todo = [r for r in rows if cache_key(r) not in cache]
@@ -116,8 +116,6 @@ def refusal_table(
 def gate_quality(setup: dict[str, Any], langs: Sequence[Any], zero_shot: float,
                  options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per language AUROC and F1 at the thresholds used; and the k-shot curve."""
-    from evaluation.runner import _pool
-
     quality: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     for lang in langs:

@@ -15,11 +15,10 @@ Runs in the CLI process and drives one ``EvalEngine``. Stages:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,10 @@ from evaluation.defaults import (
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
 )
-from evaluation.kshot import DEFAULT_KS, ScoredPool, recalibrated_threshold
+from evaluation.kshot import DEFAULT_KS, recalibrated_threshold
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
+from evaluation.report import write_report
+from evaluation.rows import scored_pool, text_sha
 from evaluation.store import ResultStore, open_run, read_jsonl
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
@@ -88,10 +89,6 @@ class LanguageData:
     train: list[LabelledPrompt]
 
 
-def text_sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def artifact_fingerprint(artifact: str | Path) -> str:
     """The artifact's tensors checksum (what identifies the gate), shortened."""
     return str(read_manifest(Path(artifact))["tensors_sha256"])[:16]
@@ -126,11 +123,6 @@ def load_languages(options: EvalOptions, data_source: str) -> tuple[list[Languag
     return out, notes
 
 
-def _pool(rows: Sequence[LabelledPrompt], scores: Sequence[float]) -> ScoredPool:
-    return ScoredPool(np.asarray(scores), np.array([p.label for p in rows]),
-                      tuple(p.text for p in rows))
-
-
 def _fit_indices(lang: LanguageData, k: int, seed: int) -> np.ndarray:
     """Up to k per class of the train pool for the baselines (never a test text)."""
     banned = {p.text for p in lang.test}
@@ -150,7 +142,7 @@ def run_setup(engine: Any, langs: list[LanguageData], options: EvalOptions) -> d
     for lang in langs:
         test_scores = engine.gate_scores([p.text for p in lang.test], lang.language)
         train_scores = engine.gate_scores([p.text for p in lang.train], lang.language)
-        train = _pool(lang.train, train_scores)
+        train = scored_pool(lang.train, train_scores)
         test_texts = [p.text for p in lang.test]
         thresholds: dict[str, Any] = {"zero-shot": {"value": zero_shot, "source": "zero-shot"}}
         for name, k in RECALIBRATION_KS.items():
@@ -388,7 +380,6 @@ def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
 def run_eval(options: EvalOptions) -> dict[str, Any]:
     """Run (or resume) the evaluation and write the report; returns the report dict."""
     from evaluation.engine import EvalEngine
-    from evaluation.report import write_report
     from gate.calibration import default_data_dir
     from gate.hf.model_source import resolve_model
 
