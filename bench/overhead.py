@@ -29,15 +29,23 @@ from pathlib import Path
 import numpy as np
 
 from gate.hf.embedded import MODEL_HELP
+from paths import DATA_ENV, data_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 KV_BYTES = 1 << 30
+
+
+def polyrefuse() -> Path:
+    """PolyRefuse: $BABELGATE_DATA, else ../shared/data/polyrefuse (``paths.data_dir``)."""
+    found = data_dir()
+    if found is None:
+        raise SystemExit(f"no PolyRefuse: set ${DATA_ENV} or put it in ../shared/data/polyrefuse")
+    return found
 
 
 def load_prompts(languages: list[str], per_class: int) -> list[tuple[str, str, int]]:
     from gate.data import load_polyrefuse
 
-    rows = load_polyrefuse(SHARED / "data" / "polyrefuse", languages=languages, splits=["test"])
+    rows = load_polyrefuse(polyrefuse(), languages=languages, splits=["test"])
     out = []
     for lang in languages:
         for label in (1, 0):
@@ -52,7 +60,7 @@ def fit_gate(backend, layer: int, languages: list[str], per_class: int):
     from gate.data import load_polyrefuse
     from gate.estimator import GateConfig, HarmfulnessGate
 
-    rows = load_polyrefuse(SHARED / "data" / "polyrefuse", languages=languages, splits=["train"])
+    rows = load_polyrefuse(polyrefuse(), languages=languages, splits=["train"])
     train = {}
     for lang in languages:
         pos = [r.text for r in rows if r.language == lang and r.label == 1][:per_class]

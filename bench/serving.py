@@ -31,27 +31,28 @@ from pathlib import Path
 import httpx
 
 from gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
+from paths import DATA_ENV, SHARED_POLYREFUSE, data_dir
 from server.engine.startup import bind_cpu_threads
 from server.shipped import shipped_artifact
 
 REPO = Path(__file__).resolve().parents[1]
-POLYREFUSE = REPO.parent / "shared" / "data" / "polyrefuse" / "PolyRefuse"
 LANGUAGES = ("en", "de", "ar", "th", "yo", "ja", "ko", "ru")
 SERVED_NAME = "bench-model"
 
 
 def load_prompts(count: int) -> list[str]:
     """``count`` prompts, alternating harmless and harmful, cycling through ``LANGUAGES``."""
+    polyrefuse = (data_dir() or Path(SHARED_POLYREFUSE)) / "PolyRefuse"
     pools = []
     for lang in LANGUAGES:
         for kind in ("harmless", "harmful"):
-            path = POLYREFUSE / f"{kind}_test_translated_{lang}.json"
+            path = polyrefuse / f"{kind}_test_translated_{lang}.json"
             if not path.is_file():
                 continue
             rows = json.loads(path.read_text())
             pools.append([r.get("instruction_translated") or r["instruction"] for r in rows])
     if not pools:
-        sys.exit(f"no PolyRefuse prompts under {POLYREFUSE}: the benchmark reads ../shared")
+        sys.exit(f"no PolyRefuse prompts under {polyrefuse}: set ${DATA_ENV} or use ../shared")
     return [pools[i % len(pools)][i // len(pools)] for i in range(count)]
 
 

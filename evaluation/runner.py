@@ -42,6 +42,7 @@ from evaluation.store import ResultStore, open_run, read_jsonl
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
 from gate.kshot import kshot_indices, kshot_rng
+from paths import data_dir
 from server.engine.types import GuardParams
 
 SETUP_FILE = "setup.json"
@@ -380,12 +381,11 @@ def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
 def run_eval(options: EvalOptions) -> dict[str, Any]:
     """Run (or resume) the evaluation and write the report; returns the report dict."""
     from evaluation.engine import EvalEngine
-    from gate.calibration import default_data_dir
     from gate.hf.model_source import resolve_model
 
     started = time.monotonic()
     out = Path(options.out)
-    data_source = options.data or default_data_dir()
+    data_source = options.data or data_dir()
     if data_source is None:
         raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
     data_source = str(data_source)

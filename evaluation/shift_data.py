@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from gate.calibration import style_prompts_dir
 from gate.data import DataError, LabelledPrompt, load_dataset, load_file, subsample
+from paths import style_prompts_dir
 
 FAMILIES: tuple[str, ...] = ("instruction", "question", "narrative")  # trainable families
 DONOTANSWER_HARMFUL: tuple[str, ...] = (
@@ -68,7 +68,7 @@ def load_donotanswer(folder: Path) -> list[LabelledPrompt]:
 
 def load_styles(folder: Path | None = None) -> list[LabelledPrompt]:
     """The project's own question and narrative prompts, every language file in ``folder``
-    (default: ``gate.calibration.style_prompts_dir()``, the copy shipped with ``evaluation``)."""
+    (default: ``paths.style_prompts_dir()``, the copy shipped with ``evaluation``)."""
     folder = folder or style_prompts_dir()
     if folder is None:
         raise DataError("the project's style prompts are not installed (evaluation/data/styles)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -578,83 +578,3 @@ def render_auroc_plot(report: dict) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
-
-
-def default_data_dir() -> Path | None:
-    """PolyRefuse for calibrating the embedded model: ``$BABELGATE_DATA``, else ``shared/`` beside
-    this checkout (the layout of the project's machines and CI)."""
-    import os
-
-    if env := os.environ.get("BABELGATE_DATA"):
-        return Path(env).expanduser()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "shared" / "data" / "polyrefuse"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def style_prompts_dir() -> Path | None:
-    """The question and narrative prompts written for this project (14 languages), shipped as
-    package data of ``evaluation``: the second prompt family of the default calibration."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("evaluation")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "styles"
-    return path if path.is_dir() else None
-
-
-def default_data_sources() -> list[Path]:
-    """The default calibration data: PolyRefuse and the project's style prompts."""
-    polyrefuse = default_data_dir()
-    if polyrefuse is None:
-        raise FileNotFoundError(
-            "no calibration data: set BABELGATE_DATA to a PolyRefuse folder, or pass --data "
-            "(and --artifact A to serve an artifact made elsewhere)"
-        )
-    styles = style_prompts_dir()
-    return [polyrefuse] + ([styles] if styles is not None else [])
-
-
-def ensure_default_artifact(
-    model: str | Path | None = None,
-    *,
-    progress: bool = True,
-    on_calibrate: Callable[[Path], None] | None = None,
-) -> Path:
-    """The cached calibration of the embedded (or given) model, made on first use.
-
-    Cached under ``<cache>/artifacts/<model fingerprint>-default-<preset>-r<revision>``; a
-    finished artifact is reused, an interrupted calibration leaves nothing behind (artifacts
-    are written atomically, activations are cached as they are computed). The data are
-    ``default_data_sources()``, so ``auto`` resolves to the robust preset when the style
-    prompts are installed. ``on_calibrate(target)`` is called when no cached artifact exists,
-    before the calibration (minutes) starts, so a caller can say why it waits.
-    """
-    from gate.activation_cache import CachedBackend
-    from gate.hf.backend import TransformersBackend
-    from gate.hf.embedded import cache_root
-    from gate.hf.model_source import model_info
-
-    sources = default_data_sources()
-    prompts = [p for src in sources for p in load_dataset(src)]
-    options = CalibrationOptions(
-        eval_max_per_class=32,
-        progress=progress,
-        data_name=" + ".join(str(src) for src in sources),
-    )
-    preset, _ = resolve_preset(prompts, options)
-    info = model_info(model)
-    name = f"{info.fingerprint}-default-{preset}-r{DEFAULT_ARTIFACT_REVISION}"
-    target = cache_root() / "artifacts" / name
-    if (target / "manifest.json").is_file():
-        return target
-    if on_calibrate is not None:
-        on_calibrate(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    backend = CachedBackend(TransformersBackend(model), cache_root() / "activations")
-    calibrate(backend, prompts, target, options, force=False)
-    return target

@@ -1,4 +1,5 @@
-"""Shared fixtures: where ../shared lives, and the embedded model (converted once, cached)."""
+"""Shared fixtures: PolyRefuse (``paths.data_dir()``: $BABELGATE_DATA or ../shared), and the
+embedded model (converted once, cached)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ from pathlib import Path
 import pytest
 
 from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+from paths import DATA_ENV, data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-POLYREFUSE = SHARED / "data" / "polyrefuse"
+
+def polyrefuse_or_skip() -> Path:
+    """PolyRefuse, or skip the calling test saying where it was looked for."""
+    found = data_dir()
+    if found is None or not found.is_dir():
+        where = f"at {found}" if found else f"(${DATA_ENV} unset, no ../shared/data/polyrefuse)"
+        pytest.skip(f"PolyRefuse not found {where}: set ${DATA_ENV} to a PolyRefuse folder")
+    return found
 
 
 @pytest.fixture(scope="session")
 def polyrefuse_dir() -> Path:
-    if not POLYREFUSE.is_dir():
-        pytest.fail(f"PolyRefuse not found at {POLYREFUSE}: tests read it from ../shared")
-    return POLYREFUSE
+    return polyrefuse_or_skip()
 
 
 @pytest.fixture(scope="session")

@@ -110,8 +110,8 @@ def test_calibrate_refuses_unknown_language(tmp_path, polyrefuse_dir, capsys):
 def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
     tmp_path, polyrefuse_dir, embedded_model_dir, capsys
 ):
-    from gate.calibration import style_prompts_dir
     from gate.estimator import HarmfulnessGate
+    from paths import style_prompts_dir
 
     out = tmp_path / "robust"
     code = main([
@@ -203,8 +203,9 @@ def test_auto_preset_is_robust_only_with_two_prompt_families():
 
 
 def test_default_calibration_data_has_two_families(polyrefuse_dir, monkeypatch):
-    from gate.calibration import CalibrationOptions, default_data_sources, resolve_preset
+    from gate.calibration import CalibrationOptions, resolve_preset
     from gate.data import load_dataset
+    from paths import default_data_sources
 
     monkeypatch.setenv("BABELGATE_DATA", str(polyrefuse_dir))
     sources = default_data_sources()

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from conftest import polyrefuse_or_skip
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app.auth import token_identity
@@ -31,7 +32,6 @@ from server.refusal_templates import REFUSALS
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 REPO = Path(__file__).resolve().parents[1]
-POLYREFUSE = REPO.parent / "shared" / "data" / "polyrefuse" / "PolyRefuse"
 API_KEY = "test-api-key"
 ADMIN = "test-admin-token"
 MODEL = "SmolLM2-135M-Instruct"
@@ -44,7 +44,8 @@ DE = "Wie backe ich zu Hause ein einfaches Brot?"
 
 
 def polyrefuse(kind: str, split: str, lang: str, n: int) -> list[str]:
-    rows = json.loads((POLYREFUSE / f"{kind}_{split}_translated_{lang}.json").read_text())
+    folder = polyrefuse_or_skip() / "PolyRefuse"
+    rows = json.loads((folder / f"{kind}_{split}_translated_{lang}.json").read_text())
     return [r.get("instruction_translated") or r["instruction"] for r in rows[:n]]
 
 

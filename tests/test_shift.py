@@ -10,9 +10,9 @@ import pytest
 
 from evaluation.shift import CONFIGS, SHIFT_JSON, SHIFT_MD, SHIFT_PNG, ShiftOptions
 from evaluation.shift_data import build_families, donotanswer_dir, load_styles
-from gate.calibration import style_prompts_dir
 from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 from gate.style_check import item_fold
+from paths import style_prompts_dir
 
 
 def test_style_files_are_translations_of_one_item_list():

@@ -14,7 +14,8 @@ folder, written into a temporary sibling and renamed into place, so a crash mid-
 a folder that looks complete. The folder name carries the digest, so a new release converts
 afresh (and fails verification first, loudly, until its digest is recorded here).
 
-Cache root: ``$BABELGATE_CACHE``, else ``$XDG_CACHE_HOME/babelgate``, else ``~/.cache/babelgate``.
+Converted into ``<cache>/models`` (``paths.cache_root()``: ``$BABELGATE_CACHE``, else
+``$XDG_CACHE_HOME/babelgate``, else ``~/.cache/babelgate``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from paths import cache_root
 
 _DONE_MARKER = ".babelgate-converted.json"
 
@@ -83,14 +86,6 @@ _ALIASES = {
     "SmolLM2-135M-Instruct": SMOLLM2,
     "Qwen2.5-Coder-0.5B-Instruct": QWEN_CODER,
 }
-
-
-def cache_root() -> Path:
-    """Root of babelgate's caches (embedded models, default calibrations, activations)."""
-    if env := os.environ.get("BABELGATE_CACHE"):
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "babelgate"
 
 
 def embedded_model(model: str | os.PathLike[str] | None) -> EmbeddedModel | None:

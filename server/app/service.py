@@ -23,9 +23,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from paths import cache_root
 from server.admin_store import ThresholdStore
 from server.app.errors import APIError
 from server.app.outcome import GuardPlan, plan_request
+from server.calibration import ensure_default_artifact
 from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
 from server.metrics import ServerMetrics
 from server.settings import ServeSettings
@@ -300,14 +302,10 @@ def resolve_artifact(
         return path
     if (shipped := shipped_artifact(model)) is not None:
         return shipped
-    from gate.calibration import ensure_default_artifact
-
     return ensure_default_artifact(model, progress=True, on_calibrate=on_calibrate)
 
 
 def default_state_dir() -> Path:
-    from gate.hf.embedded import cache_root
-
     return cache_root() / "state"
 
 

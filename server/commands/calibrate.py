@@ -122,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
         REPORT_MD,
         CalibrationOptions,
         calibrate,
-        default_data_sources,
-        ensure_default_artifact,
         resolve_preset,
     )
     from gate.data import load_dataset
+    from paths import default_data_sources
+    from server.calibration import ensure_default_artifact
 
     if args.out is None:
         artifact = ensure_default_artifact(args.model, progress=not args.no_progress)
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     backend = make_backend(args.model, args.backend, args.dtype)
     if not args.no_activation_cache:
         from gate.activation_cache import CachedBackend
-        from gate.hf.embedded import cache_root
+        from paths import cache_root
 
         backend = CachedBackend(backend, cache_root() / "activations")
     _, report = calibrate(backend, prompts, out, options, force=args.force)

@@ -112,11 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_shift_suite(args: argparse.Namespace) -> int:
     from evaluation.shift import ShiftOptions, run_shift
     from gate.activation_cache import CachedBackend
-    from gate.calibration import default_data_dir
     from gate.hf.backend import TransformersBackend
-    from gate.hf.embedded import cache_root
+    from paths import cache_root, data_dir
 
-    data = args.data or default_data_dir()
+    data = args.data or data_dir()
     if data is None:
         raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
     options = ShiftOptions(

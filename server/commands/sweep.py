@@ -342,10 +342,10 @@ def _draw(prompts, language: str, split: str, n: int, seed: int, what: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from gate.calibration import default_data_dir
     from gate.data import load_dataset, normalise_split
     from gate.hf.backend import TransformersBackend
     from gate.languages import validate_language
+    from paths import data_dir
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     split = normalise_split(args.split, "--split")
     if args.n < 1 or args.fit_n < 2 or args.max_new_tokens < 1:
         raise ValueError("--n and --max-new-tokens must be >= 1 and --fit-n >= 2")
-    data = args.data or default_data_dir()
+    data = args.data or data_dir()
     if data is None:
         raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
     prompts = load_dataset(data, languages=languages)
