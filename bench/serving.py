@@ -73,7 +73,7 @@ def server_command(kind: str, model: str, port: int, args: argparse.Namespace) -
                 "--served-model-name", SERVED_NAME, "--generation-config", "vllm",
                 "--disable-uvicorn-access-log", *engine]  # fmt: skip
     policy = kind.split(":", 1)[1]
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", str(port),
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--model", model, "--port", str(port),
            "--host", "127.0.0.1", "--served-model-name", SERVED_NAME, "--policy", policy,
            "--state-dir", args.state_dir, "--log-level", "warning", *engine]  # fmt: skip
     if args.artifact:

@@ -38,7 +38,7 @@ def small_artifact(tmp_path_factory, polyrefuse_dir, embedded_model_dir) -> Path
 
     One per test session (about a minute on 2 cores); tests that change it work on a copy.
     """
-    from server.cli import main
+    from cli.main import main
 
     out = tmp_path_factory.mktemp("cal") / "artifact"
     code = main(

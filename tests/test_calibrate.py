@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from cli.main import main
 from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
-from server.cli import main
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _command(artifact: Path, data: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "server.cli", "eval",
+        sys.executable, "-m", "cli.main", "eval",
         "--artifact", str(artifact), "--data", str(data), "--out", str(out),
         "--languages", "en,yo", "--max-per-class", "3", "--train-pool", "8",
         "--max-new-tokens", "8", "--batch-size", "3", "--mmlu-max", "4",

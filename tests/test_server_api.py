@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m server.cli serve`` as a subprocess; records what it answered while starting."""
+    """``python -m cli.main serve`` as a subprocess; records what it answered while starting."""
 
     def __init__(self, state_dir: Path, log_path: Path, artifact: Path) -> None:
         self.artifact = artifact
@@ -72,7 +72,7 @@ class Server:
 
     def start(self) -> None:
         cmd = [
-            sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
+            sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
             "--port", str(self.port), "--api-key", API_KEY, "--admin-token", ADMIN,
             "--state-dir", str(self.state_dir), "--max-model-len", str(MAX_MODEL_LEN),
             "--artifact", str(self.artifact),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server.commands import serve
+from cli import serve
 from server.settings import ServeSettings, load_settings
 
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from cli import sweep
 from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
-from server.commands import sweep
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The ``babelgate`` console script: one parser, one subcommand per module in server.commands.
+"""The ``babelgate`` console script: one parser, one subcommand per module of ``cli``.
 
 Runs in the CLI process. Errors the user can fix (bad data, an existing output, an artifact for
 another model) print one line saying what to do and exit with status 2, without a traceback.
@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-from server.commands import COMMANDS
+from cli import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"server.commands.{name}").register(sub)
+        importlib.import_module(f"cli.{name}").register(sub)
     return parser
 
 
