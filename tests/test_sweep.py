@@ -1,4 +1,5 @@
-"""``babelgate sweep``: argument handling (fast) and a tiny real run on the embedded model."""
+"""``babelgate sweep`` (``cli.sweep``, ``evaluation.sweep``): argument handling (fast) and a tiny
+real run on the embedded model."""
 
 from __future__ import annotations
 
@@ -7,21 +8,22 @@ import json
 
 import pytest
 
-from cli import sweep
+from cli import sweep as sweep_cli
+from evaluation import sweep
 from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="babelgate")
-    sweep.register(p.add_subparsers(dest="command", required=True))
+    sweep_cli.register(p.add_subparsers(dest="command", required=True))
     return p
 
 
 def test_parse_list_and_default_layers() -> None:
-    assert sweep.parse_list("8, 14,20", int, "layers") == [8, 14, 20]
-    assert sweep.parse_list(None, int, "layers") is None
+    assert sweep_cli.parse_list("8, 14,20", int, "layers") == [8, 14, 20]
+    assert sweep_cli.parse_list(None, int, "layers") is None
     with pytest.raises(ValueError, match="--lambdas"):
-        sweep.parse_list("1,x", float, "lambdas")
+        sweep_cli.parse_list("1,x", float, "lambdas")
     assert sweep.default_layers(30) == [7, 11, 15, 18, 22]
     assert sweep.default_layers(2) == [0, 1]
 
