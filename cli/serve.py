@@ -1,22 +1,25 @@
 """``babelgate serve``: the OpenAI-compatible guardrail server (FastAPI + uvicorn over vLLM).
 
-Runs in the API-server process (vLLM's engine core and workers are its child processes). Flags
-mirror ``vllm serve`` where they overlap; every flag can also come from ``BABELGATE_<NAME>``
-environment variables or a YAML file (``--config``, or ``$BABELGATE_CONFIG``); flags win over
-the environment, which wins over the file.
+Runs in the API-server process (vLLM's engine core and workers are its child processes). The
+flags are generated from ``server.settings.ServeSettings`` (one flag per field: name, type,
+choices, default and help come from the field), so a setting is defined once. Flags mirror
+``vllm serve`` where they overlap; every flag can also come from ``BABELGATE_<NAME>`` environment
+variables or a YAML file (``--config``, or ``$BABELGATE_CONFIG``); flags win over the
+environment, which wins over the file. The server itself is ``server.app.serve``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from gate.hf.embedded import MODEL_HELP
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
-log = logging.getLogger(__name__)
+from server.settings import ServeSettings, load_settings
 
 
 def _pairs(kind: str):
@@ -42,75 +45,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", default=None, help="YAML file with any of the settings below")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help=MODEL_HELP)
-    g.add_argument("--served-model-name", default=None, help="model name clients send")
-    g.add_argument(
-        "--artifact", default=None, help="gate artifact (default: cached default calibration)"
-    )
-    g.add_argument("--max-model-len", type=int, default=None, help="context length")
-    g = p.add_argument_group("HTTP")
-    g.add_argument("--host", default=None, help="bind address (default 0.0.0.0)")
-    g.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    g.add_argument("--api-key", default=None, help="require this bearer key on /v1/*")
-    g.add_argument("--admin-token", default=None, help="bearer token of /admin/* (else closed)")
-    g.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
-    g = p.add_argument_group("guardrail")
-    g.add_argument(
-        "--policy",
-        default=None,
-        choices=("routing", "none", "shadow", "always-steer", "always-ablate"),
-        help="engine policy (default routing: steer harmful, ablate harmless)",
-    )
-    g.add_argument(
-        "--action",
-        default=None,
-        choices=("steer", "refuse", "flag"),
-        help="what a harmful verdict triggers (default steer)",
-    )
-    g.add_argument(
-        "--language-action",
-        action="append",
-        type=_pairs("LANG=ACTION"),
-        default=None,
-        metavar="LANG=ACTION",
-        help="per-language action, e.g. yo=refuse (repeatable)",
-    )
-    g.add_argument(
-        "--unprotected-action",
-        default=None,
-        choices=("steer", "refuse", "flag"),
-        help="action for languages the gate does not separate (marked unprotected at "
-        "calibration or recalibration; default flag: served unchanged, verdict says so)",
-    )
-    g.add_argument(
-        "--gate-failure",
-        default=None,
-        choices=("closed", "open"),
-        help="when the gate fails: closed (refuse, default) or open (serve unguarded)",
-    )
-    g.add_argument("--default-language", default=None, help="language of undetectable text")
-    g.add_argument("--langid-min-confidence", type=float, default=None)
-    g.add_argument("--state-dir", default=None, help="admin DB folder (default: <cache>/state)")
-    g = p.add_argument_group("vLLM engine")
-    g.add_argument("--tensor-parallel-size", type=int, default=None)
-    g.add_argument("--dtype", default=None)
-    g.add_argument("--max-num-seqs", type=int, default=None)
-    g.add_argument("--max-num-batched-tokens", type=int, default=None)
-    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--gpu-memory-utilization", type=float, default=None)
-    g.add_argument("--kv-cache-memory-bytes", type=int, default=None)
-    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument(
-        "--engine-arg",
-        action="append",
-        type=_pairs("KEY=VALUE"),
-        default=None,
-        metavar="KEY=VALUE",
-        help="any other vLLM engine argument (value parsed as JSON when it is JSON)",
-    )
+    add_setting_flags(p)
     p.set_defaults(func=run)
+
+
+def _flag_fields() -> dict[str, FieldInfo]:
+    """The settings fields that are flags (all of them: each carries its help group)."""
+    return {
+        name: info
+        for name, info in ServeSettings.model_fields.items()
+        if (info.json_schema_extra or {}).get("group")
+    }
+
+
+def _flag_type(annotation: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``ServeSettings`` field: ``--<name>`` with the field's type (choices for a
+    ``Literal``, ``--x/--no-x`` for a bool, repeated KEY=VALUE pairs for a dict), its description
+    and default in the help, grouped as the field says. Every flag defaults to None, so a flag
+    not given leaves the environment and the config file in charge."""
+    groups: dict[str, Any] = {}
+    for name, info in _flag_fields().items():
+        extra = info.json_schema_extra or {}
+        if extra["group"] not in groups:
+            groups[extra["group"]] = parser.add_argument_group(extra["group"])
+        kind = _flag_type(info.annotation)
+        help_text = (info.description or "").replace("%", "%%")
+        if info.default not in (None, PydanticUndefined):
+            help_text += f" (default {info.default})"
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        if get_origin(kind) is dict:
+            metavar = extra["metavar"]
+            kwargs |= {"action": "append", "type": _pairs(metavar), "metavar": metavar}
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(kind) is Literal:
+            kwargs["choices"] = get_args(kind)
+        elif kind in (int, float):
+            kwargs["type"] = kind
+        flag = extra["flag"] or "--" + name.replace("_", "-")
+        groups[extra["group"]].add_argument(flag, **kwargs)
 
 
 def _json_or_text(value: str) -> Any:
@@ -120,44 +102,21 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
-SETTING_FLAGS: tuple[str, ...] = (
-    "model", "served_model_name", "artifact", "max_model_len", "host", "port", "api_key",
-    "admin_token", "log_level", "policy", "action", "unprotected_action", "gate_failure",
-    "default_language", "langid_min_confidence", "state_dir", "tensor_parallel_size", "dtype",
-    "max_num_seqs",
-    "max_num_batched_tokens", "enforce_eager", "gpu_memory_utilization", "kv_cache_memory_bytes",
-    "enable_prefix_caching", "seed",
-)  # fmt: skip
-
-
-def settings_from_args(args: argparse.Namespace):
-    from server.settings import load_settings
-
-    overrides: dict[str, Any] = {name: getattr(args, name) for name in SETTING_FLAGS}
-    if args.language_action:
-        overrides["language_actions"] = dict(args.language_action)
-    if args.engine_arg:
-        overrides["engine_args"] = {k: _json_or_text(v) for k, v in args.engine_arg}
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """Settings from the flags given, the environment and ``--config`` / ``$BABELGATE_CONFIG``."""
+    overrides: dict[str, Any] = {}
+    for name, info in _flag_fields().items():
+        value = getattr(args, name)
+        kind = _flag_type(info.annotation)
+        if value is not None and get_origin(kind) is dict:
+            if get_args(kind)[1] is Any:  # free-form values (engine_args): JSON when it parses
+                value = {k: _json_or_text(v) for k, v in value}
+            value = dict(value)
+        overrides[name] = value
     return load_settings(args.config or os.environ.get("BABELGATE_CONFIG"), **overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    from server.app import serve  # lazy: FastAPI, uvicorn and the engine stack
 
-    from server.app import create_app
-
-    settings = settings_from_args(args)
-    logging.getLogger().setLevel(settings.log_level.upper())
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_keep_alive=30,
-    )
-    failure = app.state.service.startup_error
-    if failure is not None:
-        log.error("babelgate serve stopped because it could not start: %s", failure)
-        return 1
-    return 0
+    return serve(settings_from_args(args))

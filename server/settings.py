@@ -20,6 +20,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gate.hf.embedded import MODEL_HELP
+
 Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]
 Action = Literal["steer", "refuse", "flag"]
 GateFailureMode = Literal["closed", "open"]
@@ -27,9 +29,32 @@ GateFailureMode = Literal["closed", "open"]
 POLICIES: tuple[str, ...] = ("routing", "none", "shadow", "always-steer", "always-ablate")
 ACTIONS: tuple[str, ...] = ("steer", "refuse", "flag")
 
+# Groups of ``babelgate serve --help``; every field below belongs to one.
+MODEL, HTTP, GUARDRAIL, ENGINE = "model", "HTTP", "guardrail", "vLLM engine"
+
+
+def setting(
+    default: Any,
+    group: str,
+    description: str,
+    *,
+    flag: str | None = None,
+    metavar: str | None = None,
+    **constraints: Any,
+) -> Any:
+    """A settings field with what its ``babelgate serve`` flag needs: the help ``group`` and the
+    ``description`` (the flag is ``--<field-name>``; a dict field takes repeated KEY=VALUE pairs
+    under ``flag``, e.g. ``--language-action``). A mutable default becomes a factory."""
+    extra = {"group": group, "flag": flag, "metavar": metavar}
+    if isinstance(default, dict):
+        return Field(default_factory=dict, description=description, json_schema_extra=extra,
+                     **constraints)  # fmt: skip
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
+
 
 class ServeSettings(BaseSettings):
-    """Everything ``babelgate serve`` reads; field names are the flags without ``--``."""
+    """Everything ``babelgate serve`` reads. Each field is also a flag (``--<name>``, generated from
+    the field by ``cli.serve``: type, choices, default and help come from here)."""
 
     model_config = SettingsConfigDict(
         env_prefix="BABELGATE_",
@@ -39,45 +64,67 @@ class ServeSettings(BaseSettings):
     )
 
     # what to serve
-    model: str | None = Field(None, description="model folder or hub id (default: embedded)")
-    served_model_name: str | None = Field(None, description="name clients use in `model`")
-    artifact: str | None = Field(None, description="gate artifact (default: cached calibration)")
-    max_model_len: int | None = Field(None, ge=16)
+    model: str | None = setting(None, MODEL, MODEL_HELP)
+    served_model_name: str | None = setting(None, MODEL, "model name clients send")
+    artifact: str | None = setting(
+        None, MODEL, "gate artifact (default: shipped or cached default calibration)"
+    )
+    max_model_len: int | None = setting(None, MODEL, "context length", ge=16)
 
     # HTTP
-    host: str = "0.0.0.0"
-    port: int = Field(8000, ge=0, le=65535)
-    api_key: SecretStr | None = None
-    admin_token: SecretStr | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str = setting("0.0.0.0", HTTP, "bind address")
+    port: int = setting(8000, HTTP, "port", ge=0, le=65535)
+    api_key: SecretStr | None = setting(None, HTTP, "require this bearer key on /v1/*")
+    admin_token: SecretStr | None = setting(None, HTTP, "bearer token of /admin/* (else closed)")
+    log_level: Literal["debug", "info", "warning", "error"] = setting("info", HTTP, "log level")
 
     # the guardrail
-    policy: Policy = "routing"
-    action: Action = "steer"
-    language_actions: dict[str, Action] = Field(default_factory=dict)
-    # What a request in an *unprotected* language gets (its threshold record says the gate
-    # does not separate its examples): flag = serve unchanged, verdict marked unprotected;
-    # refuse = templated refusal when the score passes the stricter of its threshold and the
-    # zero-shot one; steer = route as if the threshold were trusted.
-    unprotected_action: Action = "flag"
-    gate_failure: GateFailureMode = "closed"
-    default_language: str = "en"
-    langid_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
-    state_dir: Path | None = Field(None, description="admin DB folder (default: <cache>/state)")
-    max_moderation_inputs: int = Field(64, ge=1)
-    max_recalibration_examples: int = Field(256, ge=1)
+    policy: Policy = setting(
+        "routing", GUARDRAIL, "engine policy (routing: steer harmful, ablate harmless)"
+    )
+    action: Action = setting("steer", GUARDRAIL, "what a harmful verdict triggers")
+    language_actions: dict[str, Action] = setting(
+        {}, GUARDRAIL, "per-language action, e.g. yo=refuse (repeatable)",
+        flag="--language-action", metavar="LANG=ACTION",
+    )  # fmt: skip
+    unprotected_action: Action = setting(
+        "flag",
+        GUARDRAIL,
+        "action for languages the gate does not separate (marked unprotected at calibration or "
+        "recalibration): flag = served unchanged, verdict says so; refuse = templated refusal "
+        "when the score passes the stricter of its threshold and the zero-shot one; steer = "
+        "route as if the threshold were trusted",
+    )
+    gate_failure: GateFailureMode = setting(
+        "closed", GUARDRAIL, "when the gate fails: closed (refuse) or open (serve unguarded)"
+    )
+    default_language: str = setting("en", GUARDRAIL, "language of undetectable text")
+    langid_min_confidence: float = setting(
+        0.5, GUARDRAIL, "language-ID confidence below which the default language is used",
+        ge=0.0, le=1.0,
+    )  # fmt: skip
+    state_dir: Path | None = setting(None, GUARDRAIL, "admin DB folder (default: <cache>/state)")
+    max_moderation_inputs: int = setting(64, GUARDRAIL, "inputs per /v1/moderations call", ge=1)
+    max_recalibration_examples: int = setting(
+        256, GUARDRAIL, "examples per admin recalibration call", ge=1
+    )
 
     # vLLM engine options (passed through)
-    tensor_parallel_size: int = Field(1, ge=1)
-    dtype: str = "auto"
-    max_num_seqs: int | None = Field(None, ge=1)
-    max_num_batched_tokens: int | None = Field(None, ge=1)
-    enforce_eager: bool | None = None
-    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
-    kv_cache_memory_bytes: int | None = Field(None, ge=1)
-    enable_prefix_caching: bool | None = None
-    seed: int = 0
-    engine_args: dict[str, Any] = Field(default_factory=dict)
+    tensor_parallel_size: int = setting(1, ENGINE, "tensor-parallel workers", ge=1)
+    dtype: str = setting("auto", ENGINE, "model dtype")
+    max_num_seqs: int | None = setting(None, ENGINE, "sequences per engine step", ge=1)
+    max_num_batched_tokens: int | None = setting(None, ENGINE, "tokens per engine step", ge=1)
+    enforce_eager: bool | None = setting(None, ENGINE, "eager mode (babelgate requires it)")
+    gpu_memory_utilization: float | None = setting(
+        None, ENGINE, "share of GPU memory vLLM may use", gt=0.0, le=1.0
+    )
+    kv_cache_memory_bytes: int | None = setting(None, ENGINE, "KV cache size in bytes", ge=1)
+    enable_prefix_caching: bool | None = setting(None, ENGINE, "vLLM prefix caching")
+    seed: int = setting(0, ENGINE, "sampling seed")
+    engine_args: dict[str, Any] = setting(
+        {}, ENGINE, "any other vLLM engine argument (value parsed as JSON when it is JSON)",
+        flag="--engine-arg", metavar="KEY=VALUE",
+    )  # fmt: skip
 
     @field_validator("language_actions")
     @classmethod
@@ -145,17 +192,12 @@ class ServeSettings(BaseSettings):
         return out
 
 
-ENGINE_FIELDS: tuple[str, ...] = (
-    "tensor_parallel_size",
-    "dtype",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "enforce_eager",
-    "gpu_memory_utilization",
-    "kv_cache_memory_bytes",
-    "enable_prefix_caching",
-    "seed",
+ENGINE_FIELDS: tuple[str, ...] = tuple(
+    name
+    for name, info in ServeSettings.model_fields.items()
+    if (info.json_schema_extra or {}).get("group") == ENGINE and name != "engine_args"
 )
+"""The pass-through vLLM options (the "vLLM engine" group but ``engine_args``)."""
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> ServeSettings:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
 from cli import serve
-from server.settings import ServeSettings, load_settings
+from server.settings import Policy, ServeSettings, load_settings
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -112,3 +113,17 @@ def test_unknown_yaml_key_and_missing_file(tmp_path: Path) -> None:
 def test_malformed_pairs_are_rejected() -> None:
     with pytest.raises(SystemExit):
         parse(["--language-action", "yo"])
+
+
+def test_every_setting_is_a_flag_generated_from_its_field() -> None:
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers(dest="command"))
+    sub = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    actions = {a.dest: a for a in sub._actions}
+    assert set(ServeSettings.model_fields) <= set(actions)
+    assert actions["policy"].choices == get_args(Policy)
+    assert "(default 8000)" in actions["port"].help
+    s = serve.settings_from_args(
+        parse(["--max-moderation-inputs", "8", "--no-enable-prefix-caching", "--port", "9001"])
+    )
+    assert (s.max_moderation_inputs, s.enable_prefix_caching, s.port) == (8, False, 9001)
