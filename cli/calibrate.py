@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from gate.hf.embedded import MODEL_HELP
 
@@ -104,43 +103,13 @@ def _threshold_k(text: str) -> int | str:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def make_backend(model: str | None, backend: str, dtype: str):
-    """The activation backend the user asked for."""
-    if backend == "vllm":
-        from server.engine.vllm_backend import VLLMBackend
-
-        return VLLMBackend(model, dtype=dtype)
-    import torch
-
-    from gate.hf.backend import TransformersBackend
-
-    return TransformersBackend(model, dtype=getattr(torch, dtype))
-
-
 def run(args: argparse.Namespace) -> int:
-    from gate.calibration import (
-        REPORT_MD,
-        CalibrationOptions,
-        calibrate,
-        resolve_preset,
-    )
-    from gate.data import load_dataset
-    from paths import default_data_sources
-    from server.calibration import ensure_default_artifact
+    # Lazy, so --help is fast: the calibration stack (numpy, torch, transformers, vLLM).
+    from gate.calibration import REPORT_MD, CalibrationOptions
+    from server.calibration import calibrate_artifact
 
-    if args.out is None:
-        artifact = ensure_default_artifact(args.model, progress=not args.no_progress)
-        print((artifact / REPORT_MD).read_text())
-        print(f"artifact: {artifact}")
-        return 0
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
-    sources = args.data or default_data_sources()
-    languages = [x for x in (args.languages or "").split(",") if x.strip()] or None
-    prompts = [p for src in sources for p in load_dataset(src)]  # validated before the model
     options = CalibrationOptions(
-        languages=languages,
+        languages=[x for x in (args.languages or "").split(",") if x.strip()] or None,
         preset=args.preset,
         layer=args.layer,
         rank=args.rank,
@@ -152,17 +121,21 @@ def run(args: argparse.Namespace) -> int:
         threshold_k=args.threshold_k,
         batch_size=args.batch_size,
         progress=not args.no_progress,
-        data_name=" + ".join(str(src) for src in sources),
     )
-    resolve_preset(prompts, options)  # a robust preset the data cannot serve fails here
-    backend = make_backend(args.model, args.backend, args.dtype)
-    if not args.no_activation_cache:
-        from gate.activation_cache import CachedBackend
-        from paths import cache_root
-
-        backend = CachedBackend(backend, cache_root() / "activations")
-    _, report = calibrate(backend, prompts, out, options, force=args.force)
-    print((out / REPORT_MD).read_text())
-    print(f"artifact written to {out}")
+    artifact, report = calibrate_artifact(
+        args.out,
+        options,
+        model=args.model,
+        data=args.data,
+        backend=args.backend,
+        dtype=args.dtype,
+        activation_cache=not args.no_activation_cache,
+        force=args.force,
+    )
+    print((artifact / REPORT_MD).read_text())
+    if report is None:
+        print(f"artifact: {artifact}")
+        return 0
+    print(f"artifact written to {artifact}")
     print(json.dumps({"layers": report["layers"], "wall_time_s": report["wall_time_s"]}))
     return 0

@@ -1,7 +1,8 @@
 """``babelgate eval``: refusal, selectivity, gate quality and utility per language and policy.
 
 Runs in the CLI process; drives one vLLM engine (its core and worker run in their own
-processes). The work is in ``evaluation.runner``; this module only parses flags.
+processes). The work is in ``evaluation.runner`` (``run_eval``, ``run_shift_eval``); this
+module only parses flags and prints the report.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ import argparse
 import json
 from pathlib import Path
 
+from evaluation.defaults import (
+    DEFAULT_LANGUAGES,
+    DEFAULT_MAX_PER_CLASS,
+    DEFAULT_MMLU_MAX,
+    DEFAULT_TRAIN_POOL,
+)
+from evaluation.policies import POLICY_NAMES
 from gate.hf.embedded import MODEL_HELP
 
 
@@ -19,14 +27,6 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from evaluation.defaults import (
-        DEFAULT_LANGUAGES,
-        DEFAULT_MAX_PER_CLASS,
-        DEFAULT_MMLU_MAX,
-        DEFAULT_TRAIN_POOL,
-    )
-    from evaluation.policies import POLICY_NAMES
-
     p = sub.add_parser(
         "eval",
         help="evaluate the guard against baselines: refusal, selectivity, gate quality, MMLU",
@@ -109,36 +109,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run_shift_suite(args: argparse.Namespace) -> int:
-    from evaluation.shift import ShiftOptions, run_shift
-    from gate.activation_cache import CachedBackend
-    from gate.hf.backend import TransformersBackend
-    from paths import cache_root, data_dir
-
-    data = args.data or data_dir()
-    if data is None:
-        raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
-    options = ShiftOptions(
-        data=str(data),
-        out=Path(args.out),
-        languages=_csv(args.languages),
-        max_per_class=None if args.full else 64,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    backend = CachedBackend(TransformersBackend(args.model), cache_root() / "activations")
-    report = run_shift(options, backend)
-    print((Path(args.out) / "shift.md").read_text(encoding="utf-8"))
-    print(json.dumps({"wall_time_s": report["wall_time_s"]["total"]}))
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
+    # Lazy, so --help is fast: the evaluation stack (numpy, torch, vLLM).
     from evaluation.report import render_markdown
-    from evaluation.runner import EvalOptions, run_eval
+    from evaluation.runner import EvalOptions, run_eval, run_shift_eval
 
     if args.shift:
-        return run_shift_suite(args)
+        report = run_shift_eval(
+            args.out,
+            model=args.model,
+            data=args.data,
+            languages=_csv(args.languages),
+            full=args.full,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+        print((Path(args.out) / "shift.md").read_text(encoding="utf-8"))
+        print(json.dumps({"wall_time_s": report["wall_time_s"]["total"]}))
+        return 0
     if args.artifact is None:
         raise ValueError("--artifact is required (except with --shift)")
 

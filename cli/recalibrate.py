@@ -9,10 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
-from gate.kshot import kshot_indices, kshot_rng
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,37 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gate.data import DataError, check_both_classes, load_file
-    from gate.estimator import HarmfulnessGate
-    from gate.hf.backend import TransformersBackend
-    from gate.languages import validate_language
+    # Lazy, so --help is fast: numpy, torch and transformers.
+    from server.calibration import recalibrate_language
 
-    language = validate_language(args.language)
-    examples = load_file(args.examples, language=language)
-    examples = [e for e in examples if e.language == language] or examples
-    check_both_classes(examples, str(args.examples))
-    if args.k is not None:
-        if args.k < 1:
-            raise DataError("--k must be at least 1")
-        labels = [e.label for e in examples]
-        for label in (1, 0):
-            if labels.count(label) < args.k:
-                raise DataError(
-                    f"--k {args.k} but only {labels.count(label)} examples with label {label}"
-                )
-        draw = kshot_indices(labels, args.k, kshot_rng(args.seed, language, args.k))
-        examples = [examples[i] for i in draw]
-    gate = HarmfulnessGate.load(args.artifact)
-    backend = TransformersBackend(args.model or gate.model.id)
-    gate = HarmfulnessGate.load(args.artifact, expect_model=backend.model_info)
-    acts = gate.inputs(
-        backend.activations([e.text for e in examples], list(gate.layers), progress=False)
+    old, record = recalibrate_language(
+        args.artifact, args.language, args.examples, k=args.k, seed=args.seed, model=args.model
     )
-    labels = np.array([e.label for e in examples])
-    old = gate.threshold(language)
-    record = gate.recalibrate(language, acts, labels)
-    record.note = f"{record.note} babelgate recalibrate from {args.examples}".strip()
-    gate.save_thresholds(args.artifact)
+    language = record.language
     print(
         f"{language}: threshold {old.value:.4f} ({old.source}) -> {record.value:.4f} "
         f"(recalibrated, k={record.k}: {record.n_harmful} harmful, {record.n_harmless} harmless; "

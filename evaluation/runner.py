@@ -1,4 +1,5 @@
-"""The whole evaluation, stage by stage, resumable: ``babelgate eval`` calls ``run_eval``.
+"""The whole evaluation, stage by stage, resumable: ``babelgate eval`` calls ``run_eval``
+(``babelgate eval --shift`` calls ``run_shift_eval``, the style-shift evaluation of ``shift``).
 
 Runs in the CLI process and drives one ``EvalEngine``. Stages:
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,13 @@ from evaluation.kshot import DEFAULT_KS, recalibrated_threshold
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
 from evaluation.report import write_report
 from evaluation.rows import scored_pool, text_sha
+from evaluation.shift import ShiftOptions, run_shift
 from evaluation.store import ResultStore, open_run, read_jsonl
+from gate.activation_cache import CachedBackend
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
 from gate.kshot import kshot_indices, kshot_rng
-from paths import data_dir
+from paths import cache_root, data_dir
 from server.engine.types import GuardParams
 
 SETUP_FILE = "setup.json"
@@ -451,3 +454,34 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         report_started=t,
     )
     return report
+
+
+def run_shift_eval(
+    out: str | Path,
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    languages: Sequence[str] | None = None,
+    full: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``babelgate eval --shift``: the style-shift evaluation of ``model`` (transformers
+    backend, activations cached) on ``data`` (default: PolyRefuse), 64 PolyRefuse rows per
+    language, split and class unless ``full``; writes shift.json/.md/.png to ``out``."""
+    # Lazy: torch and transformers, only when a model is loaded.
+    from gate.hf.backend import TransformersBackend
+
+    data = data or data_dir()
+    if data is None:
+        raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")
+    options = ShiftOptions(
+        data=str(data),
+        out=Path(out),
+        languages=languages,
+        max_per_class=None if full else 64,
+        seed=seed,
+        progress=progress,
+    )
+    backend = CachedBackend(TransformersBackend(model), cache_root() / "activations")
+    return run_shift(options, backend)

@@ -1,23 +1,33 @@
-"""The default calibration: the gate artifact ``babelgate serve`` and ``calibrate`` use when none
-is given, made on first use and cached.
+"""Calibration as the product runs it: ``babelgate calibrate`` and ``recalibrate``, and the default
+calibration ``babelgate serve`` uses when no artifact is given (made on first use and cached).
 
-Runs in the CLI / API-server process. The method (``gate.calibration``) fits a gate on whatever
-prompts it is given; deciding *which* data that is by default (``paths.default_data_sources``)
-and where the result is kept (``paths.cache_root``) is the product's, so it lives here.
+Runs in the CLI / API-server process. The method (``gate.calibration``, ``HarmfulnessGate``)
+fits and recalibrates a gate on whatever activations it is given; choosing the data by default
+(``paths.default_data_sources``), the activation backend (transformers or vLLM), the caches
+(``paths.cache_root``) and the files read and written is the product's, so it lives here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from gate.activation_cache import CachedBackend
+from gate.activations import ActivationBackend
 from gate.calibration import (
     DEFAULT_ARTIFACT_REVISION,
     CalibrationOptions,
     calibrate,
     resolve_preset,
 )
-from gate.data import load_dataset
+from gate.data import DataError, check_both_classes, load_dataset, load_file
+from gate.estimator import HarmfulnessGate, ThresholdRecord
+from gate.kshot import kshot_indices, kshot_rng
+from gate.languages import validate_language
 from paths import cache_root, default_data_sources
 
 
@@ -37,7 +47,6 @@ def ensure_default_artifact(
     before the calibration (minutes) starts, so a caller can say why it waits.
     """
     # Lazy: transformers and torch, only when a model is loaded.
-    from gate.activation_cache import CachedBackend
     from gate.hf.backend import TransformersBackend
     from gate.hf.model_source import model_info
 
@@ -60,3 +69,93 @@ def ensure_default_artifact(
     backend = CachedBackend(TransformersBackend(model), cache_root() / "activations")
     calibrate(backend, prompts, target, options, force=False)
     return target
+
+
+def make_backend(
+    model: str | Path | None, backend: str = "transformers", dtype: str = "float32"
+) -> ActivationBackend:
+    """The activation backend asked for: ``transformers`` (in process) or ``vllm``."""
+    # Lazy: vLLM, or torch and transformers, only for the backend asked for.
+    if backend == "vllm":
+        from server.engine.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model, dtype=dtype)
+    import torch
+
+    from gate.hf.backend import TransformersBackend
+
+    return TransformersBackend(model, dtype=getattr(torch, dtype))
+
+
+def calibrate_artifact(
+    out: str | Path | None,
+    options: CalibrationOptions,
+    *,
+    model: str | Path | None = None,
+    data: Sequence[str | Path] | None = None,
+    backend: str = "transformers",
+    dtype: str = "float32",
+    activation_cache: bool = True,
+    force: bool = False,
+) -> tuple[Path, dict[str, Any] | None]:
+    """``babelgate calibrate``: fit the gate for ``model`` on ``data`` (default: the default
+    calibration data) and write the artifact to ``out``; returns it with its report. Without
+    ``out``: the model's cached default calibration (made on first use), with no report."""
+    if out is None:
+        return ensure_default_artifact(model, progress=options.progress), None
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
+    sources = list(data or default_data_sources())
+    prompts = [p for src in sources for p in load_dataset(src)]  # validated before the model
+    options = dataclasses.replace(options, data_name=" + ".join(str(src) for src in sources))
+    resolve_preset(prompts, options)  # a robust preset the data cannot serve fails here
+    acts = make_backend(model, backend, dtype)
+    if activation_cache:
+        acts = CachedBackend(acts, cache_root() / "activations")
+    _, report = calibrate(acts, prompts, out, options, force=force)
+    return out, report
+
+
+def recalibrate_language(
+    artifact: str | Path,
+    language: str,
+    examples_path: str | Path,
+    *,
+    k: int | None = None,
+    seed: int = 0,
+    model: str | None = None,
+) -> tuple[ThresholdRecord, ThresholdRecord]:
+    """``babelgate recalibrate``: set ``language``'s threshold in ``artifact`` from the labelled
+    examples in ``examples_path`` (k per class, drawn with ``seed``, or all), scored with the
+    artifact's model (or ``model``); rewrites the manifest. Returns (old, new) threshold."""
+    # Lazy: torch and transformers, only when a model is loaded.
+    from gate.hf.backend import TransformersBackend
+
+    language = validate_language(language)
+    examples = load_file(examples_path, language=language)
+    examples = [e for e in examples if e.language == language] or examples
+    check_both_classes(examples, str(examples_path))
+    if k is not None:
+        if k < 1:
+            raise DataError("--k must be at least 1")
+        labels = [e.label for e in examples]
+        for label in (1, 0):
+            if labels.count(label) < k:
+                raise DataError(
+                    f"--k {k} but only {labels.count(label)} examples with label {label}"
+                )
+        draw = kshot_indices(labels, k, kshot_rng(seed, language, k))
+        examples = [examples[i] for i in draw]
+    gate = HarmfulnessGate.load(artifact)
+    backend = TransformersBackend(model or gate.model.id)
+    gate = HarmfulnessGate.load(artifact, expect_model=backend.model_info)
+    acts = gate.inputs(
+        backend.activations([e.text for e in examples], list(gate.layers), progress=False)
+    )
+    labels = np.array([e.label for e in examples])
+    old = gate.threshold(language)
+    record = gate.recalibrate(language, acts, labels)
+    record.note = f"{record.note} babelgate recalibrate from {examples_path}".strip()
+    gate.save_thresholds(artifact)
+    return old, record
