@@ -13,6 +13,8 @@ import signal
 import sys
 
 from cli import COMMANDS
+from gate.artifact import ArtifactError
+from gate.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from gate.artifact import ArtifactError
-    from gate.data import DataError
-
     try:
         return int(args.func(args) or 0)
     except (ArtifactError, DataError, FileExistsError, FileNotFoundError, ValueError) as exc:

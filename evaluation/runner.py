@@ -36,6 +36,7 @@ from evaluation.defaults import (
     DEFAULT_TRAIN_POOL,
 )
 from evaluation.kshot import DEFAULT_KS, recalibrated_threshold
+from evaluation.mmlu import format_prompt, letter_token_ids, load_questions, sample_questions
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
 from evaluation.report import write_report
 from evaluation.rows import scored_pool, text_sha
@@ -44,6 +45,7 @@ from evaluation.store import ResultStore, open_run, read_jsonl
 from gate.activation_cache import CachedBackend
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
+from gate.hf.model_source import resolve_model
 from gate.kshot import kshot_indices, kshot_rng
 from paths import cache_root, data_dir
 from server.engine.types import GuardParams
@@ -287,8 +289,6 @@ def plan_mmlu(
 ) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
     """MMLU sources' metadata and the (source, language, policy, index, question) rows not yet
     in ``store``."""
-    from evaluation.mmlu import load_questions, sample_questions
-
     meta: dict[str, Any] = {}
     todo: list[tuple[Any, ...]] = []
     for spec_text in options.mmlu:
@@ -312,8 +312,6 @@ def run_mmlu(
     options: EvalOptions,
 ) -> None:
     """Answer letters for the pending MMLU rows, one saved batch at a time."""
-    from evaluation.mmlu import format_prompt, letter_token_ids
-
     letters = letter_token_ids(engine.tokenizer)
     allowed = sorted(letters)
     bar = tqdm(total=len(todo), desc="mmlu", unit="q", disable=not options.progress)
@@ -383,8 +381,7 @@ def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
 
 def run_eval(options: EvalOptions) -> dict[str, Any]:
     """Run (or resume) the evaluation and write the report; returns the report dict."""
-    from evaluation.engine import EvalEngine
-    from gate.hf.model_source import resolve_model
+    from evaluation.engine import EvalEngine  # lazy: torch and vLLM
 
     started = time.monotonic()
     out = Path(options.out)

@@ -21,6 +21,8 @@ from pydantic_settings import (
 )
 
 from gate.hf.embedded import MODEL_HELP
+from gate.languages import validate_language
+from server.langid import TARGET_LANGUAGES
 
 Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]
 Action = Literal["steer", "refuse", "flag"]
@@ -129,16 +131,11 @@ class ServeSettings(BaseSettings):
     @field_validator("language_actions")
     @classmethod
     def _canonical_language_keys(cls, value: dict[str, Action]) -> dict[str, Action]:
-        from gate.languages import validate_language
-
         return {validate_language(lang): action for lang, action in value.items()}
 
     @field_validator("default_language")
     @classmethod
     def _known_default_language(cls, value: str) -> str:
-        from gate.languages import validate_language
-        from server.langid import TARGET_LANGUAGES
-
         lang = validate_language(value)
         if lang not in TARGET_LANGUAGES:
             raise ValueError(

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
+from server.app import admin, chat, moderations, ops
 from server.app.errors import install_error_handlers
 from server.app.service import GuardrailService
 from server.metrics import ServerMetrics
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) -> FastAPI:
-    from server.app import admin, chat, moderations, ops
-
     service = GuardrailService(settings, metrics or ServerMetrics())
 
     @asynccontextmanager

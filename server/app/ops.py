@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from gate.artifact import babelgate_version
 from server.app.chat import service_of
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,7 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/version")
 async def version(request: Request) -> dict[str, Any]:
-    import vllm
-
-    from gate.artifact import babelgate_version
+    import vllm  # lazy: only this endpoint needs its version
 
     svc = service_of(request)
     out: dict[str, Any] = {"version": babelgate_version(), "vllm": vllm.__version__}

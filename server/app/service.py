@@ -23,18 +23,24 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gate.artifact import read_manifest
+from gate.estimator import HarmfulnessGate
+from gate.hf.embedded import embedded_model
+from gate.hf.model_source import resolve_model as model_source
+from gate.languages import UnknownLanguageError, validate_language
 from paths import cache_root
 from server.admin_store import ThresholdStore
 from server.app.errors import APIError
 from server.app.outcome import GuardPlan, plan_request
 from server.calibration import ensure_default_artifact
+from server.engine.guarded_engine import GuardedEngine
 from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
 from server.metrics import ServerMetrics
 from server.settings import ServeSettings
 from server.shipped import shipped_artifact
 
 if TYPE_CHECKING:
-    from gate.estimator import HarmfulnessGate, ThresholdRecord
+    from gate.estimator import ThresholdRecord
     from server.engine.types import GuardParams, Verdict
 
 log = logging.getLogger(__name__)
@@ -96,10 +102,6 @@ class GuardrailService:
             os.kill(os.getpid(), signal.SIGTERM)
 
     async def start(self) -> None:
-        from gate.artifact import read_manifest
-        from gate.estimator import HarmfulnessGate
-        from server.engine.guarded_engine import GuardedEngine
-
         s = self.settings
         self._enter("resolving the model")
         self.model_path = await asyncio.to_thread(resolve_model, s.model)
@@ -262,8 +264,6 @@ class GuardrailService:
 
 
 def validated_language(code: str, param: str = "babelgate.language") -> str:
-    from gate.languages import UnknownLanguageError, validate_language
-
     try:
         return validate_language(code)
     except UnknownLanguageError as err:
@@ -272,8 +272,6 @@ def validated_language(code: str, param: str = "babelgate.language") -> str:
 
 def resolve_model(model: str | None) -> Path:
     """The model folder: ``--model`` if given, else the embedded model (converted once)."""
-    from gate.hf.model_source import resolve_model as model_source
-
     _, load_path = model_source(model)
     path = Path(load_path)
     if not path.is_dir():
@@ -312,8 +310,6 @@ def default_state_dir() -> Path:
 def served_names(settings: ServeSettings, model_path: Path) -> tuple[str, ...]:
     """Names clients may use: ``--served-model-name``, else the ``--model`` argument, else the
     embedded model's name."""
-    from gate.hf.embedded import embedded_model
-
     if settings.served_model_name:
         return (settings.served_model_name,)
     if (spec := embedded_model(settings.model)) is not None:
