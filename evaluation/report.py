@@ -78,7 +78,8 @@ def refusal_table(
     languages: list[str],
 ) -> dict[str, dict[str, Any]]:
     """policy -> language -> harmful/harmless refusal rates, selectivity, counts; plus the mean
-    over low-resource languages ("lrl") and over all languages ("all")."""
+    over low-resource languages ("lrl"), over every language outside the high-resource tier
+    ("non-hrl": mid- and low-resource, where the paper's gap is) and over all ("all")."""
     cells: dict[tuple[str, str, int], list[bool]] = {}
     intervened: dict[tuple[str, str], list[bool]] = {}
     for row, verdict in zip(rows, verdicts, strict=True):
@@ -103,7 +104,10 @@ def refusal_table(
                 "n_harmless": len(cells[(spec.name, lang, 0)]),
                 "intervened_rate": _rate(intervened.get((spec.name, lang), [])),
             }
-        for group, members in (("lrl", [x for x in per if tier(x) == "low"]), ("all", list(per))):
+        groups = (("lrl", [x for x in per if tier(x) == "low"]),
+                  ("non-hrl", [x for x in per if tier(x) in ("mid", "low")]),
+                  ("all", list(per)))  # fmt: skip
+        for group, members in groups:
             if members:
                 per[group] = {
                     key: float(np.mean([per[x][key] for x in members]))
@@ -212,12 +216,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Each cell: harmful refusal % / harmless refusal % / selectivity (points).",
         "",
         "| policy | " + " | ".join(f"{x} ⚠" if x in weak_judge else x for x in langs)
-        + " | LRL mean | all mean |",
-        "|---" * (len(langs) + 3) + "|",
+        + " | LRL mean | non-HRL mean | all mean |",
+        "|---" * (len(langs) + 4) + "|",
     ]
     for name, per in report["refusal"].items():
         cells = []
-        for lang in [*langs, "lrl", "all"]:
+        for lang in [*langs, "lrl", "non-hrl", "all"]:
             c = per.get(lang)
             cells.append("–" if c is None else
                          f"{_pct(c['harmful_refusal'])} / {_pct(c['harmless_refusal'])} / "
