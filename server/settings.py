@@ -20,11 +20,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]
+# The policy vocabulary is the engine's (re-exported under the settings' old names).
+from server.engine.types import POLICIES as POLICIES
+from server.engine.types import Policy
+
 Action = Literal["steer", "refuse", "flag"]
 GateFailureMode = Literal["closed", "open"]
 
-POLICIES: tuple[str, ...] = ("routing", "none", "shadow", "always-steer", "always-ablate")
 ACTIONS: tuple[str, ...] = ("steer", "refuse", "flag")
 
 

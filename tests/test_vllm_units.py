@@ -10,7 +10,15 @@ import torch
 from server.engine.hooks import decoder_layers
 from server.engine.startup import check_model_config, guarded_engine_kwargs, prepare_environment
 from server.engine.step import RowSpan
-from server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
+from server.engine.types import (
+    INTERVENING_POLICIES,
+    POLICIES,
+    GateParams,
+    GuardParams,
+    GuardrailStartupError,
+    Verdict,
+    policy_intervention,
+)
 
 
 def unit(d: int, seed: int) -> np.ndarray:
@@ -47,6 +55,23 @@ def test_guard_params_refuse_unknown_policy_and_bad_threshold():
         GuardParams("en", "block")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="finite"):
         GuardParams("en", "routing", float("nan"))
+
+
+def test_one_policy_vocabulary_and_what_each_policy_does():
+    from gate.hf import reference  # the gate library cannot import the server: kept equal here
+    from server import settings
+
+    assert POLICIES == ("routing", "none", "shadow", "always-steer", "always-ablate")
+    assert reference.POLICIES == settings.POLICIES == POLICIES
+    assert sorted(INTERVENING_POLICIES) == ["always-ablate", "always-steer", "routing"]
+    table = {p: [policy_intervention(p, h) for h in (None, True, False)] for p in POLICIES}
+    assert table == {
+        "routing": [None, "steer", "ablate"],
+        "none": ["none"] * 3,
+        "shadow": ["none"] * 3,
+        "always-steer": ["steer"] * 3,
+        "always-ablate": ["ablate"] * 3,
+    }
 
 
 def test_verdict_round_trips_and_names_its_decision():

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from gate.hf.embedded import MODEL_HELP
+from server.engine.types import POLICIES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--policy",
         default=None,
-        choices=("routing", "none", "shadow", "always-steer", "always-ablate"),
+        choices=POLICIES,
         help="engine policy (default routing: steer harmful, ablate harmless)",
     )
     g.add_argument(
