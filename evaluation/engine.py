@@ -23,9 +23,31 @@ from server.engine.baseline_interventions import (
     BASELINE_KEY,
     BASELINE_WORKER_EXTENSION,
 )
+from server.engine.rpc import WorkerClient
 from server.engine.types import GuardParams
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+
+class BaselineWorkerClient(WorkerClient):
+    """The worker calls plus those ``BaselineWorkerExtension`` adds."""
+
+    def install_baselines(
+        self,
+        adasteer: Sequence[dict[str, Any]] = (),
+        cast: Sequence[dict[str, Any]] = (),
+        prompt_capture: bool = False,
+    ) -> dict[str, Any]:
+        """Install fitted baselines (wire dicts from ``gate.baselines``) and/or the capture."""
+        return self._call("install_baselines", (list(adasteer), list(cast), prompt_capture))
+
+    def baseline_records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """AdaSteer / CAST records by baseline id."""
+        return self._call("baseline_records", (list(ids),))
+
+    def pop_prompt_captures(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Fitting captures by id (float32 bytes, (2, n_layers, d)), removed on return."""
+        return self._call("pop_prompt_captures", (list(ids),))
 
 
 @dataclass(frozen=True)
@@ -78,21 +100,8 @@ class EvalEngine:
             llm.llm_engine.engine_core.shutdown()
             raise
         self.llm = llm
+        self.worker = BaselineWorkerClient(llm)
         self.tokenizer = llm.get_tokenizer()
-
-    def _rpc(self, method: str, *args: Any) -> Any:
-        return self.llm.collective_rpc(method, args=args)[0]
-
-    # ------------------------------------------------------------------ installs
-
-    def install_baselines(
-        self,
-        adasteer: Sequence[dict[str, Any]] = (),
-        cast: Sequence[dict[str, Any]] = (),
-        prompt_capture: bool = False,
-    ) -> dict[str, Any]:
-        """Install fitted baselines (wire dicts from ``gate.baselines``) and/or the capture."""
-        return self._rpc("babelgate_install_baselines", list(adasteer), list(cast), prompt_capture)
 
     # ------------------------------------------------------------------ requests
 
@@ -110,8 +119,8 @@ class EvalEngine:
     def capture(self, prompts: Sequence[str]) -> np.ndarray:
         """(n, 2, n_layers, d) float32: [last prompt token, mean over prompt] at every layer.
 
-        Needs ``install_baselines(prompt_capture=True)``. Each request gets its own cache salt
-        so every prompt row is computed (a prefix-cache hit would leave rows out of the mean).
+        Needs ``worker.install_baselines(prompt_capture=True)``. Each request gets its own cache
+        salt so every prompt row is computed (a prefix-cache hit would leave rows out of the mean).
         """
         ids = [uuid.uuid4().hex for _ in prompts]
         requests = [
@@ -120,7 +129,7 @@ class EvalEngine:
         ]
         params = [self._sampling(1, extra_args={BASELINE_CAPTURE_KEY: cid}) for cid in ids]
         self.llm.generate(requests, params, use_tqdm=False)
-        got = self._rpc("babelgate_pop_prompt_captures", ids)
+        got = self.worker.pop_prompt_captures(ids)
         missing = [i for i, cid in enumerate(ids) if cid not in got]
         if missing:
             raise RuntimeError(
@@ -177,7 +186,7 @@ class EvalEngine:
             for bid, lang in zip(ids, languages, strict=True)
         ]
         outs = self.llm.generate(requests, params, use_tqdm=False)
-        records = self._rpc("babelgate_baseline_records", ids)
+        records = self.worker.baseline_records(ids)
         return [
             Generation(o.outputs[0].text, list(o.outputs[0].token_ids), records.get(bid, {}))
             for o, bid in zip(outs, ids, strict=True)

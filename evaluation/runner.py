@@ -145,7 +145,7 @@ def run_setup(engine: Any, langs: list[LanguageData], options: EvalOptions) -> d
 
     setup: dict[str, Any] = {"languages": {}, "adasteer": [], "cast": []}
     zero_shot = float(engine.gate.zero_shot_threshold)
-    engine.install_baselines(prompt_capture=True)
+    engine.worker.install_baselines(prompt_capture=True)
     bar = tqdm(total=len(langs), desc="setup (scores, thresholds, baselines)",
                disable=not options.progress)
     for lang in langs:
@@ -431,7 +431,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
                 setup = run_setup(engine, langs, options)
                 write_json_atomic(setup_path, setup)
             timings["setup_s"] = time.monotonic() - t
-            engine.install_baselines(adasteer=setup["adasteer"], cast=setup["cast"])
+            engine.worker.install_baselines(adasteer=setup["adasteer"], cast=setup["cast"])
             t = time.monotonic()
             run_generations(engine, gen_todo, setup, generations, options)
             timings["generations_s"] = time.monotonic() - t

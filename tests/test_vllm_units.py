@@ -174,3 +174,57 @@ def test_multi_layer_gate_sums_its_layers_dot_products_and_decides_at_the_last()
     expected = float((h2[2] + r2[2]).double() @ torch.from_numpy(u[0]).double()
                      + (h5[2] + r5[2]).double() @ torch.from_numpy(u[1]).double() + 0.5)
     assert hook.verdicts(["b1"], [])["b1"]["score"] == pytest.approx(expected, rel=1e-6)
+
+
+class FakeLLM:
+    """``collective_rpc`` of a two-worker engine: each worker answers with its rank."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+
+    def collective_rpc(self, method: str, args: tuple = ()) -> list:
+        self.calls.append((method, args))
+        if method == "babelgate_verdicts":
+            v = Verdict("a", "en", "shadow", 0.0, "t", 1.0, True, "none", 0)
+            return [{"a": v.to_dict()}, {}]
+        return [{"rank": 0}, {"rank": 1}]
+
+
+class FakeAsyncLLM(FakeLLM):
+    async def collective_rpc(self, method: str, args: tuple = ()) -> list:  # type: ignore[override]
+        return FakeLLM.collective_rpc(self, method, args)
+
+
+def test_worker_clients_send_the_extension_methods_and_read_rank_0():
+    import asyncio
+
+    from server.engine.rpc import AsyncWorkerClient, WorkerClient
+
+    gate = GateParams(3, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
+    llm = FakeLLM()
+    client = WorkerClient(llm)
+    assert client.install(gate) == {"rank": 0}
+    client.install(None, [1, 2])
+    client.status()
+    client.uninstall()
+    client.pop_captures(["c"])
+    verdicts = client.verdicts(["a", "b"], ["a"])
+    assert verdicts["a"].score == 1.0 and "b" not in verdicts
+    assert [(m, a) for m, a in llm.calls if m != "babelgate_install"] == [
+        ("babelgate_status", ()),
+        ("babelgate_uninstall", ()),
+        ("babelgate_pop_captures", (["c"],)),
+        ("babelgate_verdicts", (["a", "b"], ["a"])),
+    ]
+    assert llm.calls[0][1][0]["fingerprint"] == "fp" and len(llm.calls[0][1]) == 1
+    assert llm.calls[1] == ("babelgate_install", (None, [1, 2]))
+
+    aengine = FakeAsyncLLM()
+    aclient = AsyncWorkerClient(aengine)
+
+    async def run():
+        return await aclient.status(), await aclient.verdicts(["a"])
+
+    status, averdicts = asyncio.run(run())
+    assert status == {"rank": 0} and averdicts == verdicts
+    assert aengine.calls[-1] == ("babelgate_verdicts", (["a"], []))

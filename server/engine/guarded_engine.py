@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gate.prompt import chat_prompt_ids
+from server.engine.rpc import AsyncWorkerClient
 from server.engine.startup import (
     SELF_CHECK_PROMPT,
     check_model_config,
@@ -60,8 +61,8 @@ def _launch(
 class _VerdictFetcher:
     """Coalesces concurrent verdict requests into one ``babelgate_verdicts`` RPC at a time."""
 
-    def __init__(self, engine: AsyncLLM) -> None:
-        self._engine = engine
+    def __init__(self, worker: AsyncWorkerClient) -> None:
+        self._worker = worker
         self._waiting: dict[str, list[asyncio.Future[Verdict | None]]] = {}
         self._release: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -82,11 +83,7 @@ class _VerdictFetcher:
             release, self._release = self._release, set()
             try:
                 self.rpcs += 1
-                raw = (
-                    await self._engine.collective_rpc(
-                        "babelgate_verdicts", args=(list(waiting), list(release))
-                    )
-                )[0]
+                got = await self._worker.verdicts(list(waiting), list(release))
             except Exception as err:  # hand the failure to every waiter, keep serving
                 for futures in waiting.values():
                     for f in futures:
@@ -94,7 +91,7 @@ class _VerdictFetcher:
                             f.set_exception(err)
                 continue
             for bid, futures in waiting.items():
-                verdict = Verdict.from_dict(raw[bid]) if bid in raw else None
+                verdict = got.get(bid)
                 for f in futures:
                     if not f.done():
                         f.set_result(verdict)
@@ -108,7 +105,8 @@ class GuardedEngine:
         self.gate = gate
         self.model_id = model_id
         self.tokenizer = tokenizer
-        self._verdicts = _VerdictFetcher(engine)
+        self.worker = AsyncWorkerClient(engine)
+        self._verdicts = _VerdictFetcher(self.worker)
         self.install_info: dict[str, Any] = {}
 
     @classmethod
@@ -132,7 +130,7 @@ class GuardedEngine:
         )
         try:
             self = cls(engine, gate, model_id, engine.get_tokenizer())
-            self.install_info = await self._rpc("babelgate_install", gate.to_wire())
+            self.install_info = await self.worker.install(gate)
             verify_install(self.install_info, gate)
             await self.self_check()
         except BaseException:
@@ -140,12 +138,9 @@ class GuardedEngine:
             raise
         return self
 
-    async def _rpc(self, method: str, *args: Any) -> Any:
-        return (await self.engine.collective_rpc(method, args=args))[0]
-
     async def status(self) -> dict[str, Any]:
         """Hook state in the worker: installed, layers, how often it fired, records held."""
-        return await self._rpc("babelgate_status")
+        return await self.worker.status()
 
     async def self_check(self) -> None:
         """One shadow request must fire the hook and come back scored, else refuse."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gate.prompt import chat_prompt_ids
+from server.engine.rpc import WorkerClient
 from server.engine.startup import (
     SELF_CHECK_PROMPT,
     check_model_config,
@@ -73,29 +74,26 @@ class GuardedLLM:
         if llm is None:
             llm = LLM(model=load_path, **guarded_engine_kwargs(engine_kwargs))
         self.llm = llm
+        self.worker = WorkerClient(llm)
         self.tokenizer = self.llm.get_tokenizer()
         self.install_info = self.install()
         self.self_check()
 
     # ------------------------------------------------------------------ worker calls
 
-    def _rpc(self, method: str, *args: Any) -> Any:
-        return self.llm.collective_rpc(method, args=args)[0]
-
     def install(self) -> dict[str, Any]:
-        info = self._rpc("babelgate_install", self.gate.to_wire())
+        info = self.worker.install(self.gate)
         verify_install(info, self.gate)
         return info
 
     def uninstall(self) -> None:
-        self._rpc("babelgate_uninstall")
+        self.worker.uninstall()
 
     def status(self) -> dict[str, Any]:
-        return self._rpc("babelgate_status")
+        return self.worker.status()
 
     def verdicts(self, ids: list[str], release: bool = True) -> dict[str, Verdict]:
-        raw = self._rpc("babelgate_verdicts", ids, ids if release else []) if ids else {}
-        return {bid: Verdict.from_dict(v) for bid, v in raw.items()}
+        return self.worker.verdicts(ids, ids if release else []) if ids else {}
 
     def self_check(self) -> None:
         """Run one shadow request; refuse (GuardrailStartupError) unless it was scored."""

@@ -24,6 +24,7 @@ from gate.activations import check_finite, check_layers
 from gate.artifact import ModelInfo, model_info_from_config
 from gate.prompt import chat_prompt_ids
 from server.engine.interventions import CAPTURE_KEY
+from server.engine.rpc import WorkerClient
 from server.engine.startup import (
     check_model_config,
     guarded_engine_kwargs,
@@ -66,14 +67,12 @@ class VLLMBackend:
             engine_kwargs.setdefault("kv_cache_memory_bytes", DEFAULT_KV_CACHE_BYTES)
             llm = LLM(model=load_path, dtype=dtype, **guarded_engine_kwargs(engine_kwargs))
         self.llm = llm
+        self.worker = WorkerClient(llm)
         self.tokenizer = llm.get_tokenizer()
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
                 f"{model_id} has no chat template: the post-instruction position is undefined"
             )
-
-    def _rpc(self, method: str, *args: Any) -> Any:
-        return self.llm.collective_rpc(method, args=args)[0]
 
     def activations(
         self,
@@ -95,7 +94,7 @@ class VLLMBackend:
         out = np.empty((len(prompts), len(chosen), self.hidden_size), dtype=np.float32)
         if not prompts:
             return out
-        self._rpc("babelgate_install", None, chosen)
+        self.worker.install(None, chosen)
         order = sorted(set(chosen))
         reorder = [order.index(layer) for layer in chosen]
         chunk = max(batch_size, SUBMIT_CHUNK)
@@ -108,7 +107,7 @@ class VLLMBackend:
             requests = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, t)} for t in texts]
             params = [SamplingParams(max_tokens=1, extra_args={CAPTURE_KEY: cid}) for cid in ids]
             self.llm.generate(requests, params, use_tqdm=False)
-            captured = self._rpc("babelgate_pop_captures", ids)
+            captured = self.worker.pop_captures(ids)
             missing = [i for i, cid in enumerate(ids) if cid not in captured]
             if missing:
                 raise RuntimeError(
