@@ -85,8 +85,21 @@ def test_compiled_mode_and_foreign_worker_extension_are_refused():
         guarded_engine_kwargs({"enforce_eager": False})
     with pytest.raises(GuardrailStartupError, match="worker extension"):
         guarded_engine_kwargs({"worker_extension_cls": "pkg.Other"})
+    with pytest.raises(GuardrailStartupError, match="worker extension"):
+        guarded_engine_kwargs({"worker_extension_cls": "server.engine.types.GateParams"})
     kwargs = guarded_engine_kwargs({"max_model_len": 512})
     assert kwargs["enforce_eager"] is True and kwargs["max_model_len"] == 512
+
+
+def test_a_worker_extension_deriving_from_babelgates_is_kept_with_the_cpu_kv_cache():
+    from server.engine.baseline_interventions import BASELINE_WORKER_EXTENSION
+    from server.engine.startup import CPU_KV_CACHE_BYTES
+    from server.engine.worker_extension import WORKER_EXTENSION
+
+    kwargs = guarded_engine_kwargs({"worker_extension_cls": BASELINE_WORKER_EXTENSION})
+    assert kwargs["worker_extension_cls"] == BASELINE_WORKER_EXTENSION
+    assert kwargs["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES  # no GPU here
+    assert guarded_engine_kwargs({})["worker_extension_cls"] == WORKER_EXTENSION
 
 
 def test_cpu_engine_gets_a_fixed_kv_cache_unless_memory_is_configured():

@@ -8,6 +8,7 @@ forced on) and after (hook not installed on the decoder layer, hook never fired,
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
-from server.engine.worker_extension import WORKER_EXTENSION
+from server.engine.worker_extension import WORKER_EXTENSION, BabelgateWorkerExtension
 
 if TYPE_CHECKING:
     from gate.estimator import HarmfulnessGate
@@ -65,9 +66,30 @@ def prepare_environment() -> None:
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
 
 
+def _check_worker_extension(qualname: Any) -> str:
+    """The ``worker_extension_cls`` to start with: babelgate's, or a class deriving from it (by
+    import path, as vLLM takes it)."""
+    if qualname in (None, WORKER_EXTENSION):
+        return WORKER_EXTENSION
+    why = ""
+    if isinstance(qualname, str):
+        module, _, name = qualname.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as err:
+            why = f" (cannot import it: {err})"
+        else:
+            if isinstance(cls, type) and issubclass(cls, BabelgateWorkerExtension):
+                return qualname
+    raise GuardrailStartupError(
+        f"worker_extension_cls={qualname!r} would replace babelgate's worker extension "
+        f"({WORKER_EXTENSION}){why}: combine both in one class deriving from it"
+    )
+
+
 def guarded_engine_kwargs(user: dict[str, Any] | None) -> dict[str, Any]:
-    """The caller's engine options plus what the guard needs (eager mode, the worker extension),
-    refusing options that contradict it."""
+    """The caller's engine options plus what the guard needs (eager mode, the worker extension
+    or a subclass of it, a KV-cache size on CPU), refusing options that contradict it."""
     kwargs = dict(user or {})
     if kwargs.get("enforce_eager") is False:
         raise GuardrailStartupError(
@@ -75,13 +97,7 @@ def guarded_engine_kwargs(user: dict[str, Any] | None) -> dict[str, Any]:
             "never fires in vLLM's compiled graphs. Leave enforce_eager unset or True"
         )
     kwargs["enforce_eager"] = True
-    extension = kwargs.get("worker_extension_cls")
-    if extension not in (None, WORKER_EXTENSION):
-        raise GuardrailStartupError(
-            f"worker_extension_cls={extension!r} would replace babelgate's worker extension "
-            f"({WORKER_EXTENSION}): combine both in one class deriving from it"
-        )
-    kwargs["worker_extension_cls"] = WORKER_EXTENSION
+    kwargs["worker_extension_cls"] = _check_worker_extension(kwargs.get("worker_extension_cls"))
     if kwargs.get("gpu_memory_utilization") is None and kwargs.get("kv_cache_memory_bytes") is None:
         from vllm.platforms import current_platform
 
