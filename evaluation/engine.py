@@ -1,11 +1,12 @@
 """The evaluation's engine: one vLLM engine with babelgate's hook and the baselines beside it.
 
 Runs in the CLI process (vLLM's engine core and worker run in their own). The engine is started
-with ``BaselineWorkerExtension`` (babelgate's worker extension plus AdaSteer, CAST and the
-fitting capture) and ``GuardedLLM`` attaches to it, so routing requests go through exactly the
-serving path (checks, hook install, self-check, per-request ``extra_args``, cache salts) and the
-baselines run in the same hook machinery. Every request kind the evaluation needs is a method:
-gate scores (shadow prefill), fitting captures, guarded and baseline generations, MMLU letters.
+like every guarded engine (``server.engine.startup.prepare``) but with ``BaselineWorkerExtension``
+(babelgate's worker extension plus AdaSteer, CAST and the fitting capture), and ``GuardedLLM``
+attaches to it, so routing requests go through exactly the serving path (checks, hook install,
+self-check, per-request ``extra_args``, cache salts) and the baselines run in the same hook
+machinery. Every request kind the evaluation needs is a method: gate scores (shadow prefill),
+fitting captures, guarded and baseline generations, MMLU letters.
 """
 
 from __future__ import annotations
@@ -68,34 +69,28 @@ class EvalEngine:
         artifact: str | Path,
         *,
         dtype: str = "float32",
-        kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        kv_cache_memory_bytes: int | None = DEFAULT_KV_CACHE_BYTES,
         seed: int = 0,
     ) -> None:
         from vllm import LLM
 
-        from gate.artifact import model_info_from_config
-        from gate.estimator import HarmfulnessGate
-        from gate.hf.model_source import load_model_config, resolve_model
         from server.engine.offline import GuardedLLM
-        from server.engine.startup import check_model_config, prepare_environment
+        from server.engine.startup import prepare
 
-        prepare_environment()
-        self.model_id, load_path = resolve_model(model)
-        config = load_model_config(load_path)
-        check_model_config(config)
-        self.model_info = model_info_from_config(self.model_id, config)
-        self.gate = HarmfulnessGate.load(artifact, expect_model=self.model_info)
+        options = {
+            "dtype": dtype,
+            "kv_cache_memory_bytes": kv_cache_memory_bytes,  # None: the guard's CPU default
+            "worker_extension_cls": BASELINE_WORKER_EXTENSION,
+            "seed": seed,
+        }
+        plan = prepare(model, artifact, options)
+        self.model_id = plan.model_id
+        self.model_info = plan.model_info
+        self.gate = plan.estimator
         self.num_layers = self.model_info.num_layers
-        llm = LLM(
-            model=load_path,
-            dtype=dtype,
-            enforce_eager=True,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            worker_extension_cls=BASELINE_WORKER_EXTENSION,
-            seed=seed,
-        )
+        llm = LLM(model=plan.load_path, **plan.engine_kwargs)
         try:
-            self.guarded = GuardedLLM(model, self.gate, llm=llm)
+            self.guarded = GuardedLLM(model, plan.gate, llm=llm)
         except BaseException:
             llm.llm_engine.engine_core.shutdown()
             raise

@@ -241,3 +241,51 @@ def test_worker_clients_send_the_extension_methods_and_read_rank_0():
     status, averdicts = asyncio.run(run())
     assert status == {"rank": 0} and averdicts == verdicts
     assert aengine.calls[-1] == ("babelgate_verdicts", (["a"], []))
+
+
+def toy_model(folder, hidden: int = 8) -> str:
+    """A model folder with only a config.json (enough for everything before vLLM starts)."""
+    import json
+
+    folder.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+              "hidden_size": hidden, "num_hidden_layers": 4, "num_attention_heads": 2}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_path, monkeypatch):
+    from gate.artifact import ArtifactError
+    from gate.estimator import GateConfig, HarmfulnessGate
+    from server.engine.startup import CPU_KV_CACHE_BYTES, prepare
+    from server.engine.worker_extension import WORKER_EXTENSION
+
+    model = toy_model(tmp_path / "toy")
+    params = GateParams(3, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
+    plan = prepare(model, params, {"max_model_len": 64})
+    assert (plan.model_id, plan.load_path) == (model, model) and plan.gate is params
+    assert plan.estimator is None and plan.model_info.hidden_size == 8
+    assert plan.engine_kwargs == {
+        "max_model_len": 64, "enforce_eager": True, "worker_extension_cls": WORKER_EXTENSION,
+        "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
+    }  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    acts = rng.standard_normal((16, 8)) + np.r_[np.full((8, 1), 2.0), np.zeros((8, 1))]
+    train = {"en": (acts.astype(np.float32), np.r_[np.ones(8), np.zeros(8)])}
+    fitted = HarmfulnessGate(GateConfig(layer=2, rank=1), plan.model_info).fit(train)
+    saved = fitted.save(tmp_path / "gate")
+    from_dir = prepare(model, saved, start=False)
+    assert from_dir.engine_kwargs is None and from_dir.estimator is not None
+    assert from_dir.gate.fingerprint == GateParams.from_gate(fitted).fingerprint
+    assert from_dir.estimator.zero_shot_threshold == fitted.zero_shot_threshold
+    with pytest.raises(ArtifactError, match="was calibrated for"):
+        prepare(toy_model(tmp_path / "other", hidden=16), saved, start=False)
+
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # attaching leaves the environment alone
+    assert prepare(model, params, start=False).gate is params
+    with pytest.raises(GuardrailStartupError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+        prepare(model, params)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    with pytest.raises(GuardrailStartupError, match="enforce_eager"):
+        prepare(model, params, {"enforce_eager": False})

@@ -22,10 +22,7 @@ from gate.prompt import chat_prompt_ids
 from server.engine.rpc import AsyncWorkerClient
 from server.engine.startup import (
     SELF_CHECK_PROMPT,
-    check_model_config,
-    guarded_engine_kwargs,
-    load_gate_params,
-    prepare_environment,
+    prepare,
     self_check_guard,
     verify_install,
     verify_self_check,
@@ -47,15 +44,9 @@ def _launch(
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from gate.hf.model_source import load_model_config, resolve_model
-
-    prepare_environment()
-    model_id, load_path = resolve_model(model_path)
-    config = load_model_config(load_path)
-    check_model_config(config)
-    gate = load_gate_params(artifact_path, model_id, config)
-    args = AsyncEngineArgs(model=load_path, **guarded_engine_kwargs(engine_kwargs))
-    return AsyncLLM.from_engine_args(args), gate, model_id
+    plan = prepare(model_path, artifact_path, engine_kwargs)
+    args = AsyncEngineArgs(model=plan.load_path, **plan.engine_kwargs)
+    return AsyncLLM.from_engine_args(args), plan.gate, plan.model_id
 
 
 class _VerdictFetcher:

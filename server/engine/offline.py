@@ -17,10 +17,7 @@ from gate.prompt import chat_prompt_ids
 from server.engine.rpc import WorkerClient
 from server.engine.startup import (
     SELF_CHECK_PROMPT,
-    check_model_config,
-    guarded_engine_kwargs,
-    load_gate_params,
-    prepare_environment,
+    prepare,
     self_check_guard,
     verify_install,
     verify_self_check,
@@ -62,17 +59,13 @@ class GuardedLLM:
         llm: Any | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        from vllm import LLM
-
-        from gate.hf.model_source import load_model_config, resolve_model
-
-        prepare_environment()
-        self.model_id, load_path = resolve_model(model)
-        config = load_model_config(load_path)
-        check_model_config(config)
-        self.gate = load_gate_params(gate, self.model_id, config)
+        plan = prepare(model, gate, engine_kwargs, start=llm is None)
+        self.model_id = plan.model_id
+        self.gate = plan.gate
         if llm is None:
-            llm = LLM(model=load_path, **guarded_engine_kwargs(engine_kwargs))
+            from vllm import LLM
+
+            llm = LLM(model=plan.load_path, **plan.engine_kwargs)
         self.llm = llm
         self.worker = WorkerClient(llm)
         self.tokenizer = self.llm.get_tokenizer()

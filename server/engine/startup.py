@@ -1,9 +1,10 @@
 """Starting vLLM with the guard: environment, engine options, model checks, the self-check.
 
-Runs in the process that creates the engine (API server, CLI, tests, benchmark). Shared by the
-async ``GuardedEngine`` and the offline ``GuardedLLM`` so both refuse the same setups with the
-same messages: before vLLM starts (unsupported architecture, compiled mode, Model Runner V2
-forced on) and after (hook not installed on the decoder layer, hook never fired, no score).
+Runs in the process that creates the engine (API server, CLI, tests, benchmark). Everything
+before vLLM starts is one call, ``prepare`` (used by the async ``GuardedEngine``, the offline
+``GuardedLLM``, the ``VLLMBackend`` and the evaluation's engine), so all refuse the same setups
+with the same messages: before vLLM starts (unsupported architecture, compiled mode, Model Runner
+V2 forced on) and after (hook not installed on the decoder layer, hook never fired, no score).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ from server.engine.types import GateParams, GuardParams, GuardrailStartupError, 
 from server.engine.worker_extension import WORKER_EXTENSION, BabelgateWorkerExtension
 
 if TYPE_CHECKING:
+    from gate.artifact import ModelInfo
     from gate.estimator import HarmfulnessGate
 
 logger = logging.getLogger(__name__)
@@ -123,20 +126,59 @@ def check_model_config(config: dict[str, Any]) -> None:
         )
 
 
-def load_gate_params(
-    gate: HarmfulnessGate | GateParams | str | Path, model_id: str, config: dict[str, Any]
-) -> GateParams:
-    """Hook parameters from a gate, its artifact directory (checked against the model), or
-    ready-made ``GateParams``."""
-    if isinstance(gate, GateParams):
-        return gate
-    from gate.artifact import model_info_from_config
-    from gate.estimator import HarmfulnessGate
+@dataclass(frozen=True)
+class EnginePlan:
+    """What ``prepare`` settled before vLLM starts: the model, the gate, the engine options."""
 
-    if isinstance(gate, str | Path):
-        expect = model_info_from_config(model_id, config)
-        gate = HarmfulnessGate.load(gate, expect_model=expect)
-    return GateParams.from_gate(gate)
+    model_id: str  # the id artifacts record (hub id, embedded model id, or absolute folder)
+    load_path: str  # what vLLM opens
+    config: dict[str, Any]  # the model's config.json
+    gate: GateParams | None  # what the hook evaluates (None: no gate given)
+    estimator: HarmfulnessGate | None  # the fitted gate, when given one or its artifact
+    engine_kwargs: dict[str, Any] | None  # vLLM options with the guard's (None: start=False)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        from gate.artifact import model_info_from_config
+
+        return model_info_from_config(self.model_id, self.config)
+
+
+def prepare(
+    model: str | Path | None,
+    gate: HarmfulnessGate | GateParams | str | Path | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
+    *,
+    start: bool = True,
+) -> EnginePlan:
+    """Everything before vLLM starts, refusing (``GuardrailStartupError``) what cannot be served
+    guarded: the environment (``prepare_environment``), the model (``resolve_model``, its
+    config, ``check_model_config``), the gate (a fitted ``HarmfulnessGate``, its artifact
+    directory, checked against the model's config, or ready ``GateParams``) and the engine
+    options (``guarded_engine_kwargs``). ``start=False``: the engine runs already (attaching to
+    it), so only the model and the gate are checked.
+    """
+    from gate.hf.model_source import load_model_config, resolve_model
+
+    if start:
+        prepare_environment()
+    model_id, load_path = resolve_model(model)
+    config = load_model_config(load_path)
+    check_model_config(config)
+    estimator = params = None
+    if isinstance(gate, GateParams):
+        params = gate
+    elif gate is not None:
+        estimator = gate
+        if isinstance(gate, str | Path):
+            from gate.artifact import model_info_from_config
+            from gate.estimator import HarmfulnessGate
+
+            expect = model_info_from_config(model_id, config)
+            estimator = HarmfulnessGate.load(gate, expect_model=expect)
+        params = GateParams.from_gate(estimator)
+    kwargs = guarded_engine_kwargs(engine_kwargs) if start else None
+    return EnginePlan(model_id, load_path, config, params, estimator, kwargs)
 
 
 def self_check_guard() -> GuardParams:
