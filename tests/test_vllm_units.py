@@ -289,3 +289,19 @@ def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_pa
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
     with pytest.raises(GuardrailStartupError, match="enforce_eager"):
         prepare(model, params, {"enforce_eager": False})
+
+
+def test_every_client_call_names_a_method_of_its_worker_extension():
+    from evaluation.engine import BaselineWorkerClient
+    from server.engine.baseline_interventions import BaselineWorkerExtension
+    from server.engine.rpc import RPC_PREFIX, WorkerClient
+    from server.engine.worker_extension import BabelgateWorkerExtension
+
+    def calls(client: type) -> set[str]:
+        return {n for n in dir(client) if not n.startswith("_") and callable(getattr(client, n))}
+
+    def methods(extension: type) -> set[str]:
+        return {n.removeprefix(RPC_PREFIX) for n in dir(extension) if n.startswith(RPC_PREFIX)}
+
+    assert calls(WorkerClient) == methods(BabelgateWorkerExtension)
+    assert calls(BaselineWorkerClient) == methods(BaselineWorkerExtension)
