@@ -353,11 +353,26 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     langs = report["languages"]
-    names = list(report["refusal"])
-    out: dict[str, bytes] = {}
     cmap = plt.get_cmap("tab10")
+    figures = (
+        ("selectivity", (max(7, 1.3 * len(langs)), 4.2), _plot_selectivity),
+        ("scatter", (5.5, 5), _plot_scatter),
+        ("kshot", (6.5, 4.2), _plot_kshot),
+        ("auroc", (max(5, 0.9 * len(langs)), 3.8), _plot_auroc),
+    )
+    out: dict[str, bytes] = {}
+    for key, size, draw in figures:
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax, report, cmap)
+        out[PLOTS[key]] = _figure_bytes(fig)
+        plt.close(fig)
+    return out
 
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(langs)), 4.2))
+
+def _plot_selectivity(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Bars: selectivity per language, one bar per policy."""
+    langs = report["languages"]
+    names = list(report["refusal"])
     width = 0.8 / max(1, len(names))
     x = np.arange(len(langs))
     for j, name in enumerate(names):
@@ -368,11 +383,12 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylabel("selectivity (harmful − harmless refusal, points)")
     ax.set_title("Selectivity per policy and language")
     ax.legend(fontsize=7, ncol=3)
-    out[PLOTS["selectivity"]] = _figure_bytes(fig)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for j, name in enumerate(names):
+
+def _plot_scatter(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Points: harmful vs harmless refusal, one per policy and language."""
+    langs = report["languages"]
+    for j, name in enumerate(report["refusal"]):
         pts = [(c["harmless_refusal"], c["harmful_refusal"])
                for lang, c in report["refusal"][name].items() if lang in langs]
         if pts:
@@ -386,10 +402,10 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylabel("harmful refusal %")
     ax.set_title("Refusal: harmful vs harmless (one point per language)")
     ax.legend(fontsize=7)
-    out[PLOTS["scatter"]] = _figure_bytes(fig)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+
+def _plot_kshot(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Lines: the k-shot curve per language, mean ± std band."""
     for j, (lang, curve) in enumerate(report["kshot"].items()):
         ks = sorted(int(k) for k in curve)
         mean = np.array([curve[str(k)]["mean"] for k in ks])
@@ -403,10 +419,10 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylim(0, 1.02)
     ax.set_title("k-shot recalibration curve (mean ± std over draws)")
     ax.legend(fontsize=7)
-    out[PLOTS["kshot"]] = _figure_bytes(fig)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(langs)), 3.8))
+
+def _plot_auroc(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Bars: the gate's test AUROC per language, coloured by resource tier."""
     q = report["gate_quality"]
     ax.bar(list(q), [v["auroc"] for v in q.values()],
            color=[cmap(["high", "mid", "low"].index(tier(x)) if tier(x) in ("high", "mid", "low")
@@ -415,9 +431,6 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("AUROC of the gate score (test)")
     ax.set_title("Gate AUROC per language (colour: resource tier)")
-    out[PLOTS["auroc"]] = _figure_bytes(fig)
-    plt.close(fig)
-    return out
 
 
 def budget_note(options: Any) -> str:
