@@ -19,6 +19,7 @@ import numpy as np
 from evaluation.judges import LABELS_PATH, agreement, judge_rows, load_labels, make_judge
 from evaluation.kshot import f1_at, kshot_curve
 from evaluation.policies import PolicySpec
+from evaluation.portable import source_name
 from evaluation.store import ResultStore
 from gate.artifact import write_json_atomic
 from gate.languages import tier
@@ -484,7 +485,7 @@ def write_report(
     timings, all_runs = _record_invocation(out, timings, started, report_started)
     report: dict[str, Any] = {
         "model": engine_info["model"],
-        "artifact": {"path": Path(options.artifact).name, "fingerprint":
+        "artifact": {"path": source_name(options.artifact), "fingerprint":
                      settings["artifact_fingerprint"]} | engine_info["gate"],
         "engine": engine_info["install"],
         "judge": {"name": judge.name, "spec": options.judge},

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.portable import source_name
 from evaluation.shift_data import FAMILIES, build_families
 from gate.activations import ActivationBackend
 from gate.artifact import write_json_atomic
@@ -217,9 +218,9 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
     served = _served_thresholds(fold_gates, fold_pools, rows.tests, acts, opts)
     reasons |= _run_shifted(cells, rows, fold_gates, num_layers)
     report = {
-        "data": {"polyrefuse": opts.data, "families": _describe_families(fams)},
+        "data": {"polyrefuse": source_name(opts.data), "families": _describe_families(fams)},
         "model": asdict(backend.model_info),
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("out", "progress")},
+        "options": _recorded_options(opts),
         "configurations": reasons,
         "cells": cells.cells,
         "donotanswer_by_category": cells.by_category,
@@ -284,6 +285,14 @@ def _run_shifted(cells: _Cells, rows: _Rows, fold_gates: list[HarmfulnessGate],
             cells.record("robust-unseen", "donotanswer", unseen, tests["donotanswer"])
             cells.categories("robust-unseen", unseen, tests["donotanswer"])
     return reasons
+
+
+def _recorded_options(opts: ShiftOptions) -> dict[str, Any]:
+    """The options as the report records them: the data folder by its basename (a report
+    holds no path of the machine that made it), no output folder or progress flag."""
+    recorded = {k: v for k, v in asdict(opts).items() if k not in ("out", "progress")}
+    recorded["data"] = source_name(opts.data)
+    return recorded
 
 
 def _describe_families(fams: dict[str, list[LabelledPrompt]]) -> dict[str, dict[str, Any]]:
