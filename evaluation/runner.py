@@ -36,6 +36,7 @@ from evaluation.defaults import (
 )
 from evaluation.kshot import DEFAULT_KS, ScoredPool, recalibrated_threshold
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
+from evaluation.portable import source_name
 from evaluation.store import ResultStore, open_run, read_jsonl
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
@@ -372,7 +373,7 @@ def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
     return {
         "model": model_id,
         "artifact_fingerprint": artifact_fingerprint(options.artifact),
-        "data": Path(data_source).name,
+        "data": source_name(data_source),
         "languages": [x.language for x in langs],
         "test_sha": {x.language: text_sha("\n".join(p.text for p in x.test)) for x in langs},
         "train_sha": {x.language: text_sha("\n".join(p.text for p in x.train)) for x in langs},
