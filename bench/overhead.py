@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +124,7 @@ def mean(rows: list[dict[str, float]], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--artifact", default=None, help="gate artifact (default: fit a quick one)")
@@ -132,23 +134,46 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip-compiled", action="store_true", help="no compiled-baseline engine")
-    args = p.parse_args()
+    return p.parse_args()
 
-    from vllm import LLM, SamplingParams
 
-    from gate.hf.model_source import resolve_model
-    from gate.prompt import chat_prompt_ids
+@dataclass
+class Workload:
+    """The benchmark's requests: prompts (text, language, label), their token ids, the batch
+    sampling and the single-token sampling of the time-to-first-token probes."""
+
+    prompts: list[tuple[str, str, int]]
+    requests: list[dict]
+    sampling: Any
+    first: Any
+    thresholds: dict[str, Any]  # language -> the artifact's ThresholdRecord (none: 0.0)
+
+    @property
+    def texts(self) -> list[str]:
+        return [t for t, _, _ in self.prompts]
+
+    @property
+    def n_probe(self) -> int:
+        return min(16, len(self.prompts))
+
+    def guards(self) -> list[Any]:
+        """Guard parameters for every prompt: its language's stored threshold, or 0.0."""
+        from server.engine.types import GuardParams
+
+        out = []
+        for _, lang, _ in self.prompts:
+            rec = self.thresholds.get(lang)
+            value, source = (rec.value, rec.source) if rec else (0.0, "bench")
+            out.append(GuardParams(lang, "routing", value, source))
+        return out
+
+
+def start_guarded(args: argparse.Namespace) -> tuple[Any, Any, float]:
+    """The eager vLLM engine and the guarded LLM on it (the --artifact gate, or one fitted on
+    the engine's activations), and the engine's start time in seconds."""
     from server.engine.offline import GuardedLLM
-    from server.engine.types import GateParams, GuardParams
+    from server.engine.types import GateParams
     from server.engine.vllm_backend import VLLMBackend
-
-    languages = args.languages.split(",")
-    prompts = load_prompts(languages, args.per_class)
-    texts = [t for t, _, _ in prompts]
-    sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
-    _, load_path = resolve_model(args.model)
-    print(f"{len(prompts)} prompts ({', '.join(languages)}; harmful+harmless), "
-          f"{args.max_tokens} output tokens each, {args.rounds} rounds")
 
     began = time.perf_counter()
     backend = VLLMBackend(args.model, dtype="float32", seed=0)
@@ -157,59 +182,82 @@ def main() -> None:
         gate = args.artifact
     else:
         gate = GateParams.from_gate(fit_gate(backend, args.layer, ["en", "de", "fr", "es"], 16))
-    guarded = GuardedLLM(args.model, gate, llm=backend.llm)
+    return backend, GuardedLLM(args.model, gate, llm=backend.llm), eager_start
+
+
+def make_workload(args: argparse.Namespace, prompts: list[tuple[str, str, int]],
+                  guarded: Any) -> Workload:  # fmt: skip
+    """Token ids and sampling for ``prompts``, thresholds from --artifact if given."""
+    from vllm import SamplingParams
+
+    from gate.prompt import chat_prompt_ids
+
     thresholds = {}
     if args.artifact:
         from gate.estimator import HarmfulnessGate
 
         loaded = HarmfulnessGate.load(args.artifact)
+        languages = args.languages.split(",")
         thresholds = {lang: loaded.threshold(lang) for lang in languages}
-    requests = [{"prompt_token_ids": chat_prompt_ids(guarded.tokenizer, t)} for t in texts]
+    texts = [t for t, _, _ in prompts]
+    return Workload(
+        prompts=prompts,
+        requests=[{"prompt_token_ids": chat_prompt_ids(guarded.tokenizer, t)} for t in texts],
+        sampling=SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True),
+        first=SamplingParams(max_tokens=1),
+        thresholds=thresholds,
+    )
 
-    def guards() -> list[GuardParams]:
-        out = []
-        for _, lang, _ in prompts:
-            rec = thresholds.get(lang)
-            value, source = (rec.value, rec.source) if rec else (0.0, "bench")
-            out.append(GuardParams(lang, "routing", value, source))
-        return out
 
-    first = SamplingParams(max_tokens=1)
-    n_probe = min(16, len(texts))
+def plain_one(llm, work: Workload):
+    """One prefill-only request on a plain engine, by index (for ``probe_ttft``)."""
+    return lambda i: llm.generate([work.requests[i]], [work.first], use_tqdm=False)
 
-    def plain_one(llm):
-        return lambda i: llm.generate([requests[i]], [first], use_tqdm=False)
+
+def measure_eager(backend, guarded, work: Workload, rounds: int):
+    """Alternating rounds on one eager engine, plain (hooks removed) then guarded: per round
+    the batch stats with ttft; and the share of the guarded batch's time spent in hooks."""
+    from server.engine.types import GuardParams
 
     def guarded_one(i):
-        _, lang, _ = prompts[i]
-        guarded.generate([texts[i]], first, [GuardParams(lang, "routing", 0.0, "bench")])
+        _, lang, _ = work.prompts[i]
+        guarded.generate([work.texts[i]], work.first, [GuardParams(lang, "routing", 0.0, "bench")])
 
-    run_plain(backend.llm, requests[:4], sampling)  # warm caches and allocator alike
+    run_plain(backend.llm, work.requests[:4], work.sampling)  # warm caches and allocator alike
     plain_eager, guarded_eager, hook_share = [], [], []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         guarded.uninstall()
-        plain_eager.append(run_plain(backend.llm, requests, sampling))
-        plain_eager[-1]["ttft_ms"] = probe_ttft(plain_one(backend.llm), n_probe)
+        plain_eager.append(run_plain(backend.llm, work.requests, work.sampling))
+        plain_eager[-1]["ttft_ms"] = probe_ttft(plain_one(backend.llm, work), work.n_probe)
         guarded.install()
         before = guarded.status()["hook_seconds"]
-        guarded_eager.append(run_guarded(guarded, texts, sampling, guards()))
-        guarded_eager[-1]["ttft_ms"] = probe_ttft(guarded_one, n_probe)
+        guarded_eager.append(run_guarded(guarded, work.texts, work.sampling, work.guards()))
+        guarded_eager[-1]["ttft_ms"] = probe_ttft(guarded_one, work.n_probe)
         spent = guarded.status()["hook_seconds"] - before
         hook_share.append(spent / guarded_eager[-1]["seconds"])
-    backend.shutdown()
+    return plain_eager, guarded_eager, hook_share
 
+
+def measure_compiled(load_path, work: Workload, rounds: int) -> tuple[list[dict], float]:
+    """Plain vLLM as a user runs it (compiled): per round batch stats with ttft, and the
+    engine's start time in seconds."""
+    from vllm import LLM
+
+    began = time.perf_counter()
+    llm = LLM(model=load_path, dtype="float32", kv_cache_memory_bytes=KV_BYTES, seed=0)
+    compiled_start = time.perf_counter() - began
+    run_plain(llm, work.requests[:4], work.sampling)
     compiled: list[dict[str, float]] = []
-    compiled_start = float("nan")
-    if not args.skip_compiled:
-        began = time.perf_counter()
-        llm = LLM(model=load_path, dtype="float32", kv_cache_memory_bytes=KV_BYTES, seed=0)
-        compiled_start = time.perf_counter() - began
-        run_plain(llm, requests[:4], sampling)
-        for _ in range(args.rounds):
-            compiled.append(run_plain(llm, requests, sampling))
-            compiled[-1]["ttft_ms"] = probe_ttft(plain_one(llm), n_probe)
-        llm.llm_engine.engine_core.shutdown()
+    for _ in range(rounds):
+        compiled.append(run_plain(llm, work.requests, work.sampling))
+        compiled[-1]["ttft_ms"] = probe_ttft(plain_one(llm, work), work.n_probe)
+    llm.llm_engine.engine_core.shutdown()
+    return compiled, compiled_start
 
+
+def print_results(n_prompts: int, eager_start: float, plain_eager, guarded_eager, hook_share,
+                  compiled, compiled_start: float) -> None:  # fmt: skip
+    """The table per engine, where the time goes, and the ratios line."""
     print()
     print(f"{'engine':<26}{'start s':>9}{'tok/s':>10}{'ttft ms':>10}{'batch s':>10}")
     rows = [("plain eager", eager_start, plain_eager), ("guarded eager (routing)", None,
@@ -222,7 +270,7 @@ def main() -> None:
               f"{mean(runs, 'seconds'):10.2f}")
     harmful = int(guarded_eager[-1]["harmful"])
     print()
-    print(f"guarded decisions: {harmful} harmful / {len(prompts) - harmful} harmless")
+    print(f"guarded decisions: {harmful} harmful / {n_prompts - harmful} harmless")
     eager_tput = mean(guarded_eager, "tok_s") / mean(plain_eager, "tok_s")
     eager_ttft = mean(guarded_eager, "ttft_ms") / mean(plain_eager, "ttft_ms")
     print(f"eager vs eager: throughput {eager_tput:.3f}, ttft {eager_ttft:.3f}")
@@ -232,6 +280,29 @@ def main() -> None:
     base = compiled or plain_eager
     print(f"throughput_ratio={mean(guarded_eager, 'tok_s') / mean(base, 'tok_s'):.3f} "
           f"ttft_ratio={mean(guarded_eager, 'ttft_ms') / mean(base, 'ttft_ms'):.3f}")
+
+
+def main() -> None:
+    args = parse_args()
+    from gate.hf.model_source import resolve_model
+
+    languages = args.languages.split(",")
+    prompts = load_prompts(languages, args.per_class)
+    _, load_path = resolve_model(args.model)
+    print(f"{len(prompts)} prompts ({', '.join(languages)}; harmful+harmless), "
+          f"{args.max_tokens} output tokens each, {args.rounds} rounds")
+
+    backend, guarded, eager_start = start_guarded(args)
+    work = make_workload(args, prompts, guarded)
+    plain_eager, guarded_eager, hook_share = measure_eager(backend, guarded, work, args.rounds)
+    backend.shutdown()
+
+    compiled: list[dict[str, float]] = []
+    compiled_start = float("nan")
+    if not args.skip_compiled:
+        compiled, compiled_start = measure_compiled(load_path, work, args.rounds)
+    print_results(len(prompts), eager_start, plain_eager, guarded_eager, hook_share, compiled,
+                  compiled_start)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The evaluation's engine: one vLLM engine with babelgate's hook and the baselines beside it.
 
 Runs in the CLI process (vLLM's engine core and worker run in their own). The engine is started
-with ``BaselineWorkerExtension`` (babelgate's worker extension plus AdaSteer, CAST and the
-fitting capture) and ``GuardedLLM`` attaches to it, so routing requests go through exactly the
-serving path (checks, hook install, self-check, per-request ``extra_args``, cache salts) and the
-baselines run in the same hook machinery. Every request kind the evaluation needs is a method:
-gate scores (shadow prefill), fitting captures, guarded and baseline generations, MMLU letters.
+like every guarded engine (``server.engine.startup.prepare``) but with ``BaselineWorkerExtension``
+(babelgate's worker extension plus AdaSteer, CAST and the fitting capture), and ``GuardedLLM``
+attaches to it, so routing requests go through exactly the serving path (checks, hook install,
+self-check, per-request ``extra_args``, cache salts) and the baselines run in the same hook
+machinery. Every request kind the evaluation needs is a method: gate scores (shadow prefill),
+fitting captures, guarded and baseline generations, MMLU letters.
 """
 
 from __future__ import annotations
@@ -23,9 +24,31 @@ from evaluation.baselines.interventions import (
     BASELINE_KEY,
     BASELINE_WORKER_EXTENSION,
 )
+from server.engine.rpc import WorkerClient
 from server.engine.types import GuardParams
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+
+class BaselineWorkerClient(WorkerClient):
+    """The worker calls plus those ``BaselineWorkerExtension`` adds."""
+
+    def install_baselines(
+        self,
+        adasteer: Sequence[dict[str, Any]] = (),
+        cast: Sequence[dict[str, Any]] = (),
+        prompt_capture: bool = False,
+    ) -> dict[str, Any]:
+        """Install fitted baselines (wire dicts of ``evaluation.baselines``) and/or the capture."""
+        return self._call("install_baselines", (list(adasteer), list(cast), prompt_capture))
+
+    def baseline_records(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """AdaSteer / CAST records by baseline id."""
+        return self._call("baseline_records", (list(ids),))
+
+    def pop_prompt_captures(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Fitting captures by id (float32 bytes, (2, n_layers, d)), removed on return."""
+        return self._call("pop_prompt_captures", (list(ids),))
 
 
 @dataclass(frozen=True)
@@ -46,53 +69,34 @@ class EvalEngine:
         artifact: str | Path,
         *,
         dtype: str = "float32",
-        kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        kv_cache_memory_bytes: int | None = DEFAULT_KV_CACHE_BYTES,
         seed: int = 0,
     ) -> None:
         from vllm import LLM
 
-        from gate.artifact import model_info_from_config
-        from gate.estimator import HarmfulnessGate
-        from gate.hf.model_source import load_model_config, resolve_model
         from server.engine.offline import GuardedLLM
-        from server.engine.startup import check_model_config, prepare_environment
+        from server.engine.startup import prepare
 
-        prepare_environment()
-        self.model_id, load_path = resolve_model(model)
-        config = load_model_config(load_path)
-        check_model_config(config)
-        self.model_info = model_info_from_config(self.model_id, config)
-        self.gate = HarmfulnessGate.load(artifact, expect_model=self.model_info)
+        options = {
+            "dtype": dtype,
+            "kv_cache_memory_bytes": kv_cache_memory_bytes,  # None: the guard's CPU default
+            "worker_extension_cls": BASELINE_WORKER_EXTENSION,
+            "seed": seed,
+        }
+        plan = prepare(model, artifact, options)
+        self.model_id = plan.model_id
+        self.model_info = plan.model_info
+        self.gate = plan.estimator
         self.num_layers = self.model_info.num_layers
-        llm = LLM(
-            model=load_path,
-            dtype=dtype,
-            enforce_eager=True,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            worker_extension_cls=BASELINE_WORKER_EXTENSION,
-            seed=seed,
-        )
+        llm = LLM(model=plan.load_path, **plan.engine_kwargs)
         try:
-            self.guarded = GuardedLLM(model, self.gate, llm=llm)
+            self.guarded = GuardedLLM(model, plan.gate, llm=llm)
         except BaseException:
             llm.llm_engine.engine_core.shutdown()
             raise
         self.llm = llm
+        self.worker = BaselineWorkerClient(llm)
         self.tokenizer = llm.get_tokenizer()
-
-    def _rpc(self, method: str, *args: Any) -> Any:
-        return self.llm.collective_rpc(method, args=args)[0]
-
-    # ------------------------------------------------------------------ installs
-
-    def install_baselines(
-        self,
-        adasteer: Sequence[dict[str, Any]] = (),
-        cast: Sequence[dict[str, Any]] = (),
-        prompt_capture: bool = False,
-    ) -> dict[str, Any]:
-        """Install fitted baselines (wire dicts of ``evaluation.baselines``) and/or the capture."""
-        return self._rpc("babelgate_install_baselines", list(adasteer), list(cast), prompt_capture)
 
     # ------------------------------------------------------------------ requests
 
@@ -110,8 +114,8 @@ class EvalEngine:
     def capture(self, prompts: Sequence[str]) -> np.ndarray:
         """(n, 2, n_layers, d) float32: [last prompt token, mean over prompt] at every layer.
 
-        Needs ``install_baselines(prompt_capture=True)``. Each request gets its own cache salt
-        so every prompt row is computed (a prefix-cache hit would leave rows out of the mean).
+        Needs ``worker.install_baselines(prompt_capture=True)``. Each request gets its own cache
+        salt so every prompt row is computed (a prefix-cache hit would leave rows out of the mean).
         """
         ids = [uuid.uuid4().hex for _ in prompts]
         requests = [
@@ -120,7 +124,7 @@ class EvalEngine:
         ]
         params = [self._sampling(1, extra_args={BASELINE_CAPTURE_KEY: cid}) for cid in ids]
         self.llm.generate(requests, params, use_tqdm=False)
-        got = self._rpc("babelgate_pop_prompt_captures", ids)
+        got = self.worker.pop_prompt_captures(ids)
         missing = [i for i, cid in enumerate(ids) if cid not in got]
         if missing:
             raise RuntimeError(
@@ -177,7 +181,7 @@ class EvalEngine:
             for bid, lang in zip(ids, languages, strict=True)
         ]
         outs = self.llm.generate(requests, params, use_tqdm=False)
-        records = self._rpc("babelgate_baseline_records", ids)
+        records = self.worker.baseline_records(ids)
         return [
             Generation(o.outputs[0].text, list(o.outputs[0].token_ids), records.get(bid, {}))
             for o, bid in zip(outs, ids, strict=True)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.engine.types import Policy
+
 
 @dataclass(frozen=True)
 class PolicySpec:
     name: str
     kind: str  # "guard" | "baseline" | "refuse"
     description: str
-    guard_policy: str | None = None  # GuardParams.policy for guard rows
+    guard_policy: Policy | None = None  # GuardParams.policy for guard rows
     threshold: str | None = None  # "zero-shot" | "k1" | "k4" for routing rows
     method: str | None = None  # "adasteer" | "cast" for baseline rows
     source: str | None = None  # for refuse: the routing row whose requests it reuses

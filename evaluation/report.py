@@ -19,6 +19,7 @@ import numpy as np
 from evaluation.judges import LABELS_PATH, agreement, judge_rows, load_labels, make_judge
 from evaluation.kshot import f1_at, kshot_curve
 from evaluation.policies import PolicySpec
+from evaluation.portable import source_name
 from evaluation.rows import scored_pool as _pool
 from evaluation.rows import text_sha
 from evaluation.store import ResultStore
@@ -78,7 +79,8 @@ def refusal_table(
     languages: list[str],
 ) -> dict[str, dict[str, Any]]:
     """policy -> language -> harmful/harmless refusal rates, selectivity, counts; plus the mean
-    over low-resource languages ("lrl") and over all languages ("all")."""
+    over low-resource languages ("lrl"), over every language outside the high-resource tier
+    ("non-hrl": mid- and low-resource, where the paper's gap is) and over all ("all")."""
     cells: dict[tuple[str, str, int], list[bool]] = {}
     intervened: dict[tuple[str, str], list[bool]] = {}
     for row, verdict in zip(rows, verdicts, strict=True):
@@ -103,7 +105,10 @@ def refusal_table(
                 "n_harmless": len(cells[(spec.name, lang, 0)]),
                 "intervened_rate": _rate(intervened.get((spec.name, lang), [])),
             }
-        for group, members in (("lrl", [x for x in per if tier(x) == "low"]), ("all", list(per))):
+        groups = (("lrl", [x for x in per if tier(x) == "low"]),
+                  ("non-hrl", [x for x in per if tier(x) in ("mid", "low")]),
+                  ("all", list(per)))  # fmt: skip
+        for group, members in groups:
             if members:
                 per[group] = {
                     key: float(np.mean([per[x][key] for x in members]))
@@ -184,10 +189,24 @@ def _weak_judge_languages(report: dict[str, Any]) -> dict[str, float]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    langs = report["languages"]
+    """``report.md``: the run's header, then one section per table."""
+    lines = _md_header(report)
+    lines += _md_refusal(report)
+    lines += _md_gate_quality(report)
+    lines += _md_kshot(report)
+    lines += _md_mmlu(report)
+    lines += _md_baselines(report)
+    lines += _md_judge_agreement(report)
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    lines += ["Plots: " + ", ".join(f"`{f}`" for f in PLOTS.values()), ""]
+    return "\n".join(lines)
+
+
+def _md_header(report: dict[str, Any]) -> list[str]:
+    """Title and the run's settings: artifact, judge, data and sizes, generation, wall time."""
     n_runs = report["wall_time_all_invocations_s"]["invocations"]
-    weak_judge = _weak_judge_languages(report)
-    lines = [
+    return [
         f"# babelgate evaluation: {report['model']['id']}",
         "",
         f"- artifact: `{report['artifact']['path']}` (fingerprint "
@@ -205,17 +224,26 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"{report['wall_time_all_invocations_s']['total']:.0f} s" if report["resumed"] else ""),
         f"- sizing: {report['budget_note']}",
         "",
+    ]
+
+
+def _md_refusal(report: dict[str, Any]) -> list[str]:
+    """Refusal rates and selectivity per policy and language (weak-judge languages marked),
+    and the policies' descriptions."""
+    langs = report["languages"]
+    weak_judge = _weak_judge_languages(report)
+    lines = [
         "## Refusal and selectivity",
         "",
         "Each cell: harmful refusal % / harmless refusal % / selectivity (points).",
         "",
         "| policy | " + " | ".join(f"{x} ⚠" if x in weak_judge else x for x in langs)
-        + " | LRL mean | all mean |",
-        "|---" * (len(langs) + 3) + "|",
+        + " | LRL mean | non-HRL mean | all mean |",
+        "|---" * (len(langs) + 4) + "|",
     ]
     for name, per in report["refusal"].items():
         cells = []
-        for lang in [*langs, "lrl", "all"]:
+        for lang in [*langs, "lrl", "non-hrl", "all"]:
             c = per.get(lang)
             cells.append("–" if c is None else
                          f"{_pct(c['harmful_refusal'])} / {_pct(c['harmless_refusal'])} / "
@@ -228,61 +256,86 @@ def render_markdown(report: dict[str, Any]) -> str:
                   + " (see Judge agreement below); read its refusal rates with that in mind."]
     lines += ["", "Policies:", ""]
     lines += [f"- `{p['name']}`: {p['description']}" for p in report["policies"]]
-    lines += ["", "## Gate quality (test split)", "",
-              "| language | tier | AUROC | F1 zero-shot | F1 k=1 | F1 k=4 | τ zero-shot | τ k=1 "
-              "| τ k=4 |", "|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _md_gate_quality(report: dict[str, Any]) -> list[str]:
+    """AUROC, F1 and thresholds of the gate per language on the test split."""
+    lines = ["", "## Gate quality (test split)", "",
+             "| language | tier | AUROC | F1 zero-shot | F1 k=1 | F1 k=4 | τ zero-shot | τ k=1 "
+             "| τ k=4 |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for lang, q in report["gate_quality"].items():
         lines.append(
             f"| {lang} | {tier(lang)} | {q['auroc']:.3f} | {q['f1_zero-shot']:.3f} | "
             f"{q['f1_k1']:.3f} | {q['f1_k4']:.3f} | {q['threshold_zero-shot']:.2f} | "
             f"{q['threshold_k1']:.2f} | {q['threshold_k4']:.2f} |"
         )
+    return lines
+
+
+def _md_kshot(report: dict[str, Any]) -> list[str]:
+    """The k-shot curve: test F1 per language and k, mean ± std over draws."""
     ks = sorted({int(k) for c in report["kshot"].values() for k in c})
-    lines += ["", "## k-shot curve (test F1, mean ± std over draws; k from train)", "",
-              "| language | " + " | ".join(f"k={k}" for k in ks) + " |",
-              "|---" * (len(ks) + 1) + "|"]
+    lines = ["", "## k-shot curve (test F1, mean ± std over draws; k from train)", "",
+             "| language | " + " | ".join(f"k={k}" for k in ks) + " |",
+             "|---" * (len(ks) + 1) + "|"]  # fmt: skip
     for lang, curve in report["kshot"].items():
         cells = []
         for k in ks:
             c = curve.get(str(k), curve.get(k))
             cells.append("–" if c is None else f"{c['mean']:.3f} ± {c['std']:.3f}")
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    if report["mmlu"]:
-        lines += ["", "## Utility: MMLU zero-shot accuracy", ""]
-        for source, m in report["mmlu"].items():
-            lines += [f"`{source}` ({m['n']} questions, routed as `{m['language']}`):", "",
-                      "| policy | accuracy % | flagged harmful % |", "|---|---|---|"]
-            lines += [f"| {name} | {_pct(v['accuracy'])} | {_pct(v['flagged_harmful'])} |"
-                      for name, v in m["policies"].items()]
-            lines.append("")
+    return lines
+
+
+def _md_mmlu(report: dict[str, Any]) -> list[str]:
+    """MMLU accuracy and share flagged harmful per source and policy (none: no section)."""
+    if not report["mmlu"]:
+        return []
+    lines = ["", "## Utility: MMLU zero-shot accuracy", ""]
+    for source, m in report["mmlu"].items():
+        lines += [f"`{source}` ({m['n']} questions, routed as `{m['language']}`):", "",
+                  "| policy | accuracy % | flagged harmful % |", "|---|---|---|"]
+        lines += [f"| {name} | {_pct(v['accuracy'])} | {_pct(v['flagged_harmful'])} |"
+                  for name, v in m["policies"].items()]
+        lines.append("")
+    return lines
+
+
+def _md_baselines(report: dict[str, Any]) -> list[str]:
+    """The AdaSteer and CAST fits per language (none: no section)."""
     base = report.get("baselines") or {}
-    if base:
-        lines += ["## Baseline fits", "", "| language | AdaSteer α/β layers | CAST layer | CAST "
-                  "comparator, τ | CAST train F1 | CAST fired on test % |",
-                  "|---|---|---|---|---|---|"]
-        for lang, b in base.items():
-            a, c = b["adasteer"], b["cast"]
-            lines.append(
-                f"| {lang} | {a['alpha_layer']}/{a['beta_layer']} | {c['condition_layer']} | "
-                f"{c['comparator']}, {c['threshold']:.4f} | {c['train_f1']:.3f} | "
-                f"{_pct(c.get('fired_on_test'))} |"
-            )
-        lines.append("")
+    if not base:
+        return []
+    lines = ["## Baseline fits", "", "| language | AdaSteer α/β layers | CAST layer | CAST "
+             "comparator, τ | CAST train F1 | CAST fired on test % |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for lang, b in base.items():
+        a, c = b["adasteer"], b["cast"]
+        lines.append(
+            f"| {lang} | {a['alpha_layer']}/{a['beta_layer']} | {c['condition_layer']} | "
+            f"{c['comparator']}, {c['threshold']:.4f} | {c['train_f1']:.3f} | "
+            f"{_pct(c.get('fired_on_test'))} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _md_judge_agreement(report: dict[str, Any]) -> list[str]:
+    """Each judge's agreement with the hand-labelled sample per language (none: no section)."""
     agree = report.get("judge_agreement")
-    if agree:
-        lines += ["## Judge agreement with the hand-labelled sample", "",
-                  f"Sample: `{agree['sample']}`.", "",
-                  "| judge | language | n | agreement % | labelled refusals | judged refusals |",
-                  "|---|---|---|---|---|---|"]
-        for judge_name, per in agree["judges"].items():
-            for lang, a in per.items():
-                lines.append(f"| {judge_name} | {lang} | {a['n']} | {_pct(a['agreement'])} | "
-                             f"{a['labelled_refusals']} | {a['judged_refusals']} |")
-        lines.append("")
-    if report["notes"]:
-        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    lines += ["Plots: " + ", ".join(f"`{f}`" for f in PLOTS.values()), ""]
-    return "\n".join(lines)
+    if not agree:
+        return []
+    lines = ["## Judge agreement with the hand-labelled sample", "",
+             f"Sample: `{agree['sample']}`.", "",
+             "| judge | language | n | agreement % | labelled refusals | judged refusals |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for judge_name, per in agree["judges"].items():
+        for lang, a in per.items():
+            lines.append(f"| {judge_name} | {lang} | {a['n']} | {_pct(a['agreement'])} | "
+                         f"{a['labelled_refusals']} | {a['judged_refusals']} |")
+    lines.append("")
+    return lines
 
 
 def _figure_bytes(fig: Any) -> bytes:
@@ -299,11 +352,26 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     langs = report["languages"]
-    names = list(report["refusal"])
-    out: dict[str, bytes] = {}
     cmap = plt.get_cmap("tab10")
+    figures = (
+        ("selectivity", (max(7, 1.3 * len(langs)), 4.2), _plot_selectivity),
+        ("scatter", (5.5, 5), _plot_scatter),
+        ("kshot", (6.5, 4.2), _plot_kshot),
+        ("auroc", (max(5, 0.9 * len(langs)), 3.8), _plot_auroc),
+    )
+    out: dict[str, bytes] = {}
+    for key, size, draw in figures:
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax, report, cmap)
+        out[PLOTS[key]] = _figure_bytes(fig)
+        plt.close(fig)
+    return out
 
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(langs)), 4.2))
+
+def _plot_selectivity(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Bars: selectivity per language, one bar per policy."""
+    langs = report["languages"]
+    names = list(report["refusal"])
     width = 0.8 / max(1, len(names))
     x = np.arange(len(langs))
     for j, name in enumerate(names):
@@ -314,11 +382,12 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylabel("selectivity (harmful − harmless refusal, points)")
     ax.set_title("Selectivity per policy and language")
     ax.legend(fontsize=7, ncol=3)
-    out[PLOTS["selectivity"]] = _figure_bytes(fig)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for j, name in enumerate(names):
+
+def _plot_scatter(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Points: harmful vs harmless refusal, one per policy and language."""
+    langs = report["languages"]
+    for j, name in enumerate(report["refusal"]):
         pts = [(c["harmless_refusal"], c["harmful_refusal"])
                for lang, c in report["refusal"][name].items() if lang in langs]
         if pts:
@@ -332,10 +401,10 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylabel("harmful refusal %")
     ax.set_title("Refusal: harmful vs harmless (one point per language)")
     ax.legend(fontsize=7)
-    out[PLOTS["scatter"]] = _figure_bytes(fig)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+
+def _plot_kshot(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Lines: the k-shot curve per language, mean ± std band."""
     for j, (lang, curve) in enumerate(report["kshot"].items()):
         ks = sorted(int(k) for k in curve)
         mean = np.array([curve[str(k)]["mean"] for k in ks])
@@ -349,10 +418,10 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylim(0, 1.02)
     ax.set_title("k-shot recalibration curve (mean ± std over draws)")
     ax.legend(fontsize=7)
-    out[PLOTS["kshot"]] = _figure_bytes(fig)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(langs)), 3.8))
+
+def _plot_auroc(ax: Any, report: dict[str, Any], cmap: Any) -> None:
+    """Bars: the gate's test AUROC per language, coloured by resource tier."""
     q = report["gate_quality"]
     ax.bar(list(q), [v["auroc"] for v in q.values()],
            color=[cmap(["high", "mid", "low"].index(tier(x)) if tier(x) in ("high", "mid", "low")
@@ -361,9 +430,6 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("AUROC of the gate score (test)")
     ax.set_title("Gate AUROC per language (colour: resource tier)")
-    out[PLOTS["auroc"]] = _figure_bytes(fig)
-    plt.close(fig)
-    return out
 
 
 def budget_note(options: Any) -> str:
@@ -408,54 +474,22 @@ def write_report(
     """Judge, aggregate and write report.json, report.md and the plots into ``out``."""
     judge = make_judge(options.judge)
     languages = [x.language for x in langs]
-    keep = {p.name for p in policies}
-    rows = [r for r in generations if r["policy"] in keep and r["language"] in languages]
-    for spec in policies:
-        if spec.kind == "refuse":
-            rows += refuse_rows([r for r in rows if r["policy"] == spec.source], spec)
-    cache = ResultStore(out / JUDGEMENTS_FILE)
-    verdicts = judged(rows, judge, cache)
+    rows, verdicts = _judged_rows(out, generations, policies, languages, judge)
     refusal = refusal_table(rows, verdicts, policies, languages)
     zero_shot = engine_info["gate"]["zero_shot_threshold"]
     quality, curves = gate_quality(setup, langs, zero_shot, options)
-    baselines = {lang: dict(info["baselines"]) for lang, info in setup["languages"].items()
-                 if lang in languages}
-    for lang in baselines:
-        fired = [bool((r.get("guard") or {}).get("fired")) for r in rows
-                 if r["policy"] == "cast" and r["language"] == lang]
-        baselines[lang]["cast"] = dict(baselines[lang]["cast"]) | {
-            "fired_on_test": _rate(fired)}
-    judges_agreement: dict[str, Any] = {}
-    if LABELS_PATH.is_file():
-        labels = load_labels()
-        judges_agreement = {"sample": str(LABELS_PATH.relative_to(LABELS_PATH.parents[2])),
-                            "judges": {"refusal-markers": agreement(make_judge("markers"),
-                                                                    labels)}}
-        if judge.name != "refusal-markers":
-            judges_agreement["judges"][judge.name] = agreement(judge, labels)
-    timings = dict(timings)
-    timings["report_s"] = time.monotonic() - report_started
-    timings["total"] = time.monotonic() - started
-    history = ResultStore(out / INVOCATIONS_FILE)
-    history.append([{"key": f"run-{len(history)}", "wall_time_s": timings}])
-    all_runs = [row["wall_time_s"] for row in history.rows.values()]
+    baselines = _baselines(setup, rows, languages)
+    judges_agreement = _judge_agreement(judge)
+    timings, all_runs = _record_invocation(out, timings, started, report_started)
     report: dict[str, Any] = {
         "model": engine_info["model"],
-        "artifact": {"path": Path(options.artifact).name, "fingerprint":
+        "artifact": {"path": source_name(options.artifact), "fingerprint":
                      settings["artifact_fingerprint"]} | engine_info["gate"],
         "engine": engine_info["install"],
         "judge": {"name": judge.name, "spec": options.judge},
         "data": settings["data"],
         "languages": languages,
-        "sizes": {
-            "test_per_class": options.max_per_class or "all",
-            "train_pool_per_class": options.train_pool_per_class or "all",
-            "baseline_k": options.baseline_k,
-            "test_rows": {x.language: {"harmful": sum(p.label for p in x.test),
-                                       "harmless": sum(1 - p.label for p in x.test)}
-                          for x in langs},
-            "mmlu_max": options.mmlu_max or "all",
-        },
+        "sizes": _sizes(options, langs),
         "seeds": {"seed": options.seed, "kshot_draws": options.kshot_draws},
         "generation": {"max_new_tokens": options.max_new_tokens, "greedy": True,
                        "batch_size": options.batch_size},
@@ -483,3 +517,74 @@ def write_report(
     for name, data in render_plots(report).items():
         (out / name).write_bytes(data)
     return report
+
+
+def _judged_rows(
+    out: Path,
+    generations: list[dict[str, Any]],
+    policies: list[PolicySpec],
+    languages: list[str],
+    judge: Any,
+) -> tuple[list[dict[str, Any]], list[bool]]:
+    """The evaluated policies' rows (refuse rows derived from their routing rows) and the
+    judge's refusal verdicts, cached in ``judgements.jsonl``."""
+    keep = {p.name for p in policies}
+    rows = [r for r in generations if r["policy"] in keep and r["language"] in languages]
+    for spec in policies:
+        if spec.kind == "refuse":
+            rows += refuse_rows([r for r in rows if r["policy"] == spec.source], spec)
+    cache = ResultStore(out / JUDGEMENTS_FILE)
+    return rows, judged(rows, judge, cache)
+
+
+def _baselines(setup: dict[str, Any], rows: list[dict[str, Any]],
+               languages: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The baseline fits per evaluated language, with how often CAST fired on the test rows."""
+    baselines = {lang: dict(info["baselines"]) for lang, info in setup["languages"].items()
+                 if lang in languages}  # fmt: skip
+    for lang in baselines:
+        fired = [bool((r.get("guard") or {}).get("fired")) for r in rows
+                 if r["policy"] == "cast" and r["language"] == lang]
+        baselines[lang]["cast"] = dict(baselines[lang]["cast"]) | {
+            "fired_on_test": _rate(fired)}
+    return baselines
+
+
+def _judge_agreement(judge: Any) -> dict[str, Any]:
+    """The marker judge's (and ``judge``'s) agreement with the hand-labelled sample ({} when
+    the sample is not installed)."""
+    if not LABELS_PATH.is_file():
+        return {}
+    labels = load_labels()
+    judges_agreement: dict[str, Any] = {
+        "sample": str(LABELS_PATH.relative_to(LABELS_PATH.parents[2])),
+        "judges": {"refusal-markers": agreement(make_judge("markers"), labels)},
+    }
+    if judge.name != "refusal-markers":
+        judges_agreement["judges"][judge.name] = agreement(judge, labels)
+    return judges_agreement
+
+
+def _record_invocation(out: Path, timings: dict[str, float], started: float,
+                       report_started: float) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """This invocation's timings (report and total added), appended to ``invocations.jsonl``;
+    returns them and every invocation's timings so far."""
+    timings = dict(timings)
+    timings["report_s"] = time.monotonic() - report_started
+    timings["total"] = time.monotonic() - started
+    history = ResultStore(out / INVOCATIONS_FILE)
+    history.append([{"key": f"run-{len(history)}", "wall_time_s": timings}])
+    return timings, [row["wall_time_s"] for row in history.rows.values()]
+
+
+def _sizes(options: Any, langs: Sequence[Any]) -> dict[str, Any]:
+    """The run's sizes: per-class caps, baseline fit size and the test rows per language."""
+    return {
+        "test_per_class": options.max_per_class or "all",
+        "train_pool_per_class": options.train_pool_per_class or "all",
+        "baseline_k": options.baseline_k,
+        "test_rows": {x.language: {"harmful": sum(p.label for p in x.test),
+                                   "harmless": sum(1 - p.label for p in x.test)}
+                      for x in langs},
+        "mmlu_max": options.mmlu_max or "all",
+    }

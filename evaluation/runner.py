@@ -38,6 +38,7 @@ from evaluation.defaults import (
 from evaluation.kshot import DEFAULT_KS, recalibrated_threshold
 from evaluation.mmlu import format_prompt, letter_token_ids, load_questions, sample_questions
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
+from evaluation.portable import source_name
 from evaluation.report import write_report
 from evaluation.rows import scored_pool, text_sha
 from evaluation.shift import ShiftOptions, run_shift
@@ -142,7 +143,7 @@ def run_setup(engine: Any, langs: list[LanguageData], options: EvalOptions) -> d
     """Scores, thresholds and baseline fits (the stage cached in ``setup.json``)."""
     setup: dict[str, Any] = {"languages": {}, "adasteer": [], "cast": []}
     zero_shot = float(engine.gate.zero_shot_threshold)
-    engine.install_baselines(prompt_capture=True)
+    engine.worker.install_baselines(prompt_capture=True)
     bar = tqdm(total=len(langs), desc="setup (scores, thresholds, baselines)",
                disable=not options.progress)
     for lang in langs:
@@ -365,7 +366,7 @@ def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
     return {
         "model": model_id,
         "artifact_fingerprint": artifact_fingerprint(options.artifact),
-        "data": Path(data_source).name,
+        "data": source_name(data_source),
         "languages": [x.language for x in langs],
         "test_sha": {x.language: text_sha("\n".join(p.text for p in x.test)) for x in langs},
         "train_sha": {x.language: text_sha("\n".join(p.text for p in x.train)) for x in langs},
@@ -421,7 +422,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
                 setup = run_setup(engine, langs, options)
                 write_json_atomic(setup_path, setup)
             timings["setup_s"] = time.monotonic() - t
-            engine.install_baselines(adasteer=setup["adasteer"], cast=setup["cast"])
+            engine.worker.install_baselines(adasteer=setup["adasteer"], cast=setup["cast"])
             t = time.monotonic()
             run_generations(engine, gen_todo, setup, generations, options)
             timings["generations_s"] = time.monotonic() - t

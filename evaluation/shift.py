@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.portable import source_name
 from evaluation.shift_data import FAMILIES, build_families
 from gate.activations import ActivationBackend
 from gate.artifact import write_json_atomic
-from gate.calibration import candidate_layers
+from gate.calibration import candidate_layers, paper_layer
 from gate.data import LabelledPrompt
 from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
 from gate.kshot import kshot_draws
@@ -99,7 +100,7 @@ def _paper_gate(acts: _Acts, train: list[LabelledPrompt], val: list[LabelledProm
                       rank=rank, seed=seed)  # fmt: skip
         return float(np.mean([auroc(gate.score(a[:, layer]), y) for a, y in held.values()]))
 
-    best = max(candidate_layers(num_layers), key=lambda j: (round(val_auroc(j), 4), -j))
+    best = paper_layer(num_layers, {j: val_auroc(j) for j in candidate_layers(num_layers)})
     return fit_on(Candidate((best,), GateConfig(layer=0).weight_decay), data, rank=rank, seed=seed)
 
 
@@ -141,6 +142,62 @@ def _measure(gate: HarmfulnessGate, a: np.ndarray, y: np.ndarray, opts: ShiftOpt
     return row
 
 
+@dataclass
+class _Rows:
+    """The shift evaluation's rows by role."""
+
+    inst_train: list[LabelledPrompt]  # PolyRefuse train rows of the high-resource languages
+    inst_val: list[LabelledPrompt]  # their val rows (the paper's layer choice)
+    own: list[LabelledPrompt]  # trainable shifted rows (the project's prompts, training langs)
+    tests: dict[str, list[LabelledPrompt]]  # family -> rows scored
+
+
+def _rows_by_role(fams: dict[str, list[LabelledPrompt]]) -> _Rows:
+    """Training, validation and test rows from the families of ``build_families``."""
+    hrl = set(HIGH_RESOURCE)
+    inst = fams["instruction"]
+    # Trainable shifted rows: the project's own prompts of training languages (never the
+    # test-only Do-Not-Answer / Alpaca rows, whose sources carry no item id).
+    return _Rows(
+        inst_train=[p for p in inst if p.split == "train" and p.language in hrl],
+        inst_val=[p for p in inst if p.split == "val" and p.language in hrl],
+        own=[p for f in SHIFTED for p in fams[f] if "#" in p.source and p.language in hrl],
+        tests={
+            "instruction": [p for p in inst if p.split == "test"],
+            **{f: fams[f] for f in SHIFTED},
+            "donotanswer": fams.get("donotanswer", []),
+        },
+    )
+
+
+class _Cells:
+    """The measured cells: configuration -> family -> language -> metrics, and Do-Not-Answer
+    AUROC per harm category per configuration."""
+
+    def __init__(self, acts: _Acts, opts: ShiftOptions) -> None:
+        self.acts, self.opts = acts, opts
+        self.cells: dict[str, dict[str, dict[str, dict[str, Any]]]] = {c: {} for c in CONFIGS}
+        self.by_category: dict[str, dict[str, float]] = {}
+
+    def record(self, config: str, family: str, gate: HarmfulnessGate,
+               rows: list[LabelledPrompt]) -> None:  # fmt: skip
+        """Measure ``gate`` on ``rows``, per language holding both classes."""
+        for lang, (a, y) in self.acts.by_language(rows).items():
+            if 0 < y.sum() < len(y):
+                cell = _measure(gate, a, y, self.opts, lang)
+                self.cells[config].setdefault(family, {})[lang] = cell
+
+    def categories(self, config: str, gate: HarmfulnessGate,
+                   rows: list[LabelledPrompt]) -> None:  # fmt: skip
+        """Do-Not-Answer per harm category (each against all the benign questions)."""
+        benign = [p for p in rows if p.label == 0]
+        for cat in sorted({p.source for p in rows if p.label == 1}):
+            a, y = self.acts.by_language([p for p in rows if p.source == cat] + benign)["en"]
+            self.by_category.setdefault(config, {})[cat.split(":", 1)[1]] = auroc(
+                gate.score_all_layers(a), y
+            )
+
+
 def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, Any]:
     """Fit the gates, measure every (configuration, family, language) cell, write the report."""
     started = time.monotonic()
@@ -150,68 +207,97 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
     texts = sorted({p.text for rows in fams.values() for p in rows})
     acts = _Acts(backend, texts, opts.progress)
     t_acts = time.monotonic() - started
-    hrl = set(HIGH_RESOURCE)
-    inst = fams["instruction"]
-    inst_train = [p for p in inst if p.split == "train" and p.language in hrl]
-    inst_val = [p for p in inst if p.split == "val" and p.language in hrl]
-    # Trainable shifted rows: the project's own prompts of training languages (never the
-    # test-only Do-Not-Answer / Alpaca rows, whose sources carry no item id).
-    own = [p for f in SHIFTED for p in fams[f] if "#" in p.source and p.language in hrl]
-    tests = {
-        "instruction": [p for p in inst if p.split == "test"],
-        **{f: fams[f] for f in SHIFTED},
-        "donotanswer": fams.get("donotanswer", []),
+    rows = _rows_by_role(fams)
+    cells = _Cells(acts, opts)
+    num_layers = backend.num_layers
+    reasons = _run_paper(cells, rows, num_layers)
+    reasons["robust"] = _run_robust(cells, rows, num_layers)
+    fold_pools = _fold_pools(rows)
+    fold_gates = [_robust_gate(acts, pool, opts.rank, opts.seed, num_layers)[0]
+                  for pool in fold_pools]  # fmt: skip
+    served = _served_thresholds(fold_gates, fold_pools, rows.tests, acts, opts)
+    reasons |= _run_shifted(cells, rows, fold_gates, num_layers)
+    report = {
+        "data": {"polyrefuse": source_name(opts.data), "families": _describe_families(fams)},
+        "model": asdict(backend.model_info),
+        "options": _recorded_options(opts),
+        "configurations": reasons,
+        "cells": cells.cells,
+        "donotanswer_by_category": cells.by_category,
+        "served_thresholds": served,
+        "summary": summarise(cells.cells),
+        "wall_time_s": {
+            "activations": round(t_acts, 1),
+            "total": round(time.monotonic() - started, 1),
+        },
     }
-    L = backend.num_layers
+    _write_report(Path(opts.out), report)
+    return report
+
+
+def _run_paper(cells: _Cells, rows: _Rows, num_layers: int) -> dict[str, str]:
+    """The paper gate on every test family; returns its configuration's description."""
+    opts = cells.opts
+    paper = _paper_gate(cells.acts, rows.inst_train, rows.inst_val, opts.rank, opts.seed,
+                        num_layers)  # fmt: skip
+    for family, tested in rows.tests.items():
+        cells.record("paper", family, paper, tested)
+    cells.categories("paper", paper, rows.tests["donotanswer"])
+    return {"paper": f"layer {paper.layer} (best mean high-resource val AUROC)"}
+
+
+def _run_robust(cells: _Cells, rows: _Rows, num_layers: int) -> str:
+    """The robust gate fitted on all training rows, on the instructions and Do-Not-Answer
+    (never trained on); returns its configuration's description."""
+    opts, tests = cells.opts, rows.tests
+    full, reason = _robust_gate(cells.acts, rows.inst_train + rows.own, opts.rank, opts.seed,
+                                num_layers)  # fmt: skip
+    cells.record("robust", "instruction", full, tests["instruction"])
+    cells.record("robust", "donotanswer", full, tests["donotanswer"])  # never trained on
+    cells.categories("robust", full, tests["donotanswer"])
+    return reason
+
+
+def _fold_pools(rows: _Rows) -> list[list[LabelledPrompt]]:
+    """The robust fold gates' training rows: fold f leaves out the own rows of fold f."""
+    return [rows.inst_train + [p for p in rows.own if item_fold(p) != fold] for fold in (0, 1)]
+
+
+def _run_shifted(cells: _Cells, rows: _Rows, fold_gates: list[HarmfulnessGate],
+                 num_layers: int) -> dict[str, str]:  # fmt: skip
+    """Per shifted family: the robust gate cross-fitted by item (fold f is scored with the
+    gate that left it out) and the robust gate that never saw the family; returns the
+    unseen configurations' descriptions."""
+    opts, acts, tests = cells.opts, cells.acts, rows.tests
     reasons: dict[str, str] = {}
-    cells: dict[str, dict[str, dict[str, dict[str, Any]]]] = {c: {} for c in CONFIGS}
-
-    def record(config: str, family: str, gate: HarmfulnessGate, rows: list[LabelledPrompt]):
-        for lang, (a, y) in acts.by_language(rows).items():
-            if 0 < y.sum() < len(y):
-                cells[config].setdefault(family, {})[lang] = _measure(gate, a, y, opts, lang)
-
-    by_category: dict[str, dict[str, float]] = {}
-
-    def categories(config: str, gate: HarmfulnessGate) -> None:
-        """Do-Not-Answer per harm category (each against all the benign questions)."""
-        rows = tests["donotanswer"]
-        benign = [p for p in rows if p.label == 0]
-        for cat in sorted({p.source for p in rows if p.label == 1}):
-            a, y = acts.by_language([p for p in rows if p.source == cat] + benign)["en"]
-            by_category.setdefault(config, {})[cat.split(":", 1)[1]] = auroc(
-                gate.score_all_layers(a), y
-            )
-
-    paper = _paper_gate(acts, inst_train, inst_val, opts.rank, opts.seed, L)
-    reasons["paper"] = f"layer {paper.layer} (best mean high-resource val AUROC)"
-    for family, rows in tests.items():
-        record("paper", family, paper, rows)
-    categories("paper", paper)
-
-    full, reasons["robust"] = _robust_gate(acts, inst_train + own, opts.rank, opts.seed, L)
-    record("robust", "instruction", full, tests["instruction"])
-    record("robust", "donotanswer", full, tests["donotanswer"])  # never trained on
-    categories("robust", full)
-    # Cross-fitted by item: fold f is scored with the gate that left it out.
-    fold_pools = [inst_train + [p for p in own if item_fold(p) != fold] for fold in (0, 1)]
-    fold_gates = [_robust_gate(acts, pool, opts.rank, opts.seed, L)[0] for pool in fold_pools]
-    served = _served_thresholds(fold_gates, fold_pools, tests, acts, opts)
     for family in SHIFTED:
         per_fold = [
             (gate, [p for p in tests[family] if item_fold(p) == fold])
             for fold, gate in enumerate(fold_gates)
         ]
-        _record_folds(cells["robust"], family, per_fold, acts, opts)
+        _record_folds(cells.cells["robust"], family, per_fold, acts, opts)
         unseen, reasons[f"robust-unseen/{family}"] = _robust_gate(
-            acts, inst_train + [p for p in own if p.style != family], opts.rank, opts.seed, L
-        )
-        record("robust-unseen", family, unseen, tests[family])
+            acts, rows.inst_train + [p for p in rows.own if p.style != family], opts.rank,
+            opts.seed, num_layers,
+        )  # fmt: skip
+        cells.record("robust-unseen", family, unseen, tests[family])
         if family == "question":  # no question-style training at all
-            record("robust-unseen", "donotanswer", unseen, tests["donotanswer"])
-            categories("robust-unseen", unseen)
+            cells.record("robust-unseen", "donotanswer", unseen, tests["donotanswer"])
+            cells.categories("robust-unseen", unseen, tests["donotanswer"])
+    return reasons
 
-    families = {
+
+def _recorded_options(opts: ShiftOptions) -> dict[str, Any]:
+    """The options as the report records them: the data folder by its basename (a report
+    holds no path of the machine that made it), no output folder or progress flag."""
+    recorded = {k: v for k, v in asdict(opts).items() if k not in ("out", "progress")}
+    recorded["data"] = source_name(opts.data)
+    return recorded
+
+
+def _describe_families(fams: dict[str, list[LabelledPrompt]]) -> dict[str, dict[str, Any]]:
+    """Size, harmful count and sources of each family, for the report."""
+    return {
         f: {
             "n": len(r),
             "harmful": sum(p.label for p in r),
@@ -219,26 +305,14 @@ def run_shift(options: ShiftOptions, backend: ActivationBackend) -> dict[str, An
         }
         for f, r in fams.items()
     }
-    report = {
-        "data": {"polyrefuse": opts.data, "families": families},
-        "model": asdict(backend.model_info),
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("out", "progress")},
-        "configurations": reasons,
-        "cells": cells,
-        "donotanswer_by_category": by_category,
-        "served_thresholds": served,
-        "summary": summarise(cells),
-        "wall_time_s": {
-            "activations": round(t_acts, 1),
-            "total": round(time.monotonic() - started, 1),
-        },
-    }
-    out = Path(opts.out)
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    """shift.json, shift.md and the AUROC plot into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / SHIFT_JSON, report)
     (out / SHIFT_MD).write_text(render_markdown(report), encoding="utf-8")
     (out / SHIFT_PNG).write_bytes(render_plot(report))
-    return report
 
 
 def _served_thresholds(

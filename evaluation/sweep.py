@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from gate.artifact import read_manifest
 from gate.calibration import candidate_layers
 from gate.data import DataError, load_dataset, normalise_split, select, subsample
 from gate.directions import mean_difference, steering_alpha
@@ -85,15 +86,22 @@ def directions_from_artifact(artifact: Path, backend: Any, layers: list[int] | N
             f"{artifact} holds a gate for layer {gate.layer} only: drop --layers, pass "
             f"--layers {gate.layer}, or omit --artifact to fit a direction per layer"
         )
-    u, c = gate.linear_form()
+    v = np.asarray(gate.direction, dtype=np.float64)
+    tensors = str(read_manifest(Path(artifact))["tensors_sha256"])[:16]
+    source = f"artifact {Path(artifact).name} (tensors {tensors})"
+    if len(gate.layers) == 1:
+        u, c = gate.linear_form()
+    else:  # the reference reads one layer: report the projection on v (the sweep never routes)
+        u, c = v, 0.0
+        source += f"; it reads layers {'+'.join(map(str, gate.layers))}, scores shown are h.v"
     return [
         LayerDirection(
             layer=gate.layer,
-            direction=np.asarray(gate.direction, dtype=np.float64),
+            direction=v,
             alpha_1=float(gate.alpha) / float(gate.config.steering_lambda),
-            u=np.asarray(u, dtype=np.float64),
+            u=np.asarray(u, dtype=np.float64).reshape(-1),
             c=float(c),
-            source=f"artifact {artifact}",
+            source=source,
         )
     ]
 

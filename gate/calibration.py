@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -192,6 +192,27 @@ def _store_threshold(
     return record
 
 
+@dataclass
+class PaperLayerChoice:
+    """The paper preset's layer and what choosing it produced."""
+
+    layer: int
+    selection: dict  # the report's ``layer_selection``: reason, candidates, val AUROC by layer
+    gates: list[HarmfulnessGate] = field(repr=False)  # a paper gate per layer (AUROC-by-layer)
+
+
+@dataclass
+class _Encoded:
+    """Every role's rows with their activations, and the lookup the style check needs."""
+
+    splits: dict[tuple[str, str], _Split]
+    all_acts: np.ndarray = field(repr=False)
+    index: dict[str, int]
+
+    def acts_of(self, rows: Sequence[LabelledPrompt]) -> np.ndarray:
+        return self.all_acts[[self.index[p.text] for p in rows]]
+
+
 def calibrate(
     backend: ActivationBackend,
     data: str | Path | Sequence[LabelledPrompt],
@@ -210,6 +231,68 @@ def calibrate(
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists: choose another --out or pass --force to replace it")
     started = time.time()
+    prompts, data_name, languages = _load_prompts(data, opts)
+    present = sorted({p.language for p in prompts})
+    preset, preset_reason = resolve_preset(prompts, opts)
+    balanced = opts.balance_families and preset == "robust"
+    threshold_k = opts.stored_threshold_k(preset)
+    hrl = [x for x in HIGH_RESOURCE if x in present]
+    if not hrl:
+        raise DataError(f"{data_name} has no high-resource language to train on ({HIGH_RESOURCE})")
+    roles = _training_roles(prompts, hrl, opts, balanced=balanced)
+    eval_split = _evaluation_roles(prompts, languages, roles, opts)
+    checked = check_rows(prompts, languages, max_per_class=opts.eval_cap, seed=opts.seed)
+    encoded = _encode(backend, roles, checked, opts)
+    splits = encoded.splits
+    train = {lang: splits[("train", lang)] for lang in hrl}
+
+    paper = _choose_layer(backend.num_layers, train, splits, hrl, opts)
+    rank = min(opts.rank, len(hrl))
+    gate, selection = _fit_gate(backend, preset, train, paper, rank, opts)
+    by_family = family_auroc(
+        Candidate(gate.layers, gate.config.weight_decay),
+        {lang: (sp.prompts, sp.acts) for lang, sp in train.items()},
+        {key: (rows, encoded.acts_of(rows)) for key, rows in checked.items()},
+        rank=rank,
+        seed=opts.seed,
+    )
+    gate.metadata = {"family_auroc": by_family, "weak_family_auroc": opts.weak_family_auroc}
+    per_language: dict[str, dict] = {}
+    auroc_by_layer: dict[str, list[float]] = {}
+    for lang in languages:
+        per_language[lang] = _measure_language(
+            gate, lang, splits, eval_split[lang], by_family, threshold_k, opts
+        )
+        ev = splits[("eval", lang)]
+        auroc_by_layer[lang] = [
+            auroc(g.score(ev.acts[:, lj]), ev.labels) for lj, g in enumerate(paper.gates)
+        ]
+
+    report = {
+        "model": asdict(backend.model_info),
+        "data": data_name,
+        "preset": preset,
+        "preset_reason": preset_reason,
+        "layer": gate.layer,
+        "layers": list(gate.layers),
+        "weight_decay": gate.config.weight_decay,
+        "balance_families": balanced,
+        "layer_selection": selection,
+        **_report_summary(gate, train, per_language, hrl, threshold_k, opts),
+        "languages": per_language,
+        "auroc_by_layer": auroc_by_layer,
+        "wall_time_s": round(time.time() - started, 1),
+        "n_prompts_encoded": len(encoded.index),
+    }
+    _save_with_report(gate, report, out, force=force)
+    return gate, report
+
+
+def _load_prompts(
+    data: str | Path | Sequence[LabelledPrompt], opts: CalibrationOptions
+) -> tuple[list[LabelledPrompt], str, list[str]]:
+    """The labelled prompts, the data's name for the report and the languages to evaluate
+    (each one checked to be in the data)."""
     prompts = list(data) if not isinstance(data, str | Path) else load_dataset(data)
     data_name = str(data) if isinstance(data, str | Path) else opts.data_name
     present = sorted({p.language for p in prompts})
@@ -217,17 +300,22 @@ def calibrate(
     missing = [x for x in languages if x not in present]
     if missing:
         raise DataError(f"language(s) {missing} not in {data_name} (it has {', '.join(present)})")
+    return prompts, data_name, languages
 
-    preset, preset_reason = resolve_preset(prompts, opts)
-    balanced = opts.balance_families and preset == "robust"
-    threshold_k = opts.stored_threshold_k(preset)
-    hrl = [x for x in HIGH_RESOURCE if x in present]
-    if not hrl:
-        raise DataError(f"{data_name} has no high-resource language to train on ({HIGH_RESOURCE})")
+
+def _training_roles(
+    prompts: Sequence[LabelledPrompt],
+    hrl: list[str],
+    opts: CalibrationOptions,
+    *,
+    balanced: bool,
+) -> dict[tuple[str, str], list[LabelledPrompt]]:
+    """``("train", lang)`` and ``("val", lang)`` rows of each high-resource language: the cap
+    applies per prompt family (dataset); ``balanced`` evens the families out."""
     roles: dict[tuple[str, str], list[LabelledPrompt]] = {}
     for lang in hrl:
         rows = select(prompts, language=lang, split="train")
-        roles[("train", lang)] = [  # the cap applies per prompt family (dataset)
+        roles[("train", lang)] = [
             p
             for fam in sorted({family_of(r) for r in rows})
             for p in subsample([r for r in rows if family_of(r) == fam], opts.max_per_class,
@@ -239,6 +327,18 @@ def calibrate(
         val = select(prompts, language=lang, split="val")
         if val:
             roles[("val", lang)] = subsample(val, opts.eval_cap, opts.seed)
+    return roles
+
+
+def _evaluation_roles(
+    prompts: Sequence[LabelledPrompt],
+    languages: list[str],
+    roles: dict[tuple[str, str], list[LabelledPrompt]],
+    opts: CalibrationOptions,
+) -> dict[str, str]:
+    """Add each evaluated language's ``("eval", lang)`` rows (its test split, or val where
+    the test split lacks a class) and ``("pool", lang)`` rows (the k-shot and threshold pool)
+    to ``roles``; returns the split evaluated per language."""
     eval_split: dict[str, str] = {}
     for lang in languages:
         chosen = None
@@ -260,98 +360,116 @@ def calibrate(
         if pool and 0 < sum(p.label for p in pool) < len(pool):
             cap = min(opts.k_pool_per_class, opts.max_per_class or opts.k_pool_per_class)
             roles[("pool", lang)] = subsample(pool, cap, opts.seed + 1)
+    return eval_split
 
-    checked = check_rows(prompts, languages, max_per_class=opts.eval_cap, seed=opts.seed)
-    # One forward pass per distinct prompt text, all layers at once.
+
+def _encode(
+    backend: ActivationBackend,
+    roles: dict[tuple[str, str], list[LabelledPrompt]],
+    checked: dict,
+    opts: CalibrationOptions,
+) -> _Encoded:
+    """One forward pass per distinct prompt text, all layers at once."""
     texts = sorted({p.text for rows in [*roles.values(), *checked.values()] for p in rows})
     index = {t: i for i, t in enumerate(texts)}
     all_acts = backend.activations(texts, None, batch_size=opts.batch_size, progress=opts.progress)
     splits = {
         key: _Split(rows, all_acts[[index[p.text] for p in rows]]) for key, rows in roles.items()
     }
-    train = {lang: splits[("train", lang)] for lang in hrl}
+    return _Encoded(splits, all_acts, index)
 
-    layer, selection = _choose_layer(backend.num_layers, train, splits, hrl, opts)
-    layer_gates = selection.pop("_gates")
-    rank = min(opts.rank, len(hrl))
+
+def _fit_gate(
+    backend: ActivationBackend,
+    preset: str,
+    train: dict[str, _Split],
+    paper: PaperLayerChoice,
+    rank: int,
+    opts: CalibrationOptions,
+) -> tuple[HarmfulnessGate, dict]:
+    """The preset's gate fitted on all training rows, and the report's ``layer_selection``:
+    the paper's single layer, or the robust configuration chosen by held-out family."""
     if preset == "robust":
         families = _families(train)
         grid = candidates(candidate_layers(backend.num_layers))
         best, robust = select_robust(grid, families, rank=rank, seed=opts.seed)
-        selection = {**robust, "paper_layer": layer, "paper_reason": selection["reason"]}
+        selection = {
+            **robust,
+            "paper_layer": paper.layer,
+            "paper_reason": paper.selection["reason"],
+        }
         gate = fit_on(best, {lang: (sp.acts, sp.labels) for lang, sp in train.items()},
                       rank=rank, seed=opts.seed, steering_lambda=opts.steering_lambda)  # fmt: skip
         gate.model = backend.model_info
-    else:
-        config = GateConfig(layer=layer, rank=rank, seed=opts.seed,
-                            steering_lambda=opts.steering_lambda)  # fmt: skip
-        gate = HarmfulnessGate(config, backend.model_info)
-        gate.fit({lang: (sp.acts[:, layer], sp.labels) for lang, sp in train.items()})
+        return gate, selection
+    config = GateConfig(layer=paper.layer, rank=rank, seed=opts.seed,
+                        steering_lambda=opts.steering_lambda)  # fmt: skip
+    gate = HarmfulnessGate(config, backend.model_info)
+    gate.fit({lang: (sp.acts[:, paper.layer], sp.labels) for lang, sp in train.items()})
+    return gate, paper.selection
 
-    by_family = family_auroc(
-        Candidate(gate.layers, gate.config.weight_decay),
-        {lang: (sp.prompts, sp.acts) for lang, sp in train.items()},
-        {key: (rows, all_acts[[index[p.text] for p in rows]]) for key, rows in checked.items()},
-        rank=rank,
-        seed=opts.seed,
-    )
-    gate.metadata = {"family_auroc": by_family, "weak_family_auroc": opts.weak_family_auroc}
-    per_language: dict[str, dict] = {}
-    auroc_by_layer: dict[str, list[float]] = {}
-    for lang in languages:
-        ev = splits[("eval", lang)]
-        scores = gate.score_all_layers(ev.acts)
-        zero = gate.zero_shot_threshold
-        row: dict = {
-            "name": language_name(lang),
-            "tier": tier(lang),
-            "eval_split": eval_split[lang],
-            "n_harmful": int(ev.labels.sum()),
-            "n_harmless": int(len(ev.labels) - ev.labels.sum()),
-            "auroc": auroc(scores, ev.labels),
-            "f1_zero_shot": f1_score(scores >= zero, ev.labels),
-            "f1_k": {},
-            "f1_k_std": {},
-            "status": "unknown",
-            "family_auroc": by_family.get(lang, {}),
-            "weak_families": gate.weak_families(lang),
-        }
-        if ("val", lang) in splits:  # high-resource val: already encoded for layer choice
-            val = splits[("val", lang)]
-            row["auroc_val"] = auroc(gate.score_all_layers(val.acts), val.labels)
-        pool = splits.get(("pool", lang))
-        pool_scores = gate.score_all_layers(pool.acts) if pool is not None else None
-        for k in opts.k_values:
-            f1s = []
-            if pool is not None:
-                for draw in kshot_draws(pool.labels, k, opts.k_draws, opts.seed, lang):
-                    tau = balanced_f1_threshold(pool_scores[draw], pool.labels[draw])
-                    f1s.append(f1_score(scores >= tau, ev.labels))
-            row["f1_k"][str(k)] = float(np.mean(f1s)) if f1s else None
-            row["f1_k_std"][str(k)] = float(np.std(f1s)) if f1s else None
+
+def _measure_language(
+    gate: HarmfulnessGate,
+    lang: str,
+    splits: dict[tuple[str, str], _Split],
+    eval_split: str,
+    by_family: dict[str, dict[str, float]],
+    threshold_k: int | str,
+    opts: CalibrationOptions,
+) -> dict:
+    """The report's row for ``lang``: AUROC and F1 (zero-shot, k-shot) on its evaluation rows,
+    its protection status from the labelled pool; stores its threshold in ``gate``."""
+    ev = splits[("eval", lang)]
+    scores = gate.score_all_layers(ev.acts)
+    zero = gate.zero_shot_threshold
+    row: dict = {
+        "name": language_name(lang),
+        "tier": tier(lang),
+        "eval_split": eval_split,
+        "n_harmful": int(ev.labels.sum()),
+        "n_harmless": int(len(ev.labels) - ev.labels.sum()),
+        "auroc": auroc(scores, ev.labels),
+        "f1_zero_shot": f1_score(scores >= zero, ev.labels),
+        "f1_k": {},
+        "f1_k_std": {},
+        "status": "unknown",
+        "family_auroc": by_family.get(lang, {}),
+        "weak_families": gate.weak_families(lang),
+    }
+    if ("val", lang) in splits:  # high-resource val: already encoded for layer choice
+        val = splits[("val", lang)]
+        row["auroc_val"] = auroc(gate.score_all_layers(val.acts), val.labels)
+    pool = splits.get(("pool", lang))
+    pool_scores = gate.score_all_layers(pool.acts) if pool is not None else None
+    for k in opts.k_values:
+        f1s = []
         if pool is not None:
-            row["pool_auroc"] = auroc(pool_scores, pool.labels)
-            row["status"] = "protected" if row["pool_auroc"] > opts.min_auroc else "unprotected"
-        if pool is not None and threshold_k:
-            record = _store_threshold(gate, lang, pool, pool_scores, threshold_k, opts)
-            if record is not None:
-                row["threshold"] = record.value
-        per_language[lang] = row
-        auroc_by_layer[lang] = [
-            auroc(g.score(ev.acts[:, lj]), ev.labels) for lj, g in enumerate(layer_gates)
-        ]
+            for draw in kshot_draws(pool.labels, k, opts.k_draws, opts.seed, lang):
+                tau = balanced_f1_threshold(pool_scores[draw], pool.labels[draw])
+                f1s.append(f1_score(scores >= tau, ev.labels))
+        row["f1_k"][str(k)] = float(np.mean(f1s)) if f1s else None
+        row["f1_k_std"][str(k)] = float(np.std(f1s)) if f1s else None
+    if pool is not None:
+        row["pool_auroc"] = auroc(pool_scores, pool.labels)
+        row["status"] = "protected" if row["pool_auroc"] > opts.min_auroc else "unprotected"
+    if pool is not None and threshold_k:
+        record = _store_threshold(gate, lang, pool, pool_scores, threshold_k, opts)
+        if record is not None:
+            row["threshold"] = record.value
+    return row
 
-    wall = time.time() - started
-    report = {
-        "model": asdict(backend.model_info),
-        "data": data_name,
-        "preset": preset,
-        "preset_reason": preset_reason,
-        "layer": gate.layer,
-        "layers": list(gate.layers),
-        "weight_decay": gate.config.weight_decay,
-        "balance_families": balanced,
-        "layer_selection": selection,
+
+def _report_summary(
+    gate: HarmfulnessGate,
+    train: dict[str, _Split],
+    per_language: dict[str, dict],
+    hrl: list[str],
+    threshold_k: int | str,
+    opts: CalibrationOptions,
+) -> dict:
+    """The report's entries between the layer selection and the per-language rows."""
+    return {
         "families": {f: len(rows) for f, rows in _family_rows(train).items()},
         "unprotected_languages": [
             x for x, r in per_language.items() if r["status"] == "unprotected"
@@ -372,14 +490,14 @@ def calibrate(
         "max_per_class": opts.max_per_class,
         "eval_max_per_class": opts.eval_cap,
         "k_draws": opts.k_draws,
-        "languages": per_language,
-        "auroc_by_layer": auroc_by_layer,
-        "wall_time_s": round(wall, 1),
-        "n_prompts_encoded": len(texts),
     }
+
+
+def _save_with_report(gate: HarmfulnessGate, report: dict, out: Path, *, force: bool) -> None:
+    """Write the artifact with the report (JSON, Markdown, AUROC plot) inside, atomically."""
     gate.metadata.update(
-        layer_selection=selection["reason"],
-        data=data_name,
+        layer_selection=report["layer_selection"]["reason"],
+        data=report["data"],
         report=REPORT_JSON,
         wall_time_s=report["wall_time_s"],
     )
@@ -389,7 +507,6 @@ def calibrate(
         REPORT_PNG: render_auroc_plot(report),
     }
     gate.save(out, force=force, extra_files=extra)
-    return gate, report
 
 
 def training_families(prompts: Sequence[LabelledPrompt]) -> set[str]:
@@ -440,17 +557,24 @@ def _families(train: dict[str, _Split]) -> dict[str, dict[str, tuple[np.ndarray,
     return out
 
 
+def paper_layer(num_layers: int, val_auroc: Mapping[int, float]) -> int:
+    """The paper's layer choice (METHOD.md): among the middle layers (``candidate_layers``),
+    the best mean high-resource validation AUROC, compared at 4 decimals so noise does not
+    decide; ties go to the earlier layer, a layer without a value counts as AUROC 0."""
+    return max(candidate_layers(num_layers), key=lambda j: (round(val_auroc.get(j, 0.0), 4), -j))
+
+
 def _choose_layer(
     num_layers: int,
     train: dict[str, _Split],
     splits: dict,
     hrl: list[str],
     opts: CalibrationOptions,
-) -> tuple[int, dict]:
+) -> PaperLayerChoice:
     """Fit a paper gate at every layer (the report's AUROC-by-layer plot); pick the forced
     layer or the best mean HRL-val AUROC among the middle layers (the paper's choice)."""
     middle = candidate_layers(num_layers)
-    gates: list[HarmfulnessGate | None] = []
+    gates: list[HarmfulnessGate] = []
     val_auroc: dict[int, float] = {}
     for j in range(num_layers):
         g = HarmfulnessGate(GateConfig(layer=j, rank=min(opts.rank, len(hrl)), seed=opts.seed))
@@ -469,7 +593,7 @@ def _choose_layer(
         layer = opts.layer
         reason = f"layer {layer} was given with --layer"
     elif val_auroc:
-        layer = max(middle, key=lambda j: (round(val_auroc.get(j, 0.0), 4), -j))
+        layer = paper_layer(num_layers, val_auroc)
         reason = (
             f"layer {layer}: highest mean high-resource validation AUROC of the gate "
             f"({val_auroc[layer]:.4f}, {len(hrl)} languages) among the middle layers "
@@ -479,12 +603,12 @@ def _choose_layer(
     else:
         layer = middle[len(middle) // 2]
         reason = f"layer {layer}: no validation split in the data, took the middle layer"
-    return layer, {
+    selection = {
         "reason": reason,
         "candidates": middle,
         "hrl_val_auroc_by_layer": {str(j): v for j, v in val_auroc.items()},
-        "_gates": gates,
     }
+    return PaperLayerChoice(layer, selection, gates)
 
 
 def render_markdown(report: dict) -> str:

@@ -583,16 +583,16 @@ class HarmfulnessGate:
         """
         self._require_fitted()
         extra = dict(extra_files or {})
-        for name in extra:
-            reserved = name in (TENSORS_NAME, MANIFEST_NAME)
-            if reserved or not name or Path(name).name != name or name.startswith("."):
-                raise ValueError(
-                    f"extra file name {name!r} is not allowed: use a plain file name other than "
-                    f"{TENSORS_NAME} and {MANIFEST_NAME}"
-                )
+        _check_extra_names(extra)
         tensor_bytes = self._tensor_bytes()
+        manifest_bytes = _manifest_bytes(self._manifest(sha256_bytes(tensor_bytes)))
+        files = {**extra, TENSORS_NAME: tensor_bytes, MANIFEST_NAME: manifest_bytes}
+        return write_directory_atomic(Path(path), files, force=force)
+
+    def _manifest(self, tensors_sha256: str) -> dict[str, Any]:
+        """What ``save`` writes to the manifest beside tensors with checksum ``tensors_sha256``."""
         cfg = self.config
-        manifest = {
+        return {
             "format_version": FORMAT_VERSION,
             "babelgate_version": babelgate_version(),
             "created_at": utc_now(),
@@ -615,17 +615,8 @@ class HarmfulnessGate:
                 "examples": self.training_counts,
             },
             "metadata": self.metadata,
-            "tensors_sha256": sha256_bytes(tensor_bytes),
+            "tensors_sha256": tensors_sha256,
         }
-        try:
-            manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"gate metadata must be JSON-serialisable with finite numbers: {err}"
-            ) from err
-        manifest_bytes = (manifest_text + "\n").encode()
-        files = {**extra, TENSORS_NAME: tensor_bytes, MANIFEST_NAME: manifest_bytes}
-        return write_directory_atomic(Path(path), files, force=force)
 
     def save_thresholds(self, path: str | Path) -> None:
         """Rewrite only the thresholds in the manifest of the artifact at ``path`` (atomically).
@@ -650,33 +641,21 @@ class HarmfulnessGate:
         """Read a gate written by ``save``; ``ArtifactError`` says what to do when it cannot."""
         path = Path(path)
         manifest = read_manifest(path)
-        redo = "run `babelgate calibrate` again to rebuild the artifact"
-        missing = [key for key in cls.MANIFEST_KEYS if key not in manifest]
-        if missing:
-            raise ArtifactError(f"{path / MANIFEST_NAME} lacks {', '.join(missing)}: {redo}")
-        try:
-            model = ModelInfo(**manifest["model"]) if manifest["model"] is not None else None
-        except TypeError as err:
-            raise ArtifactError(
-                f"{path / MANIFEST_NAME} has a malformed model entry: {redo}"
-            ) from err
+        model = _manifest_model(path, manifest, cls.MANIFEST_KEYS)
         if expect_model is not None:
             check_model(path, model, expect_model)
+        tensors = _read_tensors(path, manifest)
+        gate, stored = cls._from_manifest(path, manifest, model)
+        _check_tensors(path, tensors, gate.config, stored)
+        gate._restore(tensors, stored, str(manifest["fitted_at"]))
+        return gate
 
-        tensors_path = path / TENSORS_NAME
-        if not tensors_path.is_file():
-            raise ArtifactError(f"{path} has no {TENSORS_NAME} (incomplete artifact): {redo}")
-        data = tensors_path.read_bytes()
-        if sha256_bytes(data) != manifest["tensors_sha256"]:
-            raise ArtifactError(
-                f"{tensors_path} does not match the checksum in its manifest: the file is "
-                f"corrupt or was replaced; {redo}"
-            )
-        try:
-            tensors = safetensors.numpy.load(data)
-        except SafetensorError as err:
-            raise ArtifactError(f"{tensors_path} cannot be read ({err}): {redo}") from err
-
+    @classmethod
+    def _from_manifest(
+        cls, path: Path, manifest: Mapping[str, Any], model: ModelInfo | None
+    ) -> tuple[HarmfulnessGate, _StoredFields]:
+        """An unfitted gate with the manifest's configuration, and the manifest's other
+        fields parsed and checked."""
         try:
             training = manifest["training"]
             config = GateConfig(
@@ -690,45 +669,34 @@ class HarmfulnessGate:
                 feature_layers=tuple(manifest.get("feature_layers") or ()),
             )
             gate = cls(config, model)
-            langs = [validate_language(lang) for lang in manifest["training_languages"]]
-            hidden = int(manifest["hidden_size"])
-            thresholds = {
-                lang: ThresholdRecord.from_dict(rec) for lang, rec in manifest["thresholds"].items()
-            }
-            counts = {lang: dict(c) for lang, c in training["examples"].items()}
-            alpha = float(manifest["alpha"])
-            zero_shot = float(manifest["zero_shot_threshold"])
-            metadata = dict(manifest["metadata"])
+            stored = _StoredFields(
+                languages=[validate_language(lang) for lang in manifest["training_languages"]],
+                hidden=int(manifest["hidden_size"]),
+                thresholds={
+                    lang: ThresholdRecord.from_dict(rec)
+                    for lang, rec in manifest["thresholds"].items()
+                },
+                counts={lang: dict(c) for lang, c in training["examples"].items()},
+                alpha=float(manifest["alpha"]),
+                zero_shot=float(manifest["zero_shot_threshold"]),
+                metadata=dict(manifest["metadata"]),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ArtifactError(
-                f"{path / MANIFEST_NAME} has invalid values ({err}): {redo}"
+                f"{path / MANIFEST_NAME} has invalid values ({err}): {_REDO}"
             ) from err
-        for lang, rec in thresholds.items():
+        for lang, rec in stored.thresholds.items():
             if rec.language != lang:
                 raise ArtifactError(
                     f"{path / MANIFEST_NAME}: threshold stored under {lang!r} is for "
                     f"{rec.language!r}; fix the entry or recalibrate that language"
                 )
+        return gate, stored
 
-        rank, k = config.rank, len(config.layers)
-        expected = {
-            "direction": (hidden,),
-            "basis": (hidden, rank) if k == 1 else (k, hidden, rank),
-            "language_directions": (len(langs), hidden),
-            "readout.mean": (k * rank,),
-            "readout.std": (k * rank,),
-            "readout.coef": (k * rank,),
-            "readout.intercept": (1,),
-        }
-        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-        if shapes != expected:
-            raise ArtifactError(
-                f"{tensors_path} holds tensors {shapes} but its manifest (hidden size {hidden}, "
-                f"rank {rank}, {len(langs)} languages) implies {expected}: {redo}"
-            )
-        if not all(np.all(np.isfinite(t)) for t in tensors.values()):
-            raise ArtifactError(f"{tensors_path} contains NaN or infinity: {redo}")
-
+    def _restore(self, tensors: Mapping[str, np.ndarray], stored: _StoredFields,
+                 fitted_at: str) -> None:  # fmt: skip
+        """Set the fitted state from checked tensors and manifest fields."""
+        config = self.config
         readout = LogisticReadout(
             lr=config.lr, weight_decay=config.weight_decay, epochs=config.epochs, seed=config.seed
         )
@@ -736,16 +704,113 @@ class HarmfulnessGate:
         readout.std_ = tensors["readout.std"]
         readout.coef_ = tensors["readout.coef"]
         readout.intercept_ = float(tensors["readout.intercept"][0])
-        gate.direction = tensors["direction"]
-        gate.basis = tensors["basis"]
-        gate.language_directions = dict(zip(langs, tensors["language_directions"], strict=True))
-        gate.readout = readout
-        gate.alpha = alpha
-        gate.zero_shot_threshold = zero_shot
-        gate.training_languages = langs
-        gate.hidden_size = hidden
-        gate.training_counts = counts
-        gate.fitted_at = str(manifest["fitted_at"])
-        gate.metadata = metadata
-        gate._thresholds = thresholds
-        return gate
+        self.direction = tensors["direction"]
+        self.basis = tensors["basis"]
+        self.language_directions = dict(
+            zip(stored.languages, tensors["language_directions"], strict=True)
+        )
+        self.readout = readout
+        self.alpha = stored.alpha
+        self.zero_shot_threshold = stored.zero_shot
+        self.training_languages = stored.languages
+        self.hidden_size = stored.hidden
+        self.training_counts = stored.counts
+        self.fitted_at = fitted_at
+        self.metadata = stored.metadata
+        self._thresholds = stored.thresholds
+
+
+_REDO = "run `babelgate calibrate` again to rebuild the artifact"
+
+
+@dataclass
+class _StoredFields:
+    """The manifest fields ``HarmfulnessGate.load`` restores besides the configuration."""
+
+    languages: list[str]
+    hidden: int
+    thresholds: dict[str, ThresholdRecord]
+    counts: dict[str, dict]
+    alpha: float
+    zero_shot: float
+    metadata: dict[str, Any]
+
+
+def _check_extra_names(extra: Mapping[str, bytes]) -> None:
+    """Extra artifact files must be plain names other than the tensors' and manifest's."""
+    for name in extra:
+        reserved = name in (TENSORS_NAME, MANIFEST_NAME)
+        if reserved or not name or Path(name).name != name or name.startswith("."):
+            raise ValueError(
+                f"extra file name {name!r} is not allowed: use a plain file name other than "
+                f"{TENSORS_NAME} and {MANIFEST_NAME}"
+            )
+
+
+def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The manifest as strict JSON (finite numbers only), newline-terminated."""
+    try:
+        manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"gate metadata must be JSON-serialisable with finite numbers: {err}"
+        ) from err
+    return (manifest_text + "\n").encode()
+
+
+def _manifest_model(
+    path: Path, manifest: Mapping[str, Any], keys: Sequence[str]
+) -> ModelInfo | None:
+    """The manifest's model, after checking it holds every key in ``keys``."""
+    missing = [key for key in keys if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{path / MANIFEST_NAME} lacks {', '.join(missing)}: {_REDO}")
+    try:
+        return ModelInfo(**manifest["model"]) if manifest["model"] is not None else None
+    except TypeError as err:
+        raise ArtifactError(
+            f"{path / MANIFEST_NAME} has a malformed model entry: {_REDO}"
+        ) from err
+
+
+def _read_tensors(path: Path, manifest: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The artifact's tensors, checked against the manifest's checksum."""
+    tensors_path = path / TENSORS_NAME
+    if not tensors_path.is_file():
+        raise ArtifactError(f"{path} has no {TENSORS_NAME} (incomplete artifact): {_REDO}")
+    data = tensors_path.read_bytes()
+    if sha256_bytes(data) != manifest["tensors_sha256"]:
+        raise ArtifactError(
+            f"{tensors_path} does not match the checksum in its manifest: the file is "
+            f"corrupt or was replaced; {_REDO}"
+        )
+    try:
+        return safetensors.numpy.load(data)
+    except SafetensorError as err:
+        raise ArtifactError(f"{tensors_path} cannot be read ({err}): {_REDO}") from err
+
+
+def _check_tensors(
+    path: Path, tensors: Mapping[str, np.ndarray], config: GateConfig, stored: _StoredFields
+) -> None:
+    """The tensors have the shapes the manifest implies and are finite."""
+    tensors_path = path / TENSORS_NAME
+    hidden, langs = stored.hidden, stored.languages
+    rank, k = config.rank, len(config.layers)
+    expected = {
+        "direction": (hidden,),
+        "basis": (hidden, rank) if k == 1 else (k, hidden, rank),
+        "language_directions": (len(langs), hidden),
+        "readout.mean": (k * rank,),
+        "readout.std": (k * rank,),
+        "readout.coef": (k * rank,),
+        "readout.intercept": (1,),
+    }
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if shapes != expected:
+        raise ArtifactError(
+            f"{tensors_path} holds tensors {shapes} but its manifest (hidden size {hidden}, "
+            f"rank {rank}, {len(langs)} languages) implies {expected}: {_REDO}"
+        )
+    if not all(np.all(np.isfinite(t)) for t in tensors.values()):
+        raise ArtifactError(f"{tensors_path} contains NaN or infinity: {_REDO}")

@@ -22,13 +22,15 @@ from pydantic_settings import (
 
 from gate.hf.embedded import MODEL_HELP
 from gate.languages import validate_language
+
+# The policy vocabulary is the engine's (re-exported under the settings' old names).
+from server.engine.types import POLICIES as POLICIES
+from server.engine.types import Policy
 from server.langid import TARGET_LANGUAGES
 
-Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]
 Action = Literal["steer", "refuse", "flag"]
 GateFailureMode = Literal["closed", "open"]
 
-POLICIES: tuple[str, ...] = ("routing", "none", "shadow", "always-steer", "always-ablate")
 ACTIONS: tuple[str, ...] = ("steer", "refuse", "flag")
 
 # Groups of ``babelgate serve --help``; every field below belongs to one.

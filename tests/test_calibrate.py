@@ -212,3 +212,13 @@ def test_default_calibration_data_has_two_families(polyrefuse_dir, monkeypatch):
     assert sources[0] == polyrefuse_dir and sources[1].name == "styles"
     prompts = [p for src in sources for p in load_dataset(src)]
     assert resolve_preset(prompts, CalibrationOptions())[0] == "robust"
+
+
+def test_paper_layer_takes_the_best_rounded_validation_auroc_and_ties_go_earlier():
+    from gate.calibration import candidate_layers, paper_layer
+
+    assert candidate_layers(8) == [2, 3, 4, 5, 6]
+    assert paper_layer(8, {2: 0.7, 3: 0.9, 4: 0.8}) == 3
+    assert paper_layer(8, {3: 0.90001, 5: 0.90004}) == 3  # equal at 4 decimals: earlier wins
+    assert paper_layer(8, {3: 0.9001, 5: 0.9002}) == 5
+    assert paper_layer(8, {0: 0.99, 1: 0.99}) == 2  # only the middle layers; missing count as 0

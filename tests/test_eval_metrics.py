@@ -42,6 +42,14 @@ def test_refusal_table_by_hand():
     assert table["sw"]["selectivity"] == pytest.approx(50.0)
     assert table["lrl"]["selectivity"] == pytest.approx(37.5)  # both are low-resource
     assert table["lrl"]["languages"] == ["yo", "sw"]
+    assert table["non-hrl"]["languages"] == ["yo", "sw"]
+    # th (mid-resource): harmful 1 of 1, harmless 0 of 1 -> 100 points; in non-hrl, not in lrl.
+    th_rows = [_row("none", "th", 1, 9), _row("none", "th", 0, 10)]
+    wide = refusal_table(rows + th_rows, [*verdicts, True, False], specs,
+                         ["yo", "sw", "th"])["none"]  # fmt: skip
+    assert wide["lrl"]["languages"] == ["yo", "sw"]
+    assert wide["non-hrl"]["languages"] == ["yo", "sw", "th"]
+    assert wide["non-hrl"]["selectivity"] == pytest.approx((25.0 + 50.0 + 100.0) / 3)
 
 
 def test_refuse_action_rows_replace_harmful_verdicts_with_the_template():

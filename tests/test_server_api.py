@@ -26,6 +26,7 @@ import pytest
 from conftest import polyrefuse_or_skip
 from prometheus_client.parser import text_string_to_metric_families
 
+from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 from server.app.auth import token_identity
 from server.refusal_templates import REFUSALS
 
@@ -72,7 +73,8 @@ class Server:
 
     def start(self) -> None:
         cmd = [
-            sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
+            sys.executable, "-m", "cli.main", "serve", "--model", SMOLLM2.id,
+            "--host", "127.0.0.1",
             "--port", str(self.port), "--api-key", API_KEY, "--admin-token", ADMIN,
             "--state-dir", str(self.state_dir), "--max-model-len", str(MAX_MODEL_LEN),
             "--artifact", str(self.artifact),

@@ -92,3 +92,13 @@ def test_shift_run_on_the_embedded_model(polyrefuse_dir, embedded_model_dir, tmp
     assert "robust-unseen" in (out / SHIFT_MD).read_text()
     assert (out / SHIFT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(report["wall_time_s"]["total"])
+
+
+def test_the_report_records_the_data_folder_by_name():
+    from pathlib import Path
+
+    from evaluation.shift import _recorded_options
+
+    opts = ShiftOptions(data="/work/shared/data/polyrefuse", out=Path("/tmp/out/shift"))
+    recorded = _recorded_options(opts)
+    assert recorded["data"] == "polyrefuse" and "out" not in recorded and "progress" not in recorded

@@ -194,7 +194,7 @@ def test_prefix_cache_never_hands_intervened_kv_to_a_plain_request(guarded, gate
 def test_refuses_a_layer_the_model_lacks_and_keeps_the_guard(guarded, gate):
     bad = GateParams(30, gate.direction, 0.0, gate.direction, 1.0, "bad")
     with pytest.raises(Exception, match="layer 30"):
-        guarded._rpc("babelgate_install", bad.to_wire())
+        guarded.worker.install(bad)
     assert guarded.status()["layers"] == [LAYER]
 
 

@@ -10,7 +10,15 @@ import torch
 from server.engine.hooks import decoder_layers
 from server.engine.startup import check_model_config, guarded_engine_kwargs, prepare_environment
 from server.engine.step import RowSpan
-from server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
+from server.engine.types import (
+    INTERVENING_POLICIES,
+    POLICIES,
+    GateParams,
+    GuardParams,
+    GuardrailStartupError,
+    Verdict,
+    policy_intervention,
+)
 
 
 def unit(d: int, seed: int) -> np.ndarray:
@@ -49,6 +57,23 @@ def test_guard_params_refuse_unknown_policy_and_bad_threshold():
         GuardParams("en", "routing", float("nan"))
 
 
+def test_one_policy_vocabulary_and_what_each_policy_does():
+    from gate.hf import reference  # the gate library cannot import the server: kept equal here
+    from server import settings
+
+    assert POLICIES == ("routing", "none", "shadow", "always-steer", "always-ablate")
+    assert reference.POLICIES == settings.POLICIES == POLICIES
+    assert sorted(INTERVENING_POLICIES) == ["always-ablate", "always-steer", "routing"]
+    table = {p: [policy_intervention(p, h) for h in (None, True, False)] for p in POLICIES}
+    assert table == {
+        "routing": [None, "steer", "ablate"],
+        "none": ["none"] * 3,
+        "shadow": ["none"] * 3,
+        "always-steer": ["steer"] * 3,
+        "always-ablate": ["ablate"] * 3,
+    }
+
+
 def test_verdict_round_trips_and_names_its_decision():
     v = Verdict("x", "sw", "routing", 0.5, "recalibrated", 1.25, True, "steer", 9)
     assert Verdict.from_dict(v.to_dict()) == v
@@ -60,8 +85,21 @@ def test_compiled_mode_and_foreign_worker_extension_are_refused():
         guarded_engine_kwargs({"enforce_eager": False})
     with pytest.raises(GuardrailStartupError, match="worker extension"):
         guarded_engine_kwargs({"worker_extension_cls": "pkg.Other"})
+    with pytest.raises(GuardrailStartupError, match="worker extension"):
+        guarded_engine_kwargs({"worker_extension_cls": "server.engine.types.GateParams"})
     kwargs = guarded_engine_kwargs({"max_model_len": 512})
     assert kwargs["enforce_eager"] is True and kwargs["max_model_len"] == 512
+
+
+def test_a_worker_extension_deriving_from_babelgates_is_kept_with_the_cpu_kv_cache():
+    from evaluation.baselines.interventions import BASELINE_WORKER_EXTENSION
+    from server.engine.startup import CPU_KV_CACHE_BYTES
+    from server.engine.worker_extension import WORKER_EXTENSION
+
+    kwargs = guarded_engine_kwargs({"worker_extension_cls": BASELINE_WORKER_EXTENSION})
+    assert kwargs["worker_extension_cls"] == BASELINE_WORKER_EXTENSION
+    assert kwargs["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES  # no GPU here
+    assert guarded_engine_kwargs({})["worker_extension_cls"] == WORKER_EXTENSION
 
 
 def test_cpu_engine_gets_a_fixed_kv_cache_unless_memory_is_configured():
@@ -149,3 +187,121 @@ def test_multi_layer_gate_sums_its_layers_dot_products_and_decides_at_the_last()
     expected = float((h2[2] + r2[2]).double() @ torch.from_numpy(u[0]).double()
                      + (h5[2] + r5[2]).double() @ torch.from_numpy(u[1]).double() + 0.5)
     assert hook.verdicts(["b1"], [])["b1"]["score"] == pytest.approx(expected, rel=1e-6)
+
+
+class FakeLLM:
+    """``collective_rpc`` of a two-worker engine: each worker answers with its rank."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+
+    def collective_rpc(self, method: str, args: tuple = ()) -> list:
+        self.calls.append((method, args))
+        if method == "babelgate_verdicts":
+            v = Verdict("a", "en", "shadow", 0.0, "t", 1.0, True, "none", 0)
+            return [{"a": v.to_dict()}, {}]
+        return [{"rank": 0}, {"rank": 1}]
+
+
+class FakeAsyncLLM(FakeLLM):
+    async def collective_rpc(self, method: str, args: tuple = ()) -> list:  # type: ignore[override]
+        return FakeLLM.collective_rpc(self, method, args)
+
+
+def test_worker_clients_send_the_extension_methods_and_read_rank_0():
+    import asyncio
+
+    from server.engine.rpc import AsyncWorkerClient, WorkerClient
+
+    gate = GateParams(3, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
+    llm = FakeLLM()
+    client = WorkerClient(llm)
+    assert client.install(gate) == {"rank": 0}
+    client.install(None, [1, 2])
+    client.status()
+    client.uninstall()
+    client.pop_captures(["c"])
+    verdicts = client.verdicts(["a", "b"], ["a"])
+    assert verdicts["a"].score == 1.0 and "b" not in verdicts
+    assert [(m, a) for m, a in llm.calls if m != "babelgate_install"] == [
+        ("babelgate_status", ()),
+        ("babelgate_uninstall", ()),
+        ("babelgate_pop_captures", (["c"],)),
+        ("babelgate_verdicts", (["a", "b"], ["a"])),
+    ]
+    assert llm.calls[0][1][0]["fingerprint"] == "fp" and len(llm.calls[0][1]) == 1
+    assert llm.calls[1] == ("babelgate_install", (None, [1, 2]))
+
+    aengine = FakeAsyncLLM()
+    aclient = AsyncWorkerClient(aengine)
+
+    async def run():
+        return await aclient.status(), await aclient.verdicts(["a"])
+
+    status, averdicts = asyncio.run(run())
+    assert status == {"rank": 0} and averdicts == verdicts
+    assert aengine.calls[-1] == ("babelgate_verdicts", (["a"], []))
+
+
+def toy_model(folder, hidden: int = 8) -> str:
+    """A model folder with only a config.json (enough for everything before vLLM starts)."""
+    import json
+
+    folder.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+              "hidden_size": hidden, "num_hidden_layers": 4, "num_attention_heads": 2}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_path, monkeypatch):
+    from gate.artifact import ArtifactError
+    from gate.estimator import GateConfig, HarmfulnessGate
+    from server.engine.startup import CPU_KV_CACHE_BYTES, prepare
+    from server.engine.worker_extension import WORKER_EXTENSION
+
+    model = toy_model(tmp_path / "toy")
+    params = GateParams(3, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
+    plan = prepare(model, params, {"max_model_len": 64})
+    assert (plan.model_id, plan.load_path) == (model, model) and plan.gate is params
+    assert plan.estimator is None and plan.model_info.hidden_size == 8
+    assert plan.engine_kwargs == {
+        "max_model_len": 64, "enforce_eager": True, "worker_extension_cls": WORKER_EXTENSION,
+        "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
+    }  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    acts = rng.standard_normal((16, 8)) + np.r_[np.full((8, 1), 2.0), np.zeros((8, 1))]
+    train = {"en": (acts.astype(np.float32), np.r_[np.ones(8), np.zeros(8)])}
+    fitted = HarmfulnessGate(GateConfig(layer=2, rank=1), plan.model_info).fit(train)
+    saved = fitted.save(tmp_path / "gate")
+    from_dir = prepare(model, saved, start=False)
+    assert from_dir.engine_kwargs is None and from_dir.estimator is not None
+    assert from_dir.gate.fingerprint == GateParams.from_gate(fitted).fingerprint
+    assert from_dir.estimator.zero_shot_threshold == fitted.zero_shot_threshold
+    with pytest.raises(ArtifactError, match="was calibrated for"):
+        prepare(toy_model(tmp_path / "other", hidden=16), saved, start=False)
+
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # attaching leaves the environment alone
+    assert prepare(model, params, start=False).gate is params
+    with pytest.raises(GuardrailStartupError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+        prepare(model, params)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    with pytest.raises(GuardrailStartupError, match="enforce_eager"):
+        prepare(model, params, {"enforce_eager": False})
+
+
+def test_every_client_call_names_a_method_of_its_worker_extension():
+    from evaluation.baselines.interventions import BaselineWorkerExtension
+    from evaluation.engine import BaselineWorkerClient
+    from server.engine.rpc import RPC_PREFIX, WorkerClient
+    from server.engine.worker_extension import BabelgateWorkerExtension
+
+    def calls(client: type) -> set[str]:
+        return {n for n in dir(client) if not n.startswith("_") and callable(getattr(client, n))}
+
+    def methods(extension: type) -> set[str]:
+        return {n.removeprefix(RPC_PREFIX) for n in dir(extension) if n.startswith(RPC_PREFIX)}
+
+    assert calls(WorkerClient) == methods(BabelgateWorkerExtension)
+    assert calls(BaselineWorkerClient) == methods(BaselineWorkerExtension)

@@ -27,8 +27,8 @@ Hook point used beyond ``RoutingIntervention``'s: nothing new. The per-step ``Ro
 first position, prompt length) is enough to find a request's prompt rows across chunks. What
 the shared worker extension does not offer is installing extra interventions: the subclass
 ``BaselineWorkerExtension`` below adds that and must be the engine's ``worker_extension_cls``
-(``guarded_engine_kwargs`` accepts only the base class, so the eval starts ``vllm.LLM`` itself
-and attaches ``GuardedLLM`` to it).
+(``guarded_engine_kwargs`` accepts subclasses of the base class; the eval starts ``vllm.LLM``
+with it and attaches ``GuardedLLM`` to it).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ import torch
 
 from gate.prompt import chat_prompt_ids
 
+# The engine's policies (``server.engine.types.POLICIES``, which this library cannot import; a
+# test keeps the two equal).
 POLICIES: tuple[str, ...] = ("routing", "none", "shadow", "always-steer", "always-ablate")
 Action = Literal["steer", "ablate"]
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
+from server.engine.types import Policy
+
 # --------------------------------------------------------------------------------- requests
 
 
@@ -148,7 +150,7 @@ class GuardInfo(BaseModel):
     threshold: float
     threshold_source: str
     decision: str | None
-    policy: str
+    policy: Policy
     action: str
     intervened: bool
     gate_failure: bool = False

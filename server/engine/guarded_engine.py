@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gate.prompt import chat_prompt_ids
+from server.engine.rpc import AsyncWorkerClient
 from server.engine.startup import (
     SELF_CHECK_PROMPT,
-    check_model_config,
-    guarded_engine_kwargs,
-    load_gate_params,
-    prepare_environment,
+    prepare,
     self_check_guard,
     verify_install,
     verify_self_check,
@@ -46,22 +44,16 @@ def _launch(
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from gate.hf.model_source import load_model_config, resolve_model
-
-    prepare_environment()
-    model_id, load_path = resolve_model(model_path)
-    config = load_model_config(load_path)
-    check_model_config(config)
-    gate = load_gate_params(artifact_path, model_id, config)
-    args = AsyncEngineArgs(model=load_path, **guarded_engine_kwargs(engine_kwargs))
-    return AsyncLLM.from_engine_args(args), gate, model_id
+    plan = prepare(model_path, artifact_path, engine_kwargs)
+    args = AsyncEngineArgs(model=plan.load_path, **plan.engine_kwargs)
+    return AsyncLLM.from_engine_args(args), plan.gate, plan.model_id
 
 
 class _VerdictFetcher:
     """Coalesces concurrent verdict requests into one ``babelgate_verdicts`` RPC at a time."""
 
-    def __init__(self, engine: AsyncLLM) -> None:
-        self._engine = engine
+    def __init__(self, worker: AsyncWorkerClient) -> None:
+        self._worker = worker
         self._waiting: dict[str, list[asyncio.Future[Verdict | None]]] = {}
         self._release: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -82,11 +74,7 @@ class _VerdictFetcher:
             release, self._release = self._release, set()
             try:
                 self.rpcs += 1
-                raw = (
-                    await self._engine.collective_rpc(
-                        "babelgate_verdicts", args=(list(waiting), list(release))
-                    )
-                )[0]
+                got = await self._worker.verdicts(list(waiting), list(release))
             except Exception as err:  # hand the failure to every waiter, keep serving
                 for futures in waiting.values():
                     for f in futures:
@@ -94,7 +82,7 @@ class _VerdictFetcher:
                             f.set_exception(err)
                 continue
             for bid, futures in waiting.items():
-                verdict = Verdict.from_dict(raw[bid]) if bid in raw else None
+                verdict = got.get(bid)
                 for f in futures:
                     if not f.done():
                         f.set_result(verdict)
@@ -108,7 +96,8 @@ class GuardedEngine:
         self.gate = gate
         self.model_id = model_id
         self.tokenizer = tokenizer
-        self._verdicts = _VerdictFetcher(engine)
+        self.worker = AsyncWorkerClient(engine)
+        self._verdicts = _VerdictFetcher(self.worker)
         self.install_info: dict[str, Any] = {}
 
     @classmethod
@@ -132,7 +121,7 @@ class GuardedEngine:
         )
         try:
             self = cls(engine, gate, model_id, engine.get_tokenizer())
-            self.install_info = await self._rpc("babelgate_install", gate.to_wire())
+            self.install_info = await self.worker.install(gate)
             verify_install(self.install_info, gate)
             await self.self_check()
         except BaseException:
@@ -140,12 +129,9 @@ class GuardedEngine:
             raise
         return self
 
-    async def _rpc(self, method: str, *args: Any) -> Any:
-        return (await self.engine.collective_rpc(method, args=args))[0]
-
     async def status(self) -> dict[str, Any]:
         """Hook state in the worker: installed, layers, how often it fired, records held."""
-        return await self._rpc("babelgate_status")
+        return await self.worker.status()
 
     async def self_check(self) -> None:
         """One shadow request must fire the hook and come back scored, else refuse."""

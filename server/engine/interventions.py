@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from server.engine.step import RowSpan
-from server.engine.types import EXTRA_ARGS_KEY, GateParams, Verdict
+from server.engine.types import EXTRA_ARGS_KEY, GateParams, Verdict, policy_intervention
 
 CAPTURE_KEY = "babelgate_capture"
 # Finished verdicts nobody fetched are dropped oldest-first beyond this many.
@@ -87,15 +87,7 @@ class GuardRecord:
     @property
     def action(self) -> str | None:
         """ "steer", "ablate", "none", or None while a routing decision is pending."""
-        if self.policy in ("none", "shadow"):
-            return "none"
-        if self.policy == "always-steer":
-            return "steer"
-        if self.policy == "always-ablate":
-            return "ablate"
-        if self.harmful is None:
-            return None
-        return "steer" if self.harmful else "ablate"
+        return policy_intervention(self.policy, self.harmful)
 
     def verdict(self) -> Verdict:
         return Verdict(

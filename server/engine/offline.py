@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gate.prompt import chat_prompt_ids
+from server.engine.rpc import WorkerClient
 from server.engine.startup import (
     SELF_CHECK_PROMPT,
-    check_model_config,
-    guarded_engine_kwargs,
-    load_gate_params,
-    prepare_environment,
+    prepare,
     self_check_guard,
     verify_install,
     verify_self_check,
@@ -61,41 +59,34 @@ class GuardedLLM:
         llm: Any | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        from vllm import LLM
-
-        from gate.hf.model_source import load_model_config, resolve_model
-
-        prepare_environment()
-        self.model_id, load_path = resolve_model(model)
-        config = load_model_config(load_path)
-        check_model_config(config)
-        self.gate = load_gate_params(gate, self.model_id, config)
+        plan = prepare(model, gate, engine_kwargs, start=llm is None)
+        self.model_id = plan.model_id
+        self.gate = plan.gate
         if llm is None:
-            llm = LLM(model=load_path, **guarded_engine_kwargs(engine_kwargs))
+            from vllm import LLM
+
+            llm = LLM(model=plan.load_path, **plan.engine_kwargs)
         self.llm = llm
+        self.worker = WorkerClient(llm)
         self.tokenizer = self.llm.get_tokenizer()
         self.install_info = self.install()
         self.self_check()
 
     # ------------------------------------------------------------------ worker calls
 
-    def _rpc(self, method: str, *args: Any) -> Any:
-        return self.llm.collective_rpc(method, args=args)[0]
-
     def install(self) -> dict[str, Any]:
-        info = self._rpc("babelgate_install", self.gate.to_wire())
+        info = self.worker.install(self.gate)
         verify_install(info, self.gate)
         return info
 
     def uninstall(self) -> None:
-        self._rpc("babelgate_uninstall")
+        self.worker.uninstall()
 
     def status(self) -> dict[str, Any]:
-        return self._rpc("babelgate_status")
+        return self.worker.status()
 
     def verdicts(self, ids: list[str], release: bool = True) -> dict[str, Verdict]:
-        raw = self._rpc("babelgate_verdicts", ids, ids if release else []) if ids else {}
-        return {bid: Verdict.from_dict(v) for bid, v in raw.items()}
+        return self.worker.verdicts(ids, ids if release else []) if ids else {}
 
     def self_check(self) -> None:
         """Run one shadow request; refuse (GuardrailStartupError) unless it was scored."""

@@ -1,23 +1,27 @@
 """Starting vLLM with the guard: environment, engine options, model checks, the self-check.
 
-Runs in the process that creates the engine (API server, CLI, tests, benchmark). Shared by the
-async ``GuardedEngine`` and the offline ``GuardedLLM`` so both refuse the same setups with the
-same messages: before vLLM starts (unsupported architecture, compiled mode, Model Runner V2
-forced on) and after (hook not installed on the decoder layer, hook never fired, no score).
+Runs in the process that creates the engine (API server, CLI, tests, benchmark). Everything
+before vLLM starts is one call, ``prepare`` (used by the async ``GuardedEngine``, the offline
+``GuardedLLM``, the ``VLLMBackend`` and the evaluation's engine), so all refuse the same setups
+with the same messages: before vLLM starts (unsupported architecture, compiled mode, Model Runner
+V2 forced on) and after (hook not installed on the decoder layer, hook never fired, no score).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
-from server.engine.worker_extension import WORKER_EXTENSION
+from server.engine.worker_extension import WORKER_EXTENSION, BabelgateWorkerExtension
 
 if TYPE_CHECKING:
+    from gate.artifact import ModelInfo
     from gate.estimator import HarmfulnessGate
 
 logger = logging.getLogger(__name__)
@@ -65,9 +69,30 @@ def prepare_environment() -> None:
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
 
 
+def _check_worker_extension(qualname: Any) -> str:
+    """The ``worker_extension_cls`` to start with: babelgate's, or a class deriving from it (by
+    import path, as vLLM takes it)."""
+    if qualname in (None, WORKER_EXTENSION):
+        return WORKER_EXTENSION
+    why = ""
+    if isinstance(qualname, str):
+        module, _, name = qualname.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as err:
+            why = f" (cannot import it: {err})"
+        else:
+            if isinstance(cls, type) and issubclass(cls, BabelgateWorkerExtension):
+                return qualname
+    raise GuardrailStartupError(
+        f"worker_extension_cls={qualname!r} would replace babelgate's worker extension "
+        f"({WORKER_EXTENSION}){why}: combine both in one class deriving from it"
+    )
+
+
 def guarded_engine_kwargs(user: dict[str, Any] | None) -> dict[str, Any]:
-    """The caller's engine options plus what the guard needs (eager mode, the worker extension),
-    refusing options that contradict it."""
+    """The caller's engine options plus what the guard needs (eager mode, the worker extension
+    or a subclass of it, a KV-cache size on CPU), refusing options that contradict it."""
     kwargs = dict(user or {})
     if kwargs.get("enforce_eager") is False:
         raise GuardrailStartupError(
@@ -75,13 +100,7 @@ def guarded_engine_kwargs(user: dict[str, Any] | None) -> dict[str, Any]:
             "never fires in vLLM's compiled graphs. Leave enforce_eager unset or True"
         )
     kwargs["enforce_eager"] = True
-    extension = kwargs.get("worker_extension_cls")
-    if extension not in (None, WORKER_EXTENSION):
-        raise GuardrailStartupError(
-            f"worker_extension_cls={extension!r} would replace babelgate's worker extension "
-            f"({WORKER_EXTENSION}): combine both in one class deriving from it"
-        )
-    kwargs["worker_extension_cls"] = WORKER_EXTENSION
+    kwargs["worker_extension_cls"] = _check_worker_extension(kwargs.get("worker_extension_cls"))
     if kwargs.get("gpu_memory_utilization") is None and kwargs.get("kv_cache_memory_bytes") is None:
         from vllm.platforms import current_platform
 
@@ -107,20 +126,59 @@ def check_model_config(config: dict[str, Any]) -> None:
         )
 
 
-def load_gate_params(
-    gate: HarmfulnessGate | GateParams | str | Path, model_id: str, config: dict[str, Any]
-) -> GateParams:
-    """Hook parameters from a gate, its artifact directory (checked against the model), or
-    ready-made ``GateParams``."""
-    if isinstance(gate, GateParams):
-        return gate
-    from gate.artifact import model_info_from_config
-    from gate.estimator import HarmfulnessGate
+@dataclass(frozen=True)
+class EnginePlan:
+    """What ``prepare`` settled before vLLM starts: the model, the gate, the engine options."""
 
-    if isinstance(gate, str | Path):
-        expect = model_info_from_config(model_id, config)
-        gate = HarmfulnessGate.load(gate, expect_model=expect)
-    return GateParams.from_gate(gate)
+    model_id: str  # the id artifacts record (hub id, embedded model id, or absolute folder)
+    load_path: str  # what vLLM opens
+    config: dict[str, Any]  # the model's config.json
+    gate: GateParams | None  # what the hook evaluates (None: no gate given)
+    estimator: HarmfulnessGate | None  # the fitted gate, when given one or its artifact
+    engine_kwargs: dict[str, Any] | None  # vLLM options with the guard's (None: start=False)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        from gate.artifact import model_info_from_config
+
+        return model_info_from_config(self.model_id, self.config)
+
+
+def prepare(
+    model: str | Path | None,
+    gate: HarmfulnessGate | GateParams | str | Path | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
+    *,
+    start: bool = True,
+) -> EnginePlan:
+    """Everything before vLLM starts, refusing (``GuardrailStartupError``) what cannot be served
+    guarded: the environment (``prepare_environment``), the model (``resolve_model``, its
+    config, ``check_model_config``), the gate (a fitted ``HarmfulnessGate``, its artifact
+    directory, checked against the model's config, or ready ``GateParams``) and the engine
+    options (``guarded_engine_kwargs``). ``start=False``: the engine runs already (attaching to
+    it), so only the model and the gate are checked.
+    """
+    from gate.hf.model_source import load_model_config, resolve_model
+
+    if start:
+        prepare_environment()
+    model_id, load_path = resolve_model(model)
+    config = load_model_config(load_path)
+    check_model_config(config)
+    estimator = params = None
+    if isinstance(gate, GateParams):
+        params = gate
+    elif gate is not None:
+        estimator = gate
+        if isinstance(gate, str | Path):
+            from gate.artifact import model_info_from_config
+            from gate.estimator import HarmfulnessGate
+
+            expect = model_info_from_config(model_id, config)
+            estimator = HarmfulnessGate.load(gate, expect_model=expect)
+        params = GateParams.from_gate(estimator)
+    kwargs = guarded_engine_kwargs(engine_kwargs) if start else None
+    return EnginePlan(model_id, load_path, config, params, estimator, kwargs)
 
 
 def self_check_guard() -> GuardParams:

@@ -22,11 +22,37 @@ import numpy as np
 if TYPE_CHECKING:
     from gate.estimator import HarmfulnessGate
 
+# The per-request policies: the one vocabulary of the settings, the API, the worker and the eval.
 Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]
-POLICIES: tuple[str, ...] = get_args(Policy)
+POLICIES: tuple[Policy, ...] = get_args(Policy)
+# What the hook does to a request's forward pass (``Verdict.intervention``).
+InterventionKind = Literal["steer", "ablate", "none"]
+# Every policy but routing fixes the intervention before the gate scores the request.
+FIXED_INTERVENTIONS: dict[str, InterventionKind] = {
+    "none": "none",
+    "shadow": "none",
+    "always-steer": "steer",
+    "always-ablate": "ablate",
+}
 # Policies whose forward pass differs from plain vLLM (they write KV nobody else may reuse).
-INTERVENING_POLICIES: frozenset[str] = frozenset({"routing", "always-steer", "always-ablate"})
+INTERVENING_POLICIES: frozenset[str] = frozenset(
+    p for p in POLICIES if FIXED_INTERVENTIONS.get(p) != "none"
+)
 EXTRA_ARGS_KEY = "babelgate"
+
+
+def policy_intervention(policy: str, harmful: bool | None) -> InterventionKind | None:
+    """What ``policy`` does to a request the gate found ``harmful`` (None: not decided yet).
+
+    Routing steers harmful and ablates harmless requests, and is pending (None) until the
+    decision; the other policies do the same whatever the gate says.
+    """
+    fixed = FIXED_INTERVENTIONS.get(policy)
+    if fixed is not None:
+        return fixed
+    if harmful is None:
+        return None
+    return "steer" if harmful else "ablate"
 
 
 class GuardrailStartupError(RuntimeError):

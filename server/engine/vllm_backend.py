@@ -21,14 +21,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gate.activations import check_finite, check_layers
-from gate.artifact import ModelInfo, model_info_from_config
+from gate.artifact import ModelInfo
 from gate.prompt import chat_prompt_ids
 from server.engine.interventions import CAPTURE_KEY
-from server.engine.startup import (
-    check_model_config,
-    guarded_engine_kwargs,
-    prepare_environment,
-)
+from server.engine.rpc import WorkerClient
+from server.engine.startup import prepare
 
 # Enough KV cache for a calibration batch, small enough for an 8 GiB NUMA node.
 DEFAULT_KV_CACHE_BYTES = 1 << 30
@@ -51,29 +48,22 @@ class VLLMBackend:
         llm: Any | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        from gate.hf.model_source import load_model_config, resolve_model
-
-        model_id, load_path = resolve_model(model)
-        config = load_model_config(load_path)
-        check_model_config(config)
-        self.model_info: ModelInfo = model_info_from_config(model_id, config)
+        options = {"kv_cache_memory_bytes": DEFAULT_KV_CACHE_BYTES, **engine_kwargs, "dtype": dtype}
+        plan = prepare(model, None, options, start=llm is None)
+        self.model_info: ModelInfo = plan.model_info
         self.num_layers = self.model_info.num_layers
         self.hidden_size = self.model_info.hidden_size
         if llm is None:
             from vllm import LLM
 
-            prepare_environment()
-            engine_kwargs.setdefault("kv_cache_memory_bytes", DEFAULT_KV_CACHE_BYTES)
-            llm = LLM(model=load_path, dtype=dtype, **guarded_engine_kwargs(engine_kwargs))
+            llm = LLM(model=plan.load_path, **plan.engine_kwargs)
         self.llm = llm
+        self.worker = WorkerClient(llm)
         self.tokenizer = llm.get_tokenizer()
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
-                f"{model_id} has no chat template: the post-instruction position is undefined"
+                f"{plan.model_id} has no chat template: the post-instruction position is undefined"
             )
-
-    def _rpc(self, method: str, *args: Any) -> Any:
-        return self.llm.collective_rpc(method, args=args)[0]
 
     def activations(
         self,
@@ -95,7 +85,7 @@ class VLLMBackend:
         out = np.empty((len(prompts), len(chosen), self.hidden_size), dtype=np.float32)
         if not prompts:
             return out
-        self._rpc("babelgate_install", None, chosen)
+        self.worker.install(None, chosen)
         order = sorted(set(chosen))
         reorder = [order.index(layer) for layer in chosen]
         chunk = max(batch_size, SUBMIT_CHUNK)
@@ -108,7 +98,7 @@ class VLLMBackend:
             requests = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, t)} for t in texts]
             params = [SamplingParams(max_tokens=1, extra_args={CAPTURE_KEY: cid}) for cid in ids]
             self.llm.generate(requests, params, use_tqdm=False)
-            captured = self._rpc("babelgate_pop_captures", ids)
+            captured = self.worker.pop_captures(ids)
             missing = [i for i, cid in enumerate(ids) if cid not in captured]
             if missing:
                 raise RuntimeError(

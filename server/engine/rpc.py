@@ -1,0 +1,82 @@
+"""Calls into babelgate's worker extension (``collective_rpc``), one method per worker method.
+
+Runs in the process that holds the engine (API server, CLI, tests, benchmark). Every worker
+answers (tensor-parallel ranks hold identical guard state); the clients return rank 0's answer.
+``WorkerClient`` wraps ``vllm.LLM``, ``AsyncWorkerClient`` wraps ``AsyncLLM`` (its methods return
+awaitables); both send the same calls, named like the worker methods in ``worker_extension``
+without their ``babelgate_`` prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from server.engine.types import GateParams, Verdict
+
+RPC_PREFIX = "babelgate_"
+
+
+def _verdicts(raw: dict[str, Any]) -> dict[str, Verdict]:
+    return {bid: Verdict.from_dict(v) for bid, v in raw.items()}
+
+
+class _WorkerCalls:
+    """The calls; a subclass sends them (``_call``) synchronously or as awaitables."""
+
+    def _call(
+        self, method: str, args: tuple[Any, ...], parse: Callable[[Any], Any] | None = None
+    ) -> Any:
+        raise NotImplementedError
+
+    def install(
+        self, gate: GateParams | None = None, capture_layers: Sequence[int] | None = None
+    ) -> Any:
+        """Install (or replace) the routing gate and/or the residual capture on the chosen
+        layers; the hooks' description (``dict``: runner, model, layers, dtype, device)."""
+        args: tuple[Any, ...] = (None if gate is None else gate.to_wire(),)
+        if capture_layers:
+            args += (list(capture_layers),)
+        return self._call("install", args)
+
+    def uninstall(self) -> Any:
+        return self._call("uninstall", ())
+
+    def status(self) -> Any:
+        """Hook state (``dict``): installed, layers, how often it fired, records held."""
+        return self._call("status", ())
+
+    def verdicts(self, ids: Sequence[str], release: Sequence[str] = ()) -> Any:
+        """``dict[str, Verdict]`` of the ids the worker has seen; ``release``: ids to forget
+        after this read."""
+        return self._call("verdicts", (list(ids), list(release)), _verdicts)
+
+    def pop_captures(self, ids: Sequence[str]) -> Any:
+        """Captured residuals by capture id (``dict[str, bytes]``), removed on return."""
+        return self._call("pop_captures", (list(ids),))
+
+
+class WorkerClient(_WorkerCalls):
+    """The worker calls on a ``vllm.LLM`` (answers returned directly)."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def _call(
+        self, method: str, args: tuple[Any, ...], parse: Callable[[Any], Any] | None = None
+    ) -> Any:
+        answer = self.llm.collective_rpc(RPC_PREFIX + method, args=args)[0]
+        return answer if parse is None else parse(answer)
+
+
+class AsyncWorkerClient(_WorkerCalls):
+    """The worker calls on an ``AsyncLLM`` (every method returns an awaitable)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    async def _call(
+        self, method: str, args: tuple[Any, ...], parse: Callable[[Any], Any] | None = None
+    ) -> Any:
+        answer = (await self.engine.collective_rpc(RPC_PREFIX + method, args=args))[0]
+        return answer if parse is None else parse(answer)
