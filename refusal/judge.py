@@ -95,7 +95,8 @@ _SCRIPT_FOLD = str.maketrans(
 _ARABIC_MARKS = re.compile("[\u064b-\u0652\u0670\u0591-\u05c7]")  # Arabic harakat, Hebrew points
 _KHMER_COENG_DA = re.compile("\u17d2\u178a")  # coeng DA and coeng TA are written interchangeably
 _SPACES = re.compile(r"\s+")
-_LEADING_NOISE = re.compile(r"^[\W_]+")
+# Punctuation, markdown and list enumerators ("1. **Title**: I can't ...") before the first word.
+_LEADING_NOISE = re.compile(r"^(?:[\W_]|\d{1,2}[.)](?=\s))+")
 _SENTENCE_END = re.compile("[.!?;。！？።።।॥။။។៕؟۔]")
 
 
