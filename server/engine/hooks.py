@@ -46,7 +46,7 @@ def check_runner(runner: Any, vllm_config: Any) -> None:
         raise GuardrailStartupError(
             f"model runner {name} is not vLLM's V1 model runner: babelgate's per-request hook "
             "reads the V1 runner's batch layout. Start vLLM with VLLM_USE_V2_MODEL_RUNNER=0 "
-            "(GuardedEngine sets it for you unless the environment overrides it)"
+            "(babelgate sets it before any engine starts unless the environment overrides it)"
         )
     if vllm_config.compilation_config.mode != CompilationMode.NONE:
         raise GuardrailStartupError(

@@ -4,7 +4,8 @@ Runs in the vLLM worker. vLLM packs every scheduled request's new tokens into on
 rows; the layout changes every step (requests join, finish, get preempted, prefill in chunks).
 Interventions must therefore be per request and per step: ``read_step`` turns the runner's state
 at forward time into a list of ``RowSpan`` (rows, absolute positions, prompt length, the
-request's ``extra_args``), built once per forward by a pre-hook on the decoder stack.
+request's ``extra_args``), built once per forward by a pre-hook on the first hooked decoder
+layer (the stack's own hooks never fire).
 
 Facts relied on (``v1/worker/gpu_model_runner.py``, vLLM 0.32; re-checked at install by
 ``check_runner``): ``_update_states`` and ``_prepare_inputs`` have run before the forward, so

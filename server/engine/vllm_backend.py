@@ -7,7 +7,7 @@ Face ``hidden_states[L + 1]``) at the last prompt token for every requested laye
 backend pops the vectors by id. Prompts are the chat template with one user turn and the
 generation prompt, rendered by the same function as the transformers backend, so both see the
 same token ids; they agree to float32 rounding of a different kernel order (see
-``tests/test_vllm_backend.py`` for the measured tolerance).
+``tests/test_vllm_engine.py`` for the measured tolerance).
 """
 
 from __future__ import annotations
