@@ -186,7 +186,8 @@ def main() -> int:
     bind_cpu_threads()  # before either server starts: both compute on the same cores
     if is_embedded(args.model):
         # vllm serve gets the converted folder; babelgate the shipped calibration of the model.
-        args.artifact = args.artifact or str(shipped_artifact(args.model) or "") or None
+        if args.artifact is None and (shipped := shipped_artifact(args.model)) is not None:
+            args.artifact = str(shipped)
         args.model = str(ensure_embedded_model(args.model))
     prompts = load_prompts(args.num_prompts)
     levels = [int(c) for c in args.concurrency.split(",")]

@@ -36,10 +36,15 @@ class ScoredPool:
         object.__setattr__(self, "labels", y)
 
 
+def not_test(texts: Sequence[str], test_texts: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the train texts that may be drawn: those that are not a test text."""
+    banned = set(test_texts)
+    return np.array([t not in banned for t in texts], dtype=bool)
+
+
 def usable_train(train: ScoredPool, test_texts: Sequence[str]) -> dict[int, np.ndarray]:
     """Indices of train rows per label that may be drawn: those whose text is not a test text."""
-    banned = set(test_texts)
-    ok = np.array([t not in banned for t in train.texts], dtype=bool)
+    ok = not_test(train.texts, test_texts)
     return {label: np.flatnonzero(ok & (train.labels == label)) for label in (0, 1)}
 
 
@@ -48,9 +53,7 @@ def draw_k(
 ) -> np.ndarray:
     """Indices into ``train`` of k harmful and k harmless rows drawn without replacement
     (``gate.kshot``), never a row whose text is a test text."""
-    banned = set(test_texts)
-    usable = [t not in banned for t in train.texts]
-    return kshot_indices(train.labels, k, rng, usable=usable)
+    return kshot_indices(train.labels, k, rng, usable=not_test(train.texts, test_texts))
 
 
 def recalibrated_threshold(

@@ -180,7 +180,7 @@ JUDGE_AGREEMENT_BAR = 0.9
 def _weak_judge_languages(report: dict[str, Any]) -> dict[str, float]:
     """Evaluated languages where the report's judge agrees with the hand labels < the bar."""
     agree = (report.get("judge_agreement") or {}).get("judges", {})
-    per = agree.get(report["judge"]["name"]) or agree.get("refusal-markers") or {}
+    per = agree.get(report["judge"]["name"], {})
     return {
         lang: per[lang]["agreement"]
         for lang in report["languages"]

@@ -35,7 +35,7 @@ from evaluation.defaults import (
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
 )
-from evaluation.kshot import DEFAULT_KS, recalibrated_threshold
+from evaluation.kshot import DEFAULT_KS, not_test, recalibrated_threshold
 from evaluation.mmlu import format_prompt, letter_token_ids, load_questions, sample_questions
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
 from evaluation.portable import source_name
@@ -132,8 +132,7 @@ def load_languages(options: EvalOptions, data_source: str) -> tuple[list[Languag
 
 def _fit_indices(lang: LanguageData, k: int, seed: int) -> np.ndarray:
     """Up to k per class of the train pool for the baselines (never a test text)."""
-    banned = {p.text for p in lang.test}
-    usable = [p.text not in banned for p in lang.train]
+    usable = not_test([p.text for p in lang.train], [p.text for p in lang.test])
     labels = [p.label for p in lang.train]
     rng = kshot_rng(seed, lang.language, "baseline-fit", k)
     return kshot_indices(labels, k, rng, usable=usable, allow_fewer=True)

@@ -77,8 +77,7 @@ QWEN_CODER = EmbeddedModel(
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {m.slug: m for m in (SMOLLM2, QWEN_CODER)}
 
 DEFAULT_EMBEDDED = QWEN_CODER
-"""What ``--model`` means when omitted (README: "Which embedded model `make run` serves")."""
-EMBEDDED_MODEL_ID = DEFAULT_EMBEDDED.id
+"""What ``--model`` means when omitted (README: "The embedded models" says why this one)."""
 
 # Names accepted for each embedded model besides ``embedded:<slug>`` (older ids, upstream names).
 _ALIASES = {
