@@ -1,11 +1,11 @@
-"""The evaluation's engine: one vLLM engine with babelgate's hook and the baselines beside it.
+"""The evaluation's engine: one vLLM engine with babelgate's guard and the baselines beside it.
 
 Runs in the CLI process (vLLM's engine core and worker run in their own). The engine is started
-like every guarded engine (``server.engine.startup.prepare``) but with ``BaselineWorkerExtension``
-(babelgate's worker extension plus AdaSteer, CAST and the fitting capture), and ``GuardedLLM``
-attaches to it, so routing requests go through exactly the serving path (checks, hook install,
-self-check, per-request ``extra_args``, cache salts) and the baselines run in the same hook
-machinery. Every request kind the evaluation needs is a method: gate scores (shadow prefill),
+like every guarded engine (``server.engine.startup.prepare``), eagerly and with
+``BaselineWorkerExtension`` (AdaSteer, CAST and the fitting capture as Python hooks), and
+``GuardedLLM`` attaches to it, so routing requests go through exactly the serving path (checks,
+the guard in the model, self-check, per-request ``extra_args``, cache salts) while the baselines
+run beside it. Every request kind the evaluation needs is a method: gate scores (shadow prefill),
 fitting captures, guarded and baseline generations, MMLU letters.
 """
 
@@ -81,6 +81,7 @@ class EvalEngine:
             "dtype": dtype,
             "kv_cache_memory_bytes": kv_cache_memory_bytes,  # None: the guard's CPU default
             "worker_extension_cls": BASELINE_WORKER_EXTENSION,
+            "enforce_eager": True,  # the baselines are Python hooks (evaluation.baselines.hooks)
             "seed": seed,
         }
         plan = prepare(model, artifact, options)

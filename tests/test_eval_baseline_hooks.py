@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from evaluation.baselines.fitting import cast_score, fit_adasteer, fit_cast
+from evaluation.baselines.hooks import RowSpan
 from evaluation.baselines.interventions import (
     BASELINE_CAPTURE_KEY,
     BASELINE_KEY,
@@ -15,7 +16,6 @@ from evaluation.baselines.interventions import (
     CastIntervention,
     PromptCapture,
 )
-from server.engine.step import RowSpan
 
 N_LAYERS, D = 8, 6
 

@@ -22,7 +22,7 @@ from gate.estimator import ThresholdRecord
 from server.admin_store import ThresholdStore
 from server.app import chat, create_app
 from server.app.service import Engine
-from server.engine.interventions import GuardRecord
+from server.engine.runtime import GuardRecord
 from server.engine.types import GuardParams, Verdict
 from server.metrics import ServerMetrics
 from server.refusal_templates import refusal_text

@@ -1,5 +1,6 @@
 """Fast checks of the vLLM integration's pure parts: guard parameters, cache salts, refusals
-before vLLM starts, the row map arithmetic and the architecture check on real modules."""
+before vLLM starts, engine options (worker, guard spec, compile-cache key), the row map
+arithmetic and the architecture check on real modules."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from server.engine.hooks import decoder_layers
+from evaluation.baselines.hooks import RowSpan
+from server.engine.guard_graph import GuardSpec
+from server.engine.model import decoder_layers
 from server.engine.startup import check_model_config, guarded_engine_kwargs, prepare_environment
-from server.engine.step import RowSpan
 from server.engine.types import (
     INTERVENING_POLICIES,
     POLICIES,
@@ -19,6 +21,8 @@ from server.engine.types import (
     Verdict,
     policy_intervention,
 )
+
+SPEC = GuardSpec((3,))
 
 
 def unit(d: int, seed: int) -> np.ndarray:
@@ -80,36 +84,50 @@ def test_verdict_round_trips_and_names_its_decision():
     assert v.decision == "harmful" and v.intervened
 
 
-def test_compiled_mode_and_foreign_worker_extension_are_refused():
-    with pytest.raises(GuardrailStartupError, match="enforce_eager"):
-        guarded_engine_kwargs({"enforce_eager": False})
-    with pytest.raises(GuardrailStartupError, match="worker extension"):
-        guarded_engine_kwargs({"worker_extension_cls": "pkg.Other"})
-    with pytest.raises(GuardrailStartupError, match="worker extension"):
-        guarded_engine_kwargs({"worker_extension_cls": "server.engine.types.GateParams"})
-    kwargs = guarded_engine_kwargs({"max_model_len": 512})
-    assert kwargs["enforce_eager"] is True and kwargs["max_model_len"] == 512
+def test_engine_options_carry_the_worker_and_the_guard_spec_in_both_modes():
+    from server.engine.guard_graph import graph_code_version
+    from server.engine.worker import WORKER_CLASSES
+
+    for eager in (None, True, False):  # compiled (vLLM's default) and eager alike
+        kwargs = guarded_engine_kwargs({"enforce_eager": eager, "max_model_len": 512}, SPEC)
+        assert kwargs["worker_cls"] == WORKER_CLASSES["cpu"]  # no GPU here
+        assert kwargs["enforce_eager"] is eager and kwargs["max_model_len"] == 512
+        assert kwargs["additional_config"] == {
+            "babelgate": {"read_layers": [3], "capture_layers": [], "graph": graph_code_version()}
+        }
+    mine = guarded_engine_kwargs({"additional_config": {"mine": 1}}, SPEC)["additional_config"]
+    assert mine["mine"] == 1 and "babelgate" in mine
+    kept = guarded_engine_kwargs({"worker_extension_cls": "pkg.Extra"}, SPEC)
+    assert kept["worker_extension_cls"] == "pkg.Extra"  # extensions add methods, nothing else
 
 
-def test_a_worker_extension_deriving_from_babelgates_is_kept_with_the_cpu_kv_cache():
-    from evaluation.baselines.interventions import BASELINE_WORKER_EXTENSION
-    from server.engine.startup import CPU_KV_CACHE_BYTES
-    from server.engine.worker_extension import WORKER_EXTENSION
+def test_a_foreign_worker_or_guard_spec_is_refused():
+    with pytest.raises(GuardrailStartupError, match="worker_extension_cls"):
+        guarded_engine_kwargs({"worker_cls": "pkg.Worker"}, SPEC)
+    with pytest.raises(GuardrailStartupError, match="babelgate's own"):
+        guarded_engine_kwargs({"additional_config": {"babelgate": {}}}, SPEC)
 
-    kwargs = guarded_engine_kwargs({"worker_extension_cls": BASELINE_WORKER_EXTENSION})
-    assert kwargs["worker_extension_cls"] == BASELINE_WORKER_EXTENSION
-    assert kwargs["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES  # no GPU here
-    assert guarded_engine_kwargs({})["worker_extension_cls"] == WORKER_EXTENSION
+
+def test_the_compile_cache_key_changes_with_the_guard_spec():
+    """vLLM keys its compile cache on ``VllmConfig.compute_hash``, which hashes
+    ``additional_config``: engines with different guards (or none) never share a graph."""
+    from vllm.config import VllmConfig
+
+    def key(spec: GuardSpec | None) -> str:
+        extra = {} if spec is None else spec.additional_config()
+        return VllmConfig(additional_config=extra).compute_hash()
+
+    keys = {key(None), key(SPEC), key(GuardSpec((2, 3))), key(GuardSpec((3,), (0, 1)))}
+    assert len(keys) == 4
 
 
 def test_cpu_engine_gets_a_fixed_kv_cache_unless_memory_is_configured():
     from server.engine.startup import CPU_KV_CACHE_BYTES
 
-    assert guarded_engine_kwargs({})["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES  # no GPU here
-    assert guarded_engine_kwargs({"kv_cache_memory_bytes": 1 << 30})["kv_cache_memory_bytes"] == (
-        1 << 30
-    )
-    kwargs = guarded_engine_kwargs({"gpu_memory_utilization": 0.5})
+    assert guarded_engine_kwargs({}, SPEC)["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    one_gib = {"kv_cache_memory_bytes": 1 << 30}
+    assert guarded_engine_kwargs(one_gib, SPEC)["kv_cache_memory_bytes"] == 1 << 30
+    kwargs = guarded_engine_kwargs({"gpu_memory_utilization": 0.5}, SPEC)
     assert "kv_cache_memory_bytes" not in kwargs and kwargs["gpu_memory_utilization"] == 0.5
 
 
@@ -163,32 +181,6 @@ def test_row_span_finds_the_last_prompt_token_only_in_its_chunk():
     assert list(first.rows_from_position(9)) == []
 
 
-def test_multi_layer_gate_sums_its_layers_dot_products_and_decides_at_the_last():
-    from server.engine.interventions import RoutingIntervention
-
-    d = 8
-    u = np.stack([unit(d, 3), unit(d, 4)]) * 2
-    gp = GateParams(5, u, 0.5, unit(d, 1), 1.0, "fp", read_layers=(2, 5))
-    assert GateParams.from_wire(gp.to_wire()).read_layers == (2, 5)
-    with pytest.raises(ValueError, match="end at the decision layer"):
-        GateParams(2, u, 0.5, unit(d, 1), 1.0, "fp", read_layers=(2, 5))
-    hook = RoutingIntervention(gp, torch.device("cpu"), torch.float32)
-    assert hook.layers() == (2, 5)
-    params = {"id": "b1", "language": "en", "policy": "shadow", "threshold": 0.0,
-              "threshold_source": "default"}
-    step = [RowSpan("r1", start=0, stop=3, first_pos=0, num_prompt=3,
-                    extra={"babelgate": params})]
-    rng = np.random.default_rng(0)
-    h2, r2, h5, r5 = (torch.from_numpy(rng.standard_normal((3, d)).astype(np.float32))
-                      for _ in range(4))
-    hook.on_layer(2, h2, r2, step)
-    assert hook.verdicts(["b1"], [])["b1"]["score"] is None, "no decision before the last layer"
-    hook.on_layer(5, h5, r5, step)
-    expected = float((h2[2] + r2[2]).double() @ torch.from_numpy(u[0]).double()
-                     + (h5[2] + r5[2]).double() @ torch.from_numpy(u[1]).double() + 0.5)
-    assert hook.verdicts(["b1"], [])["b1"]["score"] == pytest.approx(expected, rel=1e-6)
-
-
 class FakeLLM:
     """``collective_rpc`` of a two-worker engine: each worker answers with its rank."""
 
@@ -217,20 +209,20 @@ def test_worker_clients_send_the_extension_methods_and_read_rank_0():
     llm = FakeLLM()
     client = WorkerClient(llm)
     assert client.install(gate) == {"rank": 0}
-    client.install(None, [1, 2])
+    client.describe()
     client.status()
     client.uninstall()
     client.pop_captures(["c"])
     verdicts = client.verdicts(["a", "b"], ["a"])
     assert verdicts["a"].score == 1.0 and "b" not in verdicts
     assert [(m, a) for m, a in llm.calls if m != "babelgate_install"] == [
+        ("babelgate_describe", ()),
         ("babelgate_status", ()),
         ("babelgate_uninstall", ()),
         ("babelgate_pop_captures", (["c"],)),
         ("babelgate_verdicts", (["a", "b"], ["a"])),
     ]
     assert llm.calls[0][1][0]["fingerprint"] == "fp" and len(llm.calls[0][1]) == 1
-    assert llm.calls[1] == ("babelgate_install", (None, [1, 2]))
 
     aengine = FakeAsyncLLM()
     aclient = AsyncWorkerClient(aengine)
@@ -258,7 +250,7 @@ def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_pa
     from gate.artifact import ArtifactError
     from gate.estimator import GateConfig, HarmfulnessGate
     from server.engine.startup import CPU_KV_CACHE_BYTES, prepare
-    from server.engine.worker_extension import WORKER_EXTENSION
+    from server.engine.worker import WORKER_CLASSES
 
     model = toy_model(tmp_path / "toy")
     params = GateParams(3, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
@@ -266,9 +258,17 @@ def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_pa
     assert (plan.model_id, plan.load_path) == (model, model) and plan.gate is params
     assert plan.estimator is None and plan.model_info.hidden_size == 8
     assert plan.engine_kwargs == {
-        "max_model_len": 64, "enforce_eager": True, "worker_extension_cls": WORKER_EXTENSION,
+        "max_model_len": 64, "worker_cls": WORKER_CLASSES["cpu"],
+        "additional_config": GuardSpec((3,)).additional_config(),
         "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
     }  # fmt: skip
+    backend = prepare(model, None, {}, read_layers=(1, 3), capture_all_layers=True)
+    assert backend.engine_kwargs["additional_config"] == GuardSpec(
+        (1, 3), (0, 1, 2, 3)
+    ).additional_config()
+    early = GateParams(1, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
+    with pytest.raises(GuardrailStartupError, match="last layer read is the deciding one"):
+        prepare(model, early, {}, read_layers=(3,))
 
     rng = np.random.default_rng(0)
     acts = rng.standard_normal((16, 8)) + np.r_[np.full((8, 1), 2.0), np.zeros((8, 1))]
@@ -287,15 +287,13 @@ def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_pa
     with pytest.raises(GuardrailStartupError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
         prepare(model, params)
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
-    with pytest.raises(GuardrailStartupError, match="enforce_eager"):
-        prepare(model, params, {"enforce_eager": False})
 
 
-def test_every_client_call_names_a_method_of_its_worker_extension():
+def test_every_client_call_names_a_method_of_its_worker():
     from evaluation.baselines.interventions import BaselineWorkerExtension
     from evaluation.engine import BaselineWorkerClient
     from server.engine.rpc import RPC_PREFIX, WorkerClient
-    from server.engine.worker_extension import BabelgateWorkerExtension
+    from server.engine.worker import GuardWorkerMixin
 
     def calls(client: type) -> set[str]:
         return {n for n in dir(client) if not n.startswith("_") and callable(getattr(client, n))}
@@ -303,5 +301,5 @@ def test_every_client_call_names_a_method_of_its_worker_extension():
     def methods(extension: type) -> set[str]:
         return {n.removeprefix(RPC_PREFIX) for n in dir(extension) if n.startswith(RPC_PREFIX)}
 
-    assert calls(WorkerClient) == methods(BabelgateWorkerExtension)
-    assert calls(BaselineWorkerClient) == methods(BaselineWorkerExtension)
+    assert calls(WorkerClient) == methods(GuardWorkerMixin)
+    assert calls(BaselineWorkerClient) == methods(BaselineWorkerExtension) | methods(GuardWorkerMixin)

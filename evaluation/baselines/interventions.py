@@ -23,12 +23,12 @@ routing:
 - ``PromptCapture`` records, for fitting, the last-prompt-token residual and the mean of the
   prompt's residuals at every layer (``extra_args[BASELINE_CAPTURE_KEY] = id``).
 
-Hook point used beyond ``RoutingIntervention``'s: nothing new. The per-step ``RowSpan`` (rows,
-first position, prompt length) is enough to find a request's prompt rows across chunks. What
-the shared worker extension does not offer is installing extra interventions: the subclass
-``BaselineWorkerExtension`` below adds that and must be the engine's ``worker_extension_cls``
-(``guarded_engine_kwargs`` accepts subclasses of the base class; the eval starts ``vllm.LLM``
-with it and attaches ``GuardedLLM`` to it).
+They run as eager Python hooks (``evaluation.baselines.hooks``): their per-request state
+(sums over chunks, coefficients) and row indexing are data-dependent, unlike routing's
+fixed-shape maths inside the model. The per-step ``RowSpan`` (rows, first position, prompt
+length) is enough to find a request's prompt rows across chunks. ``BaselineWorkerExtension``
+below is the evaluation engine's ``worker_extension_cls``, mixed into babelgate's worker (the
+eval starts ``vllm.LLM`` eagerly with it and attaches ``GuardedLLM`` to it).
 """
 
 from __future__ import annotations
@@ -40,10 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.engine.hooks import GuardHooks, check_layers, check_runner
-from server.engine.interventions import Intervention
-from server.engine.step import RowSpan
-from server.engine.worker_extension import BabelgateWorkerExtension
+from evaluation.baselines.hooks import GuardHooks, Intervention, RowSpan
 
 BASELINE_KEY = "babelgate_baseline"
 BASELINE_CAPTURE_KEY = "babelgate_baseline_capture"
@@ -371,16 +368,12 @@ class PromptCapture:
         return {cid: self.captured.pop(cid).tobytes() for cid in ids if cid in self.captured}
 
 
-class BaselineWorkerExtension(BabelgateWorkerExtension):
-    """babelgate's worker extension plus the baselines and the fitting capture."""
+class BaselineWorkerExtension:
+    """The baselines and the fitting capture, mixed into babelgate's worker
+    (``worker_extension_cls``; routing is the worker's own, inside the model)."""
 
     _babelgate_baselines: tuple[Intervention, ...] = ()
-
-    def babelgate_install(
-        self, gate: dict[str, Any] | None = None, capture_layers: list[int] | None = None
-    ) -> dict[str, Any]:
-        info = super().babelgate_install(gate, capture_layers)
-        return self._babelgate_rehook() if self._babelgate_baselines else info
+    _babelgate_hooks: GuardHooks | None = None
 
     def babelgate_install_baselines(
         self,
@@ -389,9 +382,8 @@ class BaselineWorkerExtension(BabelgateWorkerExtension):
         prompt_capture: bool = False,
     ) -> dict[str, Any]:
         """Install (replacing earlier ones) the baselines fitted per language, and/or the
-        fitting capture, beside the installed gate; describe the hooks."""
+        fitting capture, as eager forward hooks; describe them."""
         runner = self.model_runner  # type: ignore[attr-defined]
-        check_runner(runner, self.vllm_config)  # type: ignore[attr-defined]
         model = runner.get_model()
         param = next(model.parameters())
         num_layers = int(model.config.num_hidden_layers)
@@ -402,21 +394,15 @@ class BaselineWorkerExtension(BabelgateWorkerExtension):
             chosen.append(CastIntervention(cast, param.device, param.dtype))
         if prompt_capture:
             chosen.append(PromptCapture(num_layers))
-        check_layers(model, chosen)
-        self._babelgate_baselines = tuple(chosen)
-        return self._babelgate_rehook()
-
-    def _babelgate_rehook(self) -> dict[str, Any]:
-        runner = self.model_runner  # type: ignore[attr-defined]
+        hooks = GuardHooks(runner, self.vllm_config, chosen)  # type: ignore[attr-defined]
         if self._babelgate_hooks is not None:
             self._babelgate_hooks.remove()
-        base = [i for i in (self._babelgate_routing, self._babelgate_capture) if i is not None]
-        hooks = GuardHooks(runner, [*base, *self._babelgate_baselines])
         self._babelgate_hooks = hooks
+        self._babelgate_baselines = tuple(chosen)
         return {
             "layers": hooks.layers,
-            "baselines": [i.name for i in self._babelgate_baselines],
-            "model": type(runner.get_model()).__name__,
+            "baselines": [i.name for i in chosen],
+            "model": type(model).__name__,
         }
 
     def _babelgate_find(self, cls: type) -> Any:

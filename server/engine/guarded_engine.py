@@ -1,9 +1,10 @@
-"""``GuardedEngine``: vLLM's ``AsyncLLM`` with the babelgate hook, for the API server.
+"""``GuardedEngine``: vLLM's ``AsyncLLM`` with babelgate's guard, for the API server.
 
 Runs in the API-server process (vLLM's engine core and worker run in their own processes).
 ``start`` refuses to return an engine that would serve unguarded: it checks the artifact against
-the model's config, the architecture and the runner, installs the hook on decoder layer L and
-sends a self-check request that must come back scored. Per request, the guard parameters travel
+the model's config, the architecture and the runner, loads the gate into the guard the engine
+was built with (inside the decoder layers it reads, compiled or eager) and sends a self-check
+request that must come back scored. Per request, the guard parameters travel
 in ``SamplingParams.extra_args["babelgate"]``; the verdict is decided inside the request's own
 prefill and fetched from the worker by babelgate id (``collective_rpc``, no second forward pass).
 Concurrent verdict fetches are coalesced into one RPC, so the cost per step stays one round trip
@@ -39,7 +40,7 @@ def _launch(
     artifact_path: str | Path | GateParams,
     engine_kwargs: dict[str, Any] | None,
 ) -> tuple[AsyncLLM, GateParams, str]:
-    """The engine (processes started, hook not yet installed), the gate and the model id;
+    """The engine (processes started, gate not yet loaded), the gate and the model id;
     raises before any process starts when the artifact or the model does not fit."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -134,7 +135,7 @@ class GuardedEngine:
         return await self.worker.status()
 
     async def self_check(self) -> None:
-        """One shadow request must fire the hook and come back scored, else refuse."""
+        """One shadow request must run as a guarded step and come back scored, else refuse."""
         from vllm import SamplingParams
 
         before = await self.status()

@@ -3,7 +3,8 @@
 Runs in the caller's process (vLLM's engine core and worker run in their own). Text prompts are
 rendered with the model's chat template (one user turn, generation prompt) by the same function
 the transformers backend uses, so token ids match the reference exactly. The start sequence is
-the same as the server's ``GuardedEngine``: checks, hook installation, a self-check request.
+the same as the server's ``GuardedEngine``: checks, loading the gate into the engine's guard, a
+self-check request.
 """
 
 from __future__ import annotations
@@ -41,14 +42,15 @@ class GuardedOutput:
 
 
 class GuardedLLM:
-    """A ``vllm.LLM`` with babelgate's hook installed and self-checked.
+    """A ``vllm.LLM`` with babelgate's guard loaded and self-checked.
 
     ``model``: None/"embedded", a local folder or a hub id. ``gate``: a fitted
     ``HarmfulnessGate``, an artifact directory (checked against the model's config) or
-    ``GateParams``. ``engine_kwargs`` go to ``vllm.LLM`` (``enforce_eager`` is forced on).
-    ``llm``: attach to a running ``vllm.LLM`` started with babelgate's worker extension (e.g.
-    a ``VLLMBackend``'s, so one engine can first read activations, then serve the gate fitted
-    on them).
+    ``GateParams``. ``engine_kwargs`` go to ``vllm.LLM`` (compiled by default,
+    ``enforce_eager=True`` for eager mode: the guard is the same in both). ``llm``: attach to a
+    running ``vllm.LLM`` started by ``server.engine.startup.prepare`` whose guard reads the
+    gate's layers (e.g. a ``VLLMBackend``'s built with ``read_layers``, so one engine can
+    first read activations, then serve the gate fitted on them).
     """
 
     def __init__(

@@ -1,9 +1,9 @@
-"""Calls into babelgate's worker extension (``collective_rpc``), one method per worker method.
+"""Calls into babelgate's worker (``collective_rpc``), one method per worker method.
 
 Runs in the process that holds the engine (API server, CLI, tests, benchmark). Every worker
 answers (tensor-parallel ranks hold identical guard state); the clients return rank 0's answer.
 ``WorkerClient`` wraps ``vllm.LLM``, ``AsyncWorkerClient`` wraps ``AsyncLLM`` (its methods return
-awaitables); both send the same calls, named like the worker methods in ``worker_extension``
+awaitables); both send the same calls, named like the methods of ``worker.GuardWorkerMixin``
 without their ``babelgate_`` prefix.
 """
 
@@ -29,21 +29,21 @@ class _WorkerCalls:
     ) -> Any:
         raise NotImplementedError
 
-    def install(
-        self, gate: GateParams | None = None, capture_layers: Sequence[int] | None = None
-    ) -> Any:
-        """Install (or replace) the routing gate and/or the residual capture on the chosen
-        layers; the hooks' description (``dict``: runner, model, layers, dtype, device)."""
-        args: tuple[Any, ...] = (None if gate is None else gate.to_wire(),)
-        if capture_layers:
-            args += (list(capture_layers),)
-        return self._call("install", args)
+    def install(self, gate: GateParams) -> Any:
+        """Load (or replace) the routing gate's values in the guard the engine was built with;
+        where the guard sits (``dict``: runner, model, layers, capture_layers, compilation
+        mode, dtype, device)."""
+        return self._call("install", (gate.to_wire(),))
+
+    def describe(self) -> Any:
+        """Where the guard sits (the same ``dict`` as ``install``), without loading a gate."""
+        return self._call("describe", ())
 
     def uninstall(self) -> Any:
         return self._call("uninstall", ())
 
     def status(self) -> Any:
-        """Hook state (``dict``): installed, layers, how often it fired, records held."""
+        """Guard state (``dict``): gate loaded, layers, guarded steps, records and slots held."""
         return self._call("status", ())
 
     def verdicts(self, ids: Sequence[str], release: Sequence[str] = ()) -> Any:

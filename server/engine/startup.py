@@ -3,13 +3,13 @@
 Runs in the process that creates the engine (API server, CLI, tests, benchmark). Everything
 before vLLM starts is one call, ``prepare`` (used by the async ``GuardedEngine``, the offline
 ``GuardedLLM``, the ``VLLMBackend`` and the evaluation's engine), so all refuse the same setups
-with the same messages: before vLLM starts (unsupported architecture, compiled mode, Model Runner
-V2 forced on) and after (hook not installed on the decoder layer, hook never fired, no score).
+with the same messages: before vLLM starts (unsupported architecture, Model Runner V2 forced on, a
+foreign worker class) and after (gate layers not in the engine's guard, no guarded step, no
+score).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.engine.guard_graph import GuardSpec
+from server.engine.model import SUPPORTED_ARCHITECTURES
 from server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
-from server.engine.worker_extension import WORKER_EXTENSION, BabelgateWorkerExtension
+from server.engine.worker import WORKER_CLASSES
 
 if TYPE_CHECKING:
     from gate.artifact import ModelInfo
@@ -56,7 +58,7 @@ def bind_cpu_threads() -> None:
 
 
 def prepare_environment() -> None:
-    """Select the V1 model runner (the one the hook's row map was verified on), refusing an
+    """Select the V1 model runner (the one the guard's row map was verified on), refusing an
     environment that forces Model Runner V2, and bind the CPU threads (``bind_cpu_threads``).
     Must run before the engine processes start."""
     bind_cpu_threads()
@@ -69,38 +71,31 @@ def prepare_environment() -> None:
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
 
 
-def _check_worker_extension(qualname: Any) -> str:
-    """The ``worker_extension_cls`` to start with: babelgate's, or a class deriving from it (by
-    import path, as vLLM takes it)."""
-    if qualname in (None, WORKER_EXTENSION):
-        return WORKER_EXTENSION
-    why = ""
-    if isinstance(qualname, str):
-        module, _, name = qualname.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError) as err:
-            why = f" (cannot import it: {err})"
-        else:
-            if isinstance(cls, type) and issubclass(cls, BabelgateWorkerExtension):
-                return qualname
-    raise GuardrailStartupError(
-        f"worker_extension_cls={qualname!r} would replace babelgate's worker extension "
-        f"({WORKER_EXTENSION}){why}: combine both in one class deriving from it"
-    )
+def worker_class() -> str:
+    """babelgate's worker for this platform (``server.engine.worker``)."""
+    # lazy: vllm is imported only where an engine starts
+    from vllm.platforms import current_platform
+
+    return WORKER_CLASSES["cpu" if current_platform.is_cpu() else "gpu"]
 
 
-def guarded_engine_kwargs(user: dict[str, Any] | None) -> dict[str, Any]:
-    """The caller's engine options plus what the guard needs (eager mode, the worker extension
-    or a subclass of it, a KV-cache size on CPU), refusing options that contradict it."""
+def guarded_engine_kwargs(user: dict[str, Any] | None, spec: GuardSpec) -> dict[str, Any]:
+    """The caller's engine options plus what the guard needs (babelgate's worker, the guard's
+    shape in ``additional_config``, a KV-cache size on CPU), refusing options that contradict
+    it. Compiled (vLLM's default) and eager (``enforce_eager=True``) both run the guard."""
     kwargs = dict(user or {})
-    if kwargs.get("enforce_eager") is False:
+    if kwargs.get("worker_cls") not in (None, "auto"):
         raise GuardrailStartupError(
-            "enforce_eager=False (compiled mode) is refused: a hook registered after start "
-            "never fires in vLLM's compiled graphs. Leave enforce_eager unset or True"
+            f"worker_cls={kwargs['worker_cls']!r} would replace babelgate's worker, which puts "
+            "the guard into the model: pass extra worker methods as worker_extension_cls"
         )
-    kwargs["enforce_eager"] = True
-    kwargs["worker_extension_cls"] = _check_worker_extension(kwargs.get("worker_extension_cls"))
+    kwargs["worker_cls"] = worker_class()
+    additional = dict(kwargs.get("additional_config") or {})
+    if "babelgate" in additional:
+        raise GuardrailStartupError(
+            "additional_config['babelgate'] is babelgate's own: leave it to server.engine.startup"
+        )
+    kwargs["additional_config"] = {**additional, **spec.additional_config()}
     if kwargs.get("gpu_memory_utilization") is None and kwargs.get("kv_cache_memory_bytes") is None:
         from vllm.platforms import current_platform
 
@@ -116,8 +111,6 @@ def guarded_engine_kwargs(user: dict[str, Any] | None) -> dict[str, Any]:
 
 def check_model_config(config: dict[str, Any]) -> None:
     """Refuse unsupported architectures by name before spending a minute starting vLLM."""
-    from server.engine.hooks import SUPPORTED_ARCHITECTURES
-
     archs = list(config.get("architectures") or [])
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         raise GuardrailStartupError(
@@ -133,7 +126,7 @@ class EnginePlan:
     model_id: str  # the id artifacts record (hub id, embedded model id, or absolute folder)
     load_path: str  # what vLLM opens
     config: dict[str, Any]  # the model's config.json
-    gate: GateParams | None  # what the hook evaluates (None: no gate given)
+    gate: GateParams | None  # what the guard evaluates (None: no gate given)
     estimator: HarmfulnessGate | None  # the fitted gate, when given one or its artifact
     engine_kwargs: dict[str, Any] | None  # vLLM options with the guard's (None: start=False)
 
@@ -150,6 +143,8 @@ def prepare(
     engine_kwargs: dict[str, Any] | None = None,
     *,
     start: bool = True,
+    read_layers: tuple[int, ...] = (),
+    capture_all_layers: bool = False,
 ) -> EnginePlan:
     """Everything before vLLM starts, refusing (``GuardrailStartupError``) what cannot be served
     guarded: the environment (``prepare_environment``), the model (``resolve_model``, its
@@ -157,6 +152,11 @@ def prepare(
     directory, checked against the model's config, or ready ``GateParams``) and the engine
     options (``guarded_engine_kwargs``). ``start=False``: the engine runs already (attaching to
     it), so only the model and the gate are checked.
+
+    The engine's guard shape (``GuardSpec``, traced into the compiled model) reads the gate's
+    layers plus ``read_layers`` (so gates reading any subset of them and deciding at the last
+    can be loaded later) and, with ``capture_all_layers``, captures every layer's residual at
+    the last prompt token (the activation backend).
     """
     from gate.hf.model_source import load_model_config, resolve_model
 
@@ -177,7 +177,15 @@ def prepare(
             expect = model_info_from_config(model_id, config)
             estimator = HarmfulnessGate.load(gate, expect_model=expect)
         params = GateParams.from_gate(estimator)
-    kwargs = guarded_engine_kwargs(engine_kwargs) if start else None
+    reads = tuple(sorted({*read_layers, *(params.read_layers if params else ())}))
+    if params is not None and reads[-1] != params.layer:
+        raise GuardrailStartupError(
+            f"the gate decides at layer {params.layer} but the engine would also read layers "
+            f"after it ({list(reads)}): the last layer read is the deciding one"
+        )
+    captures = tuple(range(int(config["num_hidden_layers"]))) if capture_all_layers else ()
+    spec = GuardSpec(reads, captures)
+    kwargs = guarded_engine_kwargs(engine_kwargs, spec) if start else None
     return EnginePlan(model_id, load_path, config, params, estimator, kwargs)
 
 
@@ -192,7 +200,7 @@ def verify_install(info: dict[str, Any], gate: GateParams) -> None:
     missing = [layer for layer in gate.read_layers if layer not in info.get("layers", [])]
     if missing:
         raise GuardrailStartupError(
-            f"the hook is not installed on decoder layer(s) {missing} the gate reads (installed: "
+            f"the guard is not in decoder layer(s) {missing} the gate reads (guarded layers: "
             f"{info.get('layers')}): refusing to serve unguarded"
         )
 
@@ -200,16 +208,17 @@ def verify_install(info: dict[str, Any], gate: GateParams) -> None:
 def verify_self_check(
     verdict: Verdict | None, fires_before: int, fires_after: int, installed: bool
 ) -> None:
-    """The self-check request must have fired the hook and come back with a finite score."""
+    """The self-check request must have run as a guarded step and come back with a finite
+    score (written by the guard inside the model's forward, compiled or eager)."""
     fix = (
-        "refusing to serve unguarded; check that vLLM runs eagerly with the V1 model runner "
-        "and that the model is a supported architecture"
+        "refusing to serve unguarded; check that vLLM runs babelgate's worker with the V1 "
+        "model runner and that the model is a supported architecture"
     )
     if not installed:
-        raise GuardrailStartupError(f"self-check: the babelgate hook is not installed: {fix}")
+        raise GuardrailStartupError(f"self-check: no gate is loaded in the worker: {fix}")
     if fires_after <= fires_before:
         raise GuardrailStartupError(
-            f"self-check: the hook never fired during the self-check request: {fix}"
+            f"self-check: the self-check request never ran as a guarded step: {fix}"
         )
     if verdict is None or verdict.score is None or not math.isfinite(verdict.score):
         raise GuardrailStartupError(

@@ -2,10 +2,10 @@
 
 Runs in any process. ``GuardParams`` is what a caller (the API server, an eval script) asks for;
 it travels to the vLLM worker as ``SamplingParams.extra_args["babelgate"]`` (msgpack-able values
-only). ``GateParams`` is the gate folded to what the worker's hook evaluates: one dot product
+only). ``GateParams`` is the gate folded to what the guard in the worker evaluates: one dot product
 per layer read (``sum_j h_j @ u_j + c``) and one direction. ``Verdict`` is what the worker
 reports back per request.
-Everything here is a dataclass of builtins and numpy arrays so the hook never imports the gate
+Everything here is a dataclass of builtins and numpy arrays so the worker never imports the gate
 library's estimator and the swap between a stand-in gate and a real artifact is one line.
 """
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # The per-request policies: the one vocabulary of the settings, the API, the worker and the eval.
 Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]
 POLICIES: tuple[Policy, ...] = get_args(Policy)
-# What the hook does to a request's forward pass (``Verdict.intervention``).
+# What the guard does to a request's forward pass (``Verdict.intervention``).
 InterventionKind = Literal["steer", "ablate", "none"]
 # Every policy but routing fixes the intervention before the gate scores the request.
 FIXED_INTERVENTIONS: dict[str, InterventionKind] = {
@@ -61,8 +61,9 @@ class GuardrailStartupError(RuntimeError):
 
 @dataclass(frozen=True)
 class GateParams:
-    """The gate as the vLLM hook sees it: score ``sum_j h_j @ u_j + c`` over ``read_layers``,
-    decided (and the intervention made) at ``layer``, the last of them; direction ``v``.
+    """The gate as the worker's guard sees it: score ``sum_j h_j @ u_j + c`` over
+    ``read_layers``, decided (and the intervention made) at ``layer``, the last of them;
+    direction ``v``.
 
     ``u`` is ``(k, d)`` float32, one row per layer read (k = 1 for the paper's single-layer
     gate); ``v`` is unit-norm float32; ``alpha`` is the steering strength (METHOD §5);
@@ -113,7 +114,7 @@ class GateParams:
 
     @classmethod
     def from_gate(cls, gate: HarmfulnessGate) -> GateParams:
-        """Fold a fitted ``HarmfulnessGate`` into hook parameters."""
+        """Fold a fitted ``HarmfulnessGate`` into the guard's parameters."""
         u, c = gate.linear_form()
         if gate.direction is None or gate.alpha is None:
             raise ValueError("the gate is not fitted: load a calibrated artifact")

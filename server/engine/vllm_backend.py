@@ -1,10 +1,11 @@
 """``VLLMBackend``: the activation backend at vLLM speed (``babelgate calibrate --backend vllm``).
 
 Runs in the CLI process; vLLM's engine core and worker run in their own. Each prompt is sent as
-a one-token generation (prefill only) carrying a capture id in ``extra_args``; the worker's
-``ResidualCapture`` copies ``hidden + residual`` (the residual stream at the block output, Hugging
-Face ``hidden_states[L + 1]``) at the last prompt token for every requested layer, and the
-backend pops the vectors by id. Prompts are the chat template with one user turn and the
+a one-token generation (prefill only) carrying a capture id in ``extra_args``; the engine is
+built with a guard that captures every layer (``GuardSpec.capture_layers``): inside the forward
+it copies ``hidden + residual`` (the residual stream at the block output, Hugging Face
+``hidden_states[L + 1]``) at the last prompt token into the request's slot, and the backend pops
+the vectors by id. Prompts are the chat template with one user turn and the
 generation prompt, rendered by the same function as the transformers backend, so both see the
 same token ids; they agree to float32 rounding of a different kernel order (see
 ``tests/test_vllm_engine.py`` for the measured tolerance).
@@ -23,8 +24,8 @@ from tqdm.auto import tqdm
 from gate.activations import check_finite, check_layers
 from gate.artifact import ModelInfo
 from gate.prompt import chat_prompt_ids
-from server.engine.interventions import CAPTURE_KEY
 from server.engine.rpc import WorkerClient
+from server.engine.runtime import CAPTURE_KEY
 from server.engine.startup import prepare
 
 # Enough KV cache for a calibration batch, small enough for an 8 GiB NUMA node.
@@ -37,7 +38,9 @@ class VLLMBackend:
     """Last-prompt-token residuals through vLLM (see ``gate.activations.ActivationBackend``).
 
     ``model``: None/"embedded", a local folder or a hub id. ``llm``: reuse a running
-    ``vllm.LLM`` started with babelgate's worker extension instead of starting one.
+    ``vllm.LLM`` started by another ``VLLMBackend`` instead of starting one. ``read_layers``:
+    the engine can also serve gates reading these layers (deciding at the last), so one engine
+    can first read activations, then serve the gate fitted on them (``GuardedLLM(llm=...)``).
     """
 
     def __init__(
@@ -46,10 +49,14 @@ class VLLMBackend:
         *,
         dtype: str = "float32",
         llm: Any | None = None,
+        read_layers: tuple[int, ...] = (),
         **engine_kwargs: Any,
     ) -> None:
         options = {"kv_cache_memory_bytes": DEFAULT_KV_CACHE_BYTES, **engine_kwargs, "dtype": dtype}
-        plan = prepare(model, None, options, start=llm is None)
+        plan = prepare(
+            model, None, options, start=llm is None, read_layers=read_layers,
+            capture_all_layers=True,
+        )  # fmt: skip
         self.model_info: ModelInfo = plan.model_info
         self.num_layers = self.model_info.num_layers
         self.hidden_size = self.model_info.hidden_size
@@ -75,19 +82,17 @@ class VLLMBackend:
     ) -> np.ndarray:
         """Residuals ``(n, n_layers, d)`` float32 at each prompt's last token.
 
-        Installs capture hooks on the chosen layers (replacing any installed gate hook: a
-        backend engine is for reading, not for serving). ``batch_size`` only bounds how many
-        requests are submitted at once from below; vLLM schedules them itself.
+        The engine captures every layer (its guard's capture buffers, filled inside the
+        forward); the chosen ones are picked here. ``batch_size`` only bounds how many requests
+        are submitted at once from below; vLLM schedules them itself.
         """
+        # lazy: vllm is imported only where an engine runs
         from vllm import SamplingParams
 
         chosen = check_layers(layers, self.num_layers)
         out = np.empty((len(prompts), len(chosen), self.hidden_size), dtype=np.float32)
         if not prompts:
             return out
-        self.worker.install(None, chosen)
-        order = sorted(set(chosen))
-        reorder = [order.index(layer) for layer in chosen]
         chunk = max(batch_size, SUBMIT_CHUNK)
         bar = tqdm(
             total=len(prompts), desc="activations (vllm)", unit="prompt", disable=not progress
@@ -103,11 +108,11 @@ class VLLMBackend:
             if missing:
                 raise RuntimeError(
                     f"vLLM returned no residuals for {len(missing)} prompts (first: "
-                    f"{texts[missing[0]][:60]!r}): the capture hook did not fire"
+                    f"{texts[missing[0]][:60]!r}): the guard's capture did not run"
                 )
             for i, cid in enumerate(ids):
                 block = np.frombuffer(captured[cid], dtype=np.float32)
-                out[start + i] = block.reshape(len(order), self.hidden_size)[reorder]
+                out[start + i] = block.reshape(self.num_layers, self.hidden_size)[chosen]
             bar.update(len(texts))
         bar.close()
         return check_finite(out)
