@@ -118,7 +118,9 @@ class ServeSettings(BaseSettings):
     dtype: str = setting("auto", ENGINE, "model dtype")
     max_num_seqs: int | None = setting(None, ENGINE, "sequences per engine step", ge=1)
     max_num_batched_tokens: int | None = setting(None, ENGINE, "tokens per engine step", ge=1)
-    enforce_eager: bool | None = setting(None, ENGINE, "eager mode (babelgate requires it)")
+    enforce_eager: bool | None = setting(
+        None, ENGINE, "eager mode instead of vLLM's compiled graph (the guard runs in both)"
+    )
     gpu_memory_utilization: float | None = setting(
         None, ENGINE, "share of GPU memory vLLM may use", gt=0.0, le=1.0
     )

@@ -59,10 +59,10 @@ def test_start_refuses_unsupported_architecture_before_starting_vllm(
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(GuardrailStartupError, match="PhiForCausalLM"):
         asyncio.run(GuardedEngine.start(tmp_path, stand_in_gate))
-    with pytest.raises(GuardrailStartupError, match="enforce_eager"):
+    with pytest.raises(GuardrailStartupError, match="replace babelgate's worker"):
         asyncio.run(
             GuardedEngine.start(
-                embedded_model_dir, stand_in_gate, engine_kwargs={"enforce_eager": False}
+                embedded_model_dir, stand_in_gate, engine_kwargs={"worker_cls": "my.Worker"}
             )
         )
     shutil.rmtree(tmp_path, ignore_errors=True)

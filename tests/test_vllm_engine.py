@@ -1,9 +1,10 @@
 """Guarded generation inside a real vLLM engine on the embedded model.
 
-One engine for the whole module: it first serves as the vLLM activation backend (the test gate
-is fitted on its residuals, and those are compared with transformers), then the gate is attached
-and the guard is exercised: mixed batches, real interventions, chunked prefill, prefix-cache
-isolation, refusals, and parity with the transformers reference routing.
+One engine per mode (compiled, eager) for the whole module: it first serves as the vLLM
+activation backend (the test gate is fitted on its residuals, and those are compared with
+transformers), then the gate is loaded and the guard is exercised: mixed batches, real
+interventions, chunked prefill, prefix-cache isolation, refusals, and parity with the
+transformers reference routing.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ def pick(rows, lang: str, label: int, k: int) -> list[str]:
     return [r.text for r in rows if r.language == lang and r.label == label][:k]
 
 
-@pytest.fixture(scope="module")
-def backend(embedded_model_dir: Path):
+@pytest.fixture(scope="module", params=["compiled", "eager"])
+def backend(request, embedded_model_dir: Path):
+    """One engine per mode: vLLM's compiled graph (its default) and eager. It reads the two
+    layers the module's gates use (the multi-layer test's gate reads both)."""
     from server.engine.vllm_backend import VLLMBackend
 
-    be = VLLMBackend(embedded_model_dir, dtype="float32", seed=0)
+    be = VLLMBackend(
+        embedded_model_dir, dtype="float32", seed=0, read_layers=(LAYER - 4, LAYER),
+        enforce_eager=request.param == "eager",
+    )  # fmt: skip
     yield be
     be.shutdown()
 
@@ -193,15 +199,15 @@ def test_prefix_cache_never_hands_intervened_kv_to_a_plain_request(guarded, gate
 
 def test_refuses_a_layer_the_model_lacks_and_keeps_the_guard(guarded, gate):
     bad = GateParams(30, gate.direction, 0.0, gate.direction, 1.0, "bad")
-    with pytest.raises(Exception, match="layer 30"):
+    with pytest.raises(Exception, match="decides at 30"):
         guarded.worker.install(bad)
-    assert guarded.status()["layers"] == [LAYER]
+    assert guarded.status()["layers"] == [LAYER - 4, LAYER]
 
 
-def test_self_check_refuses_when_the_hook_is_not_installed(guarded):
+def test_self_check_refuses_when_no_gate_is_loaded(guarded):
     guarded.uninstall()
     try:
-        with pytest.raises(GuardrailStartupError, match="not installed"):
+        with pytest.raises(GuardrailStartupError, match="no gate is loaded"):
             guarded.self_check()
     finally:
         guarded.install()

@@ -193,14 +193,16 @@ class GuardRuntime:
         b = self.b
         device = b.decision.device
         pin = device.type == "cuda"
+        # copies, never views: the buffers change at the next step (on CPU ``.to("cpu")``
+        # would return the buffer itself)
         self._results = tuple(  # type: ignore[assignment]
-            t.to("cpu", non_blocking=pin) for t in (b.decision, b.score, b.positions)
+            t.to("cpu", non_blocking=pin, copy=True) for t in (b.decision, b.score, b.positions)
         )
         if pin:
             self._event = torch.cuda.Event()
             self._event.record()
         for key, slot in self._capturing:
-            self.captured[key.removeprefix("capture:")] = b.captures[:, slot].cpu().numpy()
+            self.captured[key.removeprefix("capture:")] = b.captures[:, slot].cpu().numpy().copy()
         self._capturing = []
         b.slot[: self._rows].zero_()
         self._rows = 0
