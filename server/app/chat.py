@@ -107,6 +107,7 @@ def completion_budget(body: ChatCompletionRequest, prompt_len: int, max_model_le
 def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> list[Any]:
     """One single-sample ``SamplingParams`` per choice (seed + i keeps seeded choices distinct);
     DELTA outputs so the first token (and the verdict) arrives as soon as it exists."""
+    # lazy: vLLM takes seconds to import; the app's fast tests (fake engine) never build these
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
