@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from gate.calibration import REPORT_MD, CalibrationOptions
 from gate.hf.embedded import MODEL_HELP
+from server.calibration import calibrate_artifact
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,10 +106,6 @@ def _threshold_k(text: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Lazy, so --help is fast: the calibration stack (numpy, torch, transformers, vLLM).
-    from gate.calibration import REPORT_MD, CalibrationOptions
-    from server.calibration import calibrate_artifact
-
     options = CalibrationOptions(
         languages=[x for x in (args.languages or "").split(",") if x.strip()] or None,
         preset=args.preset,

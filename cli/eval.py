@@ -18,6 +18,8 @@ from evaluation.defaults import (
     DEFAULT_TRAIN_POOL,
 )
 from evaluation.policies import POLICY_NAMES
+from evaluation.report import render_markdown
+from evaluation.runner import EvalOptions, run_eval, run_shift_eval
 from gate.hf.embedded import MODEL_HELP
 from server.shipped import shipped_artifact
 
@@ -114,10 +116,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Lazy, so --help is fast: the evaluation stack (numpy, torch, vLLM).
-    from evaluation.report import render_markdown
-    from evaluation.runner import EvalOptions, run_eval, run_shift_eval
-
     if args.shift:
         report = run_shift_eval(
             args.out,

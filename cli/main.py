@@ -7,14 +7,17 @@ another model) print one line saying what to do and exit with status 2, without 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import signal
 import sys
 
-from cli import COMMANDS
+from cli import calibrate, recalibrate, serve, sweep
+from cli import eval as evaluate
 from gate.artifact import ArtifactError
 from gate.data import DataError
+
+# The subcommands, in the order ``babelgate --help`` lists them.
+COMMANDS = (calibrate, recalibrate, serve, sweep, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"cli.{name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

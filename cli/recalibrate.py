@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from server.calibration import recalibrate_language
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,9 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Lazy, so --help is fast: numpy, torch and transformers.
-    from server.calibration import recalibrate_language
-
     old, record = recalibrate_language(
         args.artifact, args.language, args.examples, k=args.k, seed=args.seed, model=args.model
     )

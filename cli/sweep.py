@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from evaluation.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, SweepOptions, render_table, run_sweep
 from gate.hf.embedded import MODEL_HELP
 
 
@@ -72,15 +73,6 @@ def parse_list(text: str | None, kind: type, what: str) -> list[Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluation.sweep import (
-        SWEEP_JSON,
-        SWEEP_MD,
-        SWEEP_PNG,
-        SweepOptions,
-        render_table,
-        run_sweep,
-    )
-
     options = SweepOptions(
         out=Path(args.out),
         model=args.model,

@@ -100,7 +100,7 @@ class OpenAICompatibleJudge:
         prompts: Sequence[str] | None = None,
     ) -> list[bool]:
         """One verdict per response (True = refusal); ``prompts`` gives the judge the request."""
-        import httpx
+        import httpx  # lazy: about 0.1 s on every babelgate command; only LLM judges need it
 
         key = os.environ.get("BABELGATE_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key or 'EMPTY'}"}

@@ -115,7 +115,7 @@ def load_questions(source: str) -> list[Question]:
         name, _, rest = source[3:].partition(":")
         config, _, split = rest.partition(":")
         try:
-            import datasets
+            import datasets  # lazy: about 1 s to import, and only hub sources need it
 
             records = datasets.load_dataset(name, config or None, split=split or "test")
         except Exception as err:  # any hub/cache failure: say what to do

@@ -8,7 +8,6 @@ a rerun does not ask again.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.defaults import DEFAULT_MAX_PER_CLASS, DEFAULT_MMLU_MAX, DEFAULT_TRAIN_POOL
 from evaluation.judges import LABELS_PATH, agreement, judge_rows, load_labels, make_judge
 from evaluation.kshot import f1_at, kshot_curve
 from evaluation.policies import PolicySpec
@@ -26,6 +26,7 @@ from evaluation.store import ResultStore
 from gate.artifact import write_json_atomic
 from gate.languages import tier
 from gate.metrics import auroc, selectivity
+from gate.plot import png, pyplot
 from server.refusal_templates import refusal_text
 
 JUDGEMENTS_FILE = "judgements.jsonl"
@@ -338,19 +339,9 @@ def _md_judge_agreement(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _figure_bytes(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     """The four PNG plots, by file name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     langs = report["languages"]
     cmap = plt.get_cmap("tab10")
     figures = (
@@ -363,8 +354,7 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     for key, size, draw in figures:
         fig, ax = plt.subplots(figsize=size)
         draw(ax, report, cmap)
-        out[PLOTS[key]] = _figure_bytes(fig)
-        plt.close(fig)
+        out[PLOTS[key]] = png(fig, dpi=110, bbox_inches="tight")
     return out
 
 
@@ -434,8 +424,6 @@ def _plot_auroc(ax: Any, report: dict[str, Any], cmap: Any) -> None:
 
 def budget_note(options: Any) -> str:
     """How the run was sized, in words (the report says whether defaults were used)."""
-    from evaluation.defaults import DEFAULT_MAX_PER_CLASS, DEFAULT_MMLU_MAX, DEFAULT_TRAIN_POOL
-
     if options.full:
         return "whole splits (--full)"
     sizes = (

@@ -35,6 +35,7 @@ from evaluation.defaults import (
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
 )
+from evaluation.engine import EvalEngine
 from evaluation.kshot import DEFAULT_KS, not_test, recalibrated_threshold
 from evaluation.mmlu import format_prompt, letter_token_ids, load_questions, sample_questions
 from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
@@ -46,6 +47,7 @@ from evaluation.store import ResultStore, open_run, read_jsonl
 from gate.activation_cache import CachedBackend
 from gate.artifact import read_manifest, write_json_atomic
 from gate.data import LabelledPrompt, load_dataset, select, subsample
+from gate.hf.backend import TransformersBackend
 from gate.hf.model_source import resolve_model
 from gate.kshot import kshot_indices, kshot_rng
 from paths import cache_root, data_dir
@@ -381,8 +383,6 @@ def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
 
 def run_eval(options: EvalOptions) -> dict[str, Any]:
     """Run (or resume) the evaluation and write the report; returns the report dict."""
-    from evaluation.engine import EvalEngine  # lazy: torch and vLLM
-
     started = time.monotonic()
     out = Path(options.out)
     data_source = options.data or data_dir()
@@ -466,9 +466,6 @@ def run_shift_eval(
     """``babelgate eval --shift``: the style-shift evaluation of ``model`` (transformers
     backend, activations cached) on ``data`` (default: PolyRefuse), 64 PolyRefuse rows per
     language, split and class unless ``full``; writes shift.json/.md/.png to ``out``."""
-    # Lazy: torch and transformers, only when a model is loaded.
-    from gate.hf.backend import TransformersBackend
-
     data = data or data_dir()
     if data is None:
         raise FileNotFoundError("no --data given and no PolyRefuse found ($BABELGATE_DATA)")

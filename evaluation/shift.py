@@ -43,6 +43,7 @@ from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
 from gate.kshot import kshot_draws
 from gate.languages import HIGH_RESOURCE
 from gate.metrics import auroc, f1_score
+from gate.plot import png, pyplot
 from gate.selection import Candidate, candidates, fit_on, merge, select_robust
 from gate.style_check import family_of, item_fold, mean_fold_auroc
 from gate.threshold import balanced_f1_threshold
@@ -515,13 +516,7 @@ def _served_markdown(served: dict[str, dict[str, dict[str, float]]]) -> list[str
 
 def render_plot(report: dict) -> bytes:
     """PNG: AUROC per language, in-distribution vs each shifted family, per configuration."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cells = report["cells"]
     langs = sorted(cells["paper"].get("instruction", {}))
     fig, axes = plt.subplots(1, len(SHIFTED), figsize=(12, 4.5), dpi=110, sharey=True)
@@ -537,8 +532,5 @@ def render_plot(report: dict) -> bytes:
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("gate AUROC")
     axes[-1].legend(fontsize=7, loc="lower right")
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

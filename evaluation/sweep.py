@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from gate.artifact import read_manifest
@@ -28,8 +29,11 @@ from gate.calibration import candidate_layers
 from gate.data import DataError, load_dataset, normalise_split, select, subsample
 from gate.directions import mean_difference, steering_alpha
 from gate.estimator import HarmfulnessGate
+from gate.hf.backend import TransformersBackend
+from gate.hf.reference import ReferenceRouter, SteeringParams
 from gate.languages import validate_language
 from gate.metrics import selectivity
+from gate.plot import png, pyplot
 from paths import data_dir
 from refusal.judge import RefusalMarkerJudge
 
@@ -155,9 +159,6 @@ def run_grid(
     progress: bool,
 ) -> dict[str, Any]:
     """Generate and judge every cell; return the baseline, the cells and every output."""
-    # Lazy: torch and transformers, only when a model runs.
-    from gate.hf.reference import ReferenceRouter, SteeringParams
-
     judge = RefusalMarkerJudge()
     total = (len(harmful) + len(harmless)) * (1 + len(directions)) + len(harmful) * len(
         directions
@@ -254,13 +255,7 @@ def render_table(report: dict[str, Any]) -> str:
 
 def render_heatmap(report: dict[str, Any]) -> bytes:
     """PNG: three layer x lambda heatmaps (harmful refusal, harmless refusal, selectivity)."""
-    import io
-
-    import matplotlib  # lazy: plotting only
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     layers = sorted({c["layer"] for c in report["cells"]})
     lambdas = sorted({c["lambda"] for c in report["cells"]})
     grids = {key: np.full((len(layers), len(lambdas)), np.nan) for key in
@@ -291,10 +286,7 @@ def render_heatmap(report: dict[str, Any]) -> bytes:
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"babelgate sweep — {report['model']}", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 
 
 def _draw(prompts, language: str, split: str, n: int, seed: int, what: str):
@@ -312,9 +304,6 @@ def _draw(prompts, language: str, split: str, n: int, seed: int, what: str):
 def run_sweep(options: SweepOptions) -> dict[str, Any]:
     """Run the sweep and write sweep.json, sweep.md and sweep.png to ``options.out``; returns
     the report (``render_table(report)`` is what sweep.md holds)."""
-    # Lazy: torch and transformers, only when a model runs.
-    from gate.hf.backend import TransformersBackend
-
     started = time.perf_counter()
     out = Path(options.out)
     existing = [name for name in (SWEEP_JSON, SWEEP_MD, SWEEP_PNG) if (out / name).exists()]
@@ -334,8 +323,6 @@ def run_sweep(options: SweepOptions) -> dict[str, Any]:
     ]
     harmful = [p for p in swept if p.label == 1]
     harmless = [p for p in swept if p.label == 0]
-
-    import torch  # lazy, like the backend
 
     backend = TransformersBackend(options.model, dtype=getattr(torch, options.dtype))
     progress = options.progress

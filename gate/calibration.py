@@ -45,6 +45,7 @@ from gate.estimator import (
 from gate.kshot import kshot_draws
 from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
 from gate.metrics import auroc, f1_score
+from gate.plot import png, pyplot
 from gate.selection import Candidate, candidates, fit_on, select_robust
 from gate.style_check import balance_families, check_rows, family_auroc, family_of
 from gate.threshold import balanced_f1_threshold
@@ -679,13 +680,7 @@ def _threshold_text(threshold_k: int | str | None) -> str:
 
 def render_auroc_plot(report: dict) -> bytes:
     """PNG: gate AUROC per layer for every evaluated language, chosen layer marked."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     for lang, values in report["auroc_by_layer"].items():
         style = "-" if tier(lang) == "high" else "--"
@@ -697,8 +692,5 @@ def render_auroc_plot(report: dict) -> bytes:
     ax.set_ylim(0.0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(ncol=5, fontsize=7, loc="lower right")
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

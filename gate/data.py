@@ -211,10 +211,8 @@ def load_hf_dataset(
     config: str | None = None,
 ) -> list[LabelledPrompt]:
     """Load a Hugging Face dataset by name (needs the hub or its local cache)."""
-    try:
-        import datasets
-    except ImportError as exc:  # pragma: no cover - datasets is a declared dependency
-        raise DataError("loading hub datasets needs `pip install datasets`") from exc
+    import datasets  # lazy: about 1 s to import, and only hub datasets need it
+
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # any hub/cache failure: say what to do instead

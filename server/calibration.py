@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gate.activation_cache import CachedBackend
 from gate.activations import ActivationBackend
@@ -26,9 +27,12 @@ from gate.calibration import (
 )
 from gate.data import DataError, check_both_classes, load_dataset, load_file
 from gate.estimator import HarmfulnessGate, ThresholdRecord
+from gate.hf.backend import TransformersBackend
+from gate.hf.model_source import model_info
 from gate.kshot import kshot_indices, kshot_rng
 from gate.languages import validate_language
 from paths import cache_root, default_data_sources
+from server.engine.vllm_backend import VLLMBackend
 
 
 def ensure_default_artifact(
@@ -46,10 +50,6 @@ def ensure_default_artifact(
     prompts are installed. ``on_calibrate(target)`` is called when no cached artifact exists,
     before the calibration (minutes) starts, so a caller can say why it waits.
     """
-    # Lazy: transformers and torch, only when a model is loaded.
-    from gate.hf.backend import TransformersBackend
-    from gate.hf.model_source import model_info
-
     sources = default_data_sources()
     prompts = [p for src in sources for p in load_dataset(src)]
     options = CalibrationOptions(
@@ -75,15 +75,8 @@ def make_backend(
     model: str | Path | None, backend: str = "transformers", dtype: str = "float32"
 ) -> ActivationBackend:
     """The activation backend asked for: ``transformers`` (in process) or ``vllm``."""
-    # Lazy: vLLM, or torch and transformers, only for the backend asked for.
     if backend == "vllm":
-        from server.engine.vllm_backend import VLLMBackend
-
         return VLLMBackend(model, dtype=dtype)
-    import torch
-
-    from gate.hf.backend import TransformersBackend
-
     return TransformersBackend(model, dtype=getattr(torch, dtype))
 
 
@@ -129,9 +122,6 @@ def recalibrate_language(
     """``babelgate recalibrate``: set ``language``'s threshold in ``artifact`` from the labelled
     examples in ``examples_path`` (k per class, drawn with ``seed``, or all), scored with the
     artifact's model (or ``model``); rewrites the manifest. Returns (old, new) threshold."""
-    # Lazy: torch and transformers, only when a model is loaded.
-    from gate.hf.backend import TransformersBackend
-
     language = validate_language(language)
     examples = load_file(examples_path, language=language)
     examples = [e for e in examples if e.language == language] or examples

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
 TARGET_LANGUAGES: tuple[str, ...] = (
     "en", "de", "fr", "es", "it", "nl", "pl", "ru", "zh", "ja",
     "ar", "ko", "th", "el", "he", "hi", "fa",
@@ -75,8 +77,6 @@ def _is_mark(ch: str) -> bool:
 @cache
 def _identifier() -> Any:
     """py3langid's model restricted to the routed languages (loaded once per process)."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
     ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     ident.set_languages(list(TARGET_LANGUAGES))
     return ident

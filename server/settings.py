@@ -100,7 +100,11 @@ class ServeSettings(BaseSettings):
         "route as if the threshold were trusted",
     )
     gate_failure: GateFailureMode = setting(
-        "closed", GUARDRAIL, "when the gate fails: closed (refuse) or open (serve unguarded)"
+        "closed",
+        GUARDRAIL,
+        "when the gate gives no score: closed = treated as harmful (templated refusal; under "
+        "the flag action flagged, as a harmful request would be) or open = treated as harmless "
+        "(served as the engine left it)",
     )
     default_language: str = setting("en", GUARDRAIL, "language of undetectable text")
     langid_min_confidence: float = setting(

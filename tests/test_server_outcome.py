@@ -1,5 +1,6 @@
 """The outcome of a chat request: every verdict x action x gate-failure mode, the unprotected
-fallback, and the engine policies, on the pure functions of ``server.app.outcome``.
+fallback, the engine policies and the one verdict of n choices, on the pure functions of
+``server.app.outcome``.
 
 No engine and no model: a verdict row is what the worker would report for the request (its
 score, decision and the intervention it made), written out by hand.
@@ -10,7 +11,14 @@ from __future__ import annotations
 import pytest
 
 from gate.estimator import ThresholdRecord
-from server.app.outcome import GuardPlan, Outcome, decide_outcome, guard_info, plan_request
+from server.app.outcome import (
+    GuardPlan,
+    Outcome,
+    decide_outcome,
+    guard_info,
+    plan_request,
+    request_verdict,
+)
 from server.engine.types import Verdict
 from server.langid import Detection
 
@@ -28,9 +36,12 @@ def plan(action: str, *, policy: str = "routing", protected: bool = True) -> Gua
                         unprotected_action="flag", zero_shot_threshold=ZERO_SHOT)  # fmt: skip
 
 
-def row(name: str, policy: str, intervention: str | None = None) -> Verdict | None:
+def row(
+    name: str, policy: str, intervention: str | None = None, positions: int | None = None
+) -> Verdict | None:
     """The verdict the worker reports: "harmful" / "harmless" (scored), "unscored" (a verdict
-    without a score: the request never reached its last prompt token), "missing" (none)."""
+    without a score: the request never reached its last prompt token), "missing" (none).
+    ``positions``: rows the intervention changed (default 4 when there is one)."""
     if name == "missing":
         return None
     score, harmful = {"harmful": (1.5, True), "harmless": (-1.5, False),
@@ -38,12 +49,15 @@ def row(name: str, policy: str, intervention: str | None = None) -> Verdict | No
     if intervention is None:  # what routing does; shadow and none never touch the stream
         routed = policy == "routing" and harmful is not None
         intervention = ("steer" if harmful else "ablate") if routed else "none"
-    positions = 0 if intervention == "none" else 4
+    if positions is None:
+        positions = 0 if intervention == "none" else 4
     return Verdict("b1", "de", policy, 0.5, "recalibrated", score, harmful, intervention, positions)
 
 
 # (verdict, configured action, --gate-failure) -> (kind, action reported, refusal, intervened,
 # gate failure, decision). Protected language, --policy routing (flag runs it in shadow).
+# A failed gate is treated as harmful when closed (refused; flagged under flag, which never
+# refuses a harmful request either) and as harmless when open.
 TABLE = {
     ("harmful", "steer", "closed"): ("steer", "steer", False, True, False, "harmful"),
     ("harmful", "steer", "open"): ("steer", "steer", False, True, False, "harmful"),
@@ -65,9 +79,9 @@ TABLE = {
     ("harmful", "flag", "open"): ("flag", "flag", False, False, False, "harmful"),
     ("harmless", "flag", "closed"): ("none", "none", False, False, False, "harmless"),
     ("harmless", "flag", "open"): ("none", "none", False, False, False, "harmless"),
-    ("unscored", "flag", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("unscored", "flag", "closed"): ("fail-closed", "flag", False, False, True, None),
     ("unscored", "flag", "open"): ("fail-open", "none", False, False, True, None),
-    ("missing", "flag", "closed"): ("fail-closed", "refuse", True, True, True, None),
+    ("missing", "flag", "closed"): ("fail-closed", "flag", False, False, True, None),
     ("missing", "flag", "open"): ("fail-open", "none", False, False, True, None),
 }
 
@@ -94,13 +108,18 @@ def test_unprotected_language_gets_its_fallback_and_refuse_the_stricter_threshol
     assert (p.action, p.protected) == (fallback, False)
     assert p.policy == ("shadow" if fallback == "flag" else "routing")
     assert p.record.value == (min(own, ZERO_SHOT) if fallback == "refuse" else own)
-    assert p.record.source == "recalibrated" and p.record.protected is False
+    # the source names the threshold in use: the zero-shot one when it replaced the own one
+    stricter = fallback == "refuse" and own > ZERO_SHOT
+    assert p.record.source == ("zero-shot" if stricter else "recalibrated")
+    assert p.record.protected is False
     outcome = decide_outcome(p, row("harmful", p.policy), "open")
     want = {"flag": ("flag", False), "refuse": ("refuse", True), "steer": ("steer", False)}
     assert (outcome.kind, outcome.refuse) == want[fallback]
     assert outcome.fallback is True
     closed = decide_outcome(p, None, "closed")
     assert (closed.kind, closed.fallback) == ("fail-closed", True)
+    assert (closed.action, closed.refuse) == (("flag", False) if fallback == "flag" else
+                                              ("refuse", True))  # fmt: skip
 
 
 def test_protected_language_keeps_its_action_and_threshold():
@@ -128,9 +147,12 @@ def test_policy_none_never_fails_and_never_acts(action, verdict, mode):
         ("always-ablate", "harmful", "ablate", "refuse", "open", ("refuse", "refuse", True)),
         # a failed gate under fail-open still reports an intervention the worker made
         ("always-steer", "unscored", "steer", "steer", "open", ("fail-open", "steer", False)),
+        ("always-ablate", "unscored", "ablate", "steer", "open", ("fail-open", "ablate", False)),
         ("always-steer", "unscored", "steer", "steer", "closed", ("fail-closed", "refuse", True)),
-        # --policy shadow with steer: scored, nothing done, even when harmful
-        ("shadow", "harmful", "none", "steer", "closed", ("none", "none", False)),
+        # --policy shadow with steer: the worker never steers, so a harmful request is flagged
+        ("shadow", "harmful", "none", "steer", "closed", ("flag", "flag", False)),
+        ("shadow", "harmless", "none", "steer", "closed", ("none", "none", False)),
+        ("shadow", "unscored", "none", "steer", "closed", ("fail-closed", "flag", False)),
         # shadow with refuse still refuses (the server refuses, not the worker)
         ("shadow", "harmful", "none", "refuse", "closed", ("refuse", "refuse", True)),
     ],
@@ -138,6 +160,7 @@ def test_policy_none_never_fails_and_never_acts(action, verdict, mode):
 def test_other_policies(policy, verdict, worker, action, mode, expected):
     p = plan(action, policy=policy)
     assert p.policy == policy
+    assert p.action == ("flag" if (policy, action) == ("shadow", "steer") else action)
     outcome = decide_outcome(p, row(verdict, policy, worker), mode)
     assert (outcome.kind, outcome.action, outcome.refuse) == expected
 
@@ -154,7 +177,7 @@ def test_guard_info_reports_plan_verdict_and_outcome():
     info = guard_info(p, verdict, decide_outcome(p, verdict, "closed"))
     assert info.model_dump() == {
         "language": "de", "language_source": "override", "language_confidence": 1.0,
-        "gate_score": 1.5, "threshold": ZERO_SHOT, "threshold_source": "recalibrated",
+        "gate_score": 1.5, "threshold": ZERO_SHOT, "threshold_source": "zero-shot",
         "decision": "harmful", "policy": "routing", "action": "refuse", "intervened": True,
         "gate_failure": False, "protected": False, "weak_families": ["question"],
     }  # fmt: skip
@@ -162,3 +185,39 @@ def test_guard_info_reports_plan_verdict_and_outcome():
     assert (failed.gate_score, failed.decision, failed.action, failed.gate_failure) == (
         None, None, "none", True
     )
+
+
+@pytest.mark.parametrize("policy", ["routing", "shadow", "always-steer", "always-ablate"])
+@pytest.mark.parametrize("verdict", ["unscored", "missing"])
+def test_fail_open_reports_the_intervention_the_worker_made_under_every_policy(policy, verdict):
+    """One rule for every policy: the reported action is the intervention the worker made
+    (rows changed). Routing and shadow make none without a score, always-* make theirs."""
+    p = plan("steer", policy=policy)
+    fixed = {"always-steer": "steer", "always-ablate": "ablate"}.get(policy, "none")
+    for positions in (0, 4):
+        v = row(verdict, policy, fixed, positions if fixed != "none" else 0)
+        outcome = decide_outcome(p, v, "open")
+        made = v is not None and v.intervened
+        assert (outcome.kind, outcome.refuse, outcome.gate_failure) == ("fail-open", False, True)
+        assert (outcome.action, outcome.intervened) == ((fixed, True) if made else ("none", False))
+
+
+def test_n_choices_are_decided_on_one_verdict():
+    harmless, harmful = row("harmless", "routing"), row("harmful", "routing")
+    assert request_verdict([harmless]) is harmless
+    # choices that disagree (scores on both sides of the threshold): the harmful one decides
+    assert request_verdict([harmless, harmful]) is harmful
+    assert request_verdict([harmful, harmless]) is harmful
+    # one choice without a score or a verdict: the whole completion failed
+    unscored = row("unscored", "routing")
+    assert request_verdict([harmless, unscored, harmful]) is unscored
+    assert request_verdict([harmful, None]) is None
+    p = plan("refuse")
+    outcome = decide_outcome(p, request_verdict([harmless, harmful]), "open")
+    assert (outcome.kind, outcome.refuse, outcome.decision) == ("refuse", True, "harmful")
+    failed = decide_outcome(p, request_verdict([harmless, None]), "closed")
+    assert (failed.kind, failed.refuse, failed.gate_failure) == ("fail-closed", True, True)
+    # policy none: no choice is scored, nothing failed
+    unscored_none = [row("unscored", "none"), row("unscored", "none")]
+    none = decide_outcome(plan("steer", policy="none"), request_verdict(unscored_none), "closed")
+    assert (none.kind, none.gate_failure) == ("none", False)

@@ -9,6 +9,7 @@ real one builds vLLM objects (importing vLLM takes seconds) that the fake engine
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from types import SimpleNamespace
@@ -20,10 +21,13 @@ from prometheus_client import CollectorRegistry
 
 from gate.estimator import ThresholdRecord
 from server.admin_store import ThresholdStore
-from server.app import chat, create_app
+from server.app import chat, create_app, generation
+from server.app.generation import ChatRun
+from server.app.outcome import decide_outcome, plan_request, request_verdict
 from server.app.service import Engine
 from server.engine.runtime import GuardRecord
 from server.engine.types import GuardParams, Verdict
+from server.langid import Detection
 from server.metrics import ServerMetrics
 from server.refusal_templates import refusal_text
 from server.settings import ServeSettings
@@ -44,24 +48,36 @@ class FakeTokenizer:
 
 class FakeEngine:
     """Streams ``PIECES`` per request; the verdict comes with every output. ``score=None``
-    makes the worker report no score, ``verdicts=False`` report no verdict at all."""
+    makes the worker report no score, ``verdicts=False`` report no verdict at all; a list gives
+    one value per engine request, in the order they are made (choice 0, 1, ...). Like
+    ``GuardedEngine``, it releases a guard id in the worker when its request reaches its last
+    output, and on ``verdict(id, release=True)``; ``released`` lists the ids in that order."""
 
     engine = None
 
-    def __init__(self, score: float | None, verdicts: bool = True) -> None:
+    def __init__(
+        self,
+        score: float | list[float | None] | None,
+        verdicts: bool | list[bool] = True,
+    ) -> None:
         self.tokenizer = FakeTokenizer()
+        self.scores = score if isinstance(score, list) else None
         self.score = score
         self.verdicts = verdicts
         self.guards: list[GuardParams] = []
         self.aborted: list[str] = []
+        self.released: list[str] = []
 
     def _verdict(self, guard: GuardParams, prompt: Sequence[int]) -> Verdict | None:
-        if not self.verdicts:
+        i = len(self.guards) - 1
+        verdicts = self.verdicts[i] if isinstance(self.verdicts, list) else self.verdicts
+        score = self.scores[i] if self.scores is not None else self.score
+        if not verdicts:
             return None
         rec = GuardRecord(guard.id, guard.language, guard.policy, guard.threshold,
                           guard.threshold_source)  # fmt: skip
-        if self.score is not None and guard.policy != "none":
-            rec.score, rec.harmful = self.score, self.score >= guard.threshold
+        if score is not None and guard.policy != "none":
+            rec.score, rec.harmful = score, score >= guard.threshold
         rec.positions = len(prompt) if rec.action in ("steer", "ablate") else 0
         return rec.verdict()
 
@@ -73,10 +89,17 @@ class FakeEngine:
         for i, text in enumerate(PIECES):
             last = i == len(PIECES) - 1
             out = SimpleNamespace(text=text, token_ids=[i], finish_reason="stop" if last else None)
+            if last:
+                self.released.append(guard.id)
             yield SimpleNamespace(outputs=[out], finished=last), verdict
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
+
+    async def verdict(self, guard_id: str, *, release: bool = False) -> Verdict | None:
+        if release:
+            self.released.append(guard_id)
+        return None
 
     async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]:
         raise AssertionError("chat completions never call gate_scores")
@@ -226,3 +249,116 @@ def test_whole_response_carries_the_same_outcome(tmp_path, monkeypatch):
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["babelgate"]["policy"] == "shadow" and body["babelgate"]["intervened"] is False
     assert requests_counted(client, "de", "harmful", "shadow", "flag") == 1.0
+
+
+def gate_scores_observed(client: TestClient, language: str) -> float:
+    """How many gate scores the histogram observed for ``language``."""
+    samples = client.app.state.service.metrics.gate_score.collect()[0].samples
+    return next(s.value for s in samples
+                if s.name.endswith("_count") and s.labels == {"language": language})  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(
+    ("engine", "settings"),
+    [
+        (lambda: FakeEngine(score=-1.0), {"action": "steer"}),  # runs to its end
+        (lambda: FakeEngine(score=2.0), {"action": "refuse"}),  # refused: aborted
+        (lambda: FakeEngine(score=None), {"gate_failure": "closed"}),  # failed closed: aborted
+        (lambda: FakeEngine(score=[2.0, -1.0], verdicts=[True, False]), {}),  # one has no verdict
+    ],
+)  # fmt: skip
+def test_every_request_path_releases_every_guard_id(tmp_path, monkeypatch, engine, settings,
+                                                    stream):  # fmt: skip
+    fake = engine()
+    client = make_client(tmp_path, monkeypatch, fake, **settings)
+    n = 2 if isinstance(fake.scores, list) else 1
+    r = post(client, stream=stream, n=n)
+    assert r.status_code == 200
+    ids = [f"{r.headers['x-request-id']}-{i}" for i in range(n)]
+    assert [g.id for g in fake.guards] == ids
+    assert sorted(set(fake.released)) == ids  # by the last output, or by close after the abort
+    assert set(fake.aborted) <= set(fake.released)
+
+
+def test_a_client_gone_mid_generation_releases_its_guard_ids(monkeypatch):
+    """What both disconnect paths (the streaming response's cleanup, the whole response's
+    cancelled task) call: ``ChatRun.close`` before the choices finished."""
+    engine = FakeEngine(score=-1.0)
+
+    async def scenario() -> ChatRun:
+        plan = plan_request(Detection("de", "override", 1.0), StubGate().threshold("de"), "steer",
+                            policy="routing", unprotected_action="flag",
+                            zero_shot_threshold=0.0)  # fmt: skip
+        run = ChatRun(engine, plan, [1, 2, 3], [None, None], "chatcmpl-x", 0.0)
+        run.apply(decide_outcome(plan, request_verdict(await run.open()), "closed"))
+        pieces = run.pieces()
+        await anext(pieces)  # the client read one piece, then went away
+        run.close()
+        await asyncio.gather(*generation._CLEANUPS)
+        return run
+
+    run = asyncio.run(scenario())
+    assert not run.finished
+    assert engine.aborted == run.ids
+    assert engine.released == run.ids
+
+
+def test_choices_that_disagree_share_the_harmful_verdict(tmp_path, monkeypatch):
+    """Choice 0 scores below the threshold, choice 1 above: one outcome (refuse) for both,
+    and the verdict reported is the harmful one, whichever choice came first."""
+    engine = FakeEngine(score=[-1.0, 2.0])
+    client = make_client(tmp_path, monkeypatch, engine, action="refuse")
+    r = post(client, n=2)
+    assert r.headers["x-babelgate-decision"] == "harmful"
+    assert r.headers["x-babelgate-action"] == "refuse"
+    body = r.json()
+    assert [c["message"]["content"] for c in body["choices"]] == [refusal_text("de")] * 2
+    assert [c["finish_reason"] for c in body["choices"]] == ["content_filter"] * 2
+    assert body["babelgate"]["gate_score"] == 2.0
+    assert sorted(engine.aborted) == [f"{r.headers['x-request-id']}-{i}" for i in range(2)]
+
+
+def test_a_choice_without_a_verdict_fails_the_completion_closed(tmp_path, monkeypatch):
+    engine = FakeEngine(score=[-1.0, -1.0], verdicts=[True, False])
+    client = make_client(tmp_path, monkeypatch, engine, gate_failure="closed")
+    r = post(client, n=2)
+    body = r.json()
+    assert body["babelgate"]["gate_failure"] is True and body["babelgate"]["action"] == "refuse"
+    assert [c["finish_reason"] for c in body["choices"]] == ["content_filter"] * 2
+
+
+def test_n_choices_are_counted_as_one_request(tmp_path, monkeypatch):
+    """Two choices, one completion: one request, one gate score and one gate failure counted."""
+    client = make_client(tmp_path, monkeypatch, FakeEngine(score=[2.0, 1.0]), action="steer")
+    r = post(client, n=2)
+    assert requests_counted(client, "de", "harmful", "routing", "steer") == 1.0
+    assert gate_scores_observed(client, "de") == 1.0
+    assert r.json()["babelgate"]["gate_score"] == 2.0
+    failing = FakeEngine(score=[None, None])
+    client = make_client(tmp_path, monkeypatch, failing, gate_failure="open")
+    post(client, n=2)
+    assert client.app.state.service.metrics.gate_failures.labels("open")._value.get() == 1.0
+    assert requests_counted(client, "de", "error", "routing", "none") == 1.0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_failed_gate_under_flag_fails_closed_by_flagging(tmp_path, monkeypatch, stream):
+    """Fail-closed treats the request as harmful: under flag, a harmful request is served and
+    marked, so a failed gate is too (no refusal, nothing aborted)."""
+    engine = FakeEngine(score=None)
+    client = make_client(tmp_path, monkeypatch, engine, action="flag", gate_failure="closed")
+    r = post(client, stream=stream)
+    assert r.headers["x-babelgate-action"] == "flag"
+    assert r.headers["x-babelgate-policy"] == "shadow"
+    if stream:
+        got = events(r)
+        text = "".join(c["choices"][0]["delta"]["content"] for c in got[:-1])
+        guard = got[0]["babelgate"]
+    else:
+        text, guard = r.json()["choices"][0]["message"]["content"], r.json()["babelgate"]
+    assert text == "".join(PIECES)
+    assert guard["gate_failure"] is True and guard["decision"] is None
+    assert engine.aborted == []
+    assert client.app.state.service.metrics.gate_failures.labels("closed")._value.get() == 1.0
+    assert requests_counted(client, "de", "error", "shadow", "flag") == 1.0

@@ -38,6 +38,7 @@ class TransformersBackend:
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
     ) -> None:
+        # lazy: transformers' auto classes take about 3 s to import; only loading a model needs them
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_id, load_path = resolve_model(model)

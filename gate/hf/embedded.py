@@ -29,6 +29,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from paths import cache_root
 
 _DONE_MARKER = ".babelgate-converted.json"
@@ -198,7 +200,7 @@ def _convert(parts: list[Path], out: Path) -> None:
     A sliced GGUF is first concatenated into ``out`` (transformers reads one file), and removed
     once converted.
     """
-    import torch
+    # lazy: transformers' auto classes take about 3 s to import; only a conversion needs them
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if len(parts) == 1:
@@ -226,6 +228,7 @@ def _convert(parts: list[Path], out: Path) -> None:
 
 def verify_model_folder(folder: Path) -> str:
     """Check a converted folder: it has a chat template and greedy generation gives text."""
+    # lazy: transformers' auto classes take about 3 s to import; only this check needs them
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)

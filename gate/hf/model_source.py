@@ -39,6 +39,7 @@ def load_model_config(load_path: str) -> dict:
     if path.is_dir():
         return json.loads((path / "config.json").read_text())
     try:
+        # lazy: about 0.2 s to import, and only hub ids (not folders, not embedded models) need it
         from huggingface_hub import hf_hub_download
 
         return json.loads(Path(hf_hub_download(load_path, "config.json")).read_text())

@@ -245,6 +245,7 @@ class ReferenceRouter:
 
     @torch.inference_mode()
     def _generate_one(self, ids: list[int], state: _RequestState, max_new_tokens: int) -> list[int]:
+        # lazy: transformers takes about 2.5 s to import; only generating needs its cache
         from transformers import DynamicCache
 
         device = self._v.device

@@ -27,7 +27,7 @@ from refusal.judge import is_refusal
 from server.app.auth import check_api_key
 from server.app.errors import APIError, error_body
 from server.app.generation import ChatRun
-from server.app.outcome import decide_outcome, guard_info
+from server.app.outcome import decide_outcome, guard_info, request_verdict
 from server.app.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -107,6 +107,7 @@ def completion_budget(body: ChatCompletionRequest, prompt_len: int, max_model_le
 def sampling_params(body: ChatCompletionRequest, max_tokens: int) -> list[Any]:
     """One single-sample ``SamplingParams`` per choice (seed + i keeps seeded choices distinct);
     DELTA outputs so the first token (and the verdict) arrives as soon as it exists."""
+    # lazy: vLLM takes seconds to import; the app's fast tests (fake engine) never build these
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -176,14 +177,15 @@ async def chat_completions(
 
 
 async def open_and_decide(run: ChatRun, mode: GateFailureMode, metrics: ServerMetrics) -> GuardInfo:
-    """Wait for the run's verdict, decide its outcome and carry it out (both the streamed and
-    the whole response go through here); the verdict as the client sees it. A gate that gave
-    no score is counted by the failure mode applied and logged."""
-    verdict = await run.open()
+    """Wait for the run's verdicts, decide its one outcome and carry it out (both the streamed
+    and the whole response go through here); the verdict as the client sees it. A gate that
+    gave no score is counted once per completion by the failure mode applied, and logged."""
+    verdicts = await run.open()
+    verdict = request_verdict(verdicts)
     outcome = decide_outcome(run.plan, verdict, mode)
     if outcome.gate_failure:
         metrics.gate_failures.labels(mode).inc()
-        log.error("gate verdict missing for %s (fail %s): %s", run.ids[0], mode, verdict)
+        log.error("gate verdict missing for %s (fail %s): %s", run.ids, mode, verdicts)
     run.apply(outcome)
     return guard_info(run.plan, verdict, outcome)
 
@@ -224,7 +226,9 @@ def usage(run: ChatRun) -> Usage:
 
 
 def record_metrics(m: ServerMetrics, run: ChatRun, info: GuardInfo, arrival: float) -> None:
-    """Count a finished chat completion (also when the client went away mid-stream)."""
+    """Count a finished chat completion (also when the client went away mid-stream): one
+    request and one gate score per completion, whatever its ``n`` (its choices share one
+    verdict, ``request_verdict``); refusals in the output are counted per choice."""
     decision = info.decision or ("error" if info.gate_failure else "none")
     m.requests.labels(info.language, decision, info.policy, info.action).inc()
     if info.gate_score is not None:

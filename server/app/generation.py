@@ -1,12 +1,16 @@
-"""One chat completion on the guarded engine: n engine requests, their verdict, the outcome.
+"""One chat completion on the guarded engine: n engine requests, their verdicts, the outcome.
 
 Runs in the API-server process. The gate decides inside each request's own prefill, so the
 verdict comes back with the first generated token; ``ChatRun.open`` waits for exactly that and
-returns it, the route decides the outcome (``server.app.outcome.decide_outcome``), and
-``ChatRun.apply`` either lets generation continue (steer / ablate / flag / nothing) or aborts
-the engine requests and answers with the templated refusal (refuse, or a failed gate under
-fail-closed). ``n`` choices are ``n`` engine requests of one sample each (seed + i when seeded),
-all judged by one plan. A run needs only the engine and the plan, not the whole service.
+returns the verdict of every choice, the route turns them into one
+(``server.app.outcome.request_verdict``) and decides the outcome
+(``server.app.outcome.decide_outcome``), and ``ChatRun.apply`` either lets generation continue
+(steer / ablate / flag / nothing) or aborts the engine requests and answers with the templated
+refusal (refuse, or a failed gate under fail-closed). ``n`` choices are ``n`` engine requests of
+one sample each (seed + i when seeded), each with its own guard id, all judged by one plan and
+one outcome. Every guard id is released in the worker: by the engine when its request runs to
+its last output, by ``ChatRun.close`` when it is aborted (refusal, client gone, error). A run
+needs only the engine and the plan, not the whole service.
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ class ChatRun:
             id=request_id,
         )
 
-    async def open(self) -> Verdict | None:
-        """Start the engine requests and wait for their prefill; the verdict (the first choice
-        that has one; None when none came back). Nothing reaches the client before ``apply``."""
+    async def open(self) -> list[Verdict | None]:
+        """Start the engine requests and wait for their prefill; the verdict of each choice
+        (None where none came back). Nothing reaches the client before ``apply``."""
         self._gens = [
             self.engine.generate(self.prompt_ids, params, self._guard(rid), rid)
             for params, rid in zip(self.params, self.ids, strict=True)
@@ -93,7 +97,7 @@ class ChatRun:
             raise
         self.first_token_at = time.monotonic()
         self._firsts = [output for output, _ in firsts]
-        return next((v for _, v in firsts if v is not None), None)
+        return [verdict for _, verdict in firsts]
 
     def apply(self, outcome: Outcome) -> None:
         """Carry out the outcome: the templated refusal, or the first tokens as they came."""
@@ -167,10 +171,12 @@ class ChatRun:
         return all(f is not None for f in self.finish)
 
     def close(self) -> None:
-        """Abort the engine requests unfinished now and release everything, in a task of its own
-        so that it completes even when called from a cancelled request (client gone). Which
-        requests to abort is read here, not in the task: a refusal marks every choice finished
-        right after closing, yet its engine requests must be aborted."""
+        """Abort the engine requests unfinished now and release everything (their guard ids in
+        the worker too: an aborted request never reaches the last output on which the engine
+        releases it), in a task of its own so that it completes even when called from a
+        cancelled request (client gone). Which requests to abort is read here, not in the task:
+        a refusal marks every choice finished right after closing, yet its engine requests must
+        be aborted."""
         if self._closed:
             return
         self._closed = True
@@ -187,12 +193,21 @@ class ChatRun:
                 await task
         for i, gen in enumerate(self._gens):
             if i in unfinished:
-                try:
-                    await self.engine.abort(self.ids[i])
-                except Exception:
-                    log.exception("could not abort engine request %s", self.ids[i])
+                await self._abort(self.ids[i])
             with contextlib.suppress(BaseException):
                 await gen.aclose()  # type: ignore[attr-defined]
+
+    async def _abort(self, request_id: str) -> None:
+        """Abort one engine request, then release its guard id (the request id, see ``_guard``)
+        in the worker, which otherwise keeps the verdict among its finished, unfetched ones."""
+        try:
+            await self.engine.abort(request_id)
+        except Exception:
+            log.exception("could not abort engine request %s", request_id)
+        try:
+            await self.engine.verdict(request_id, release=True)
+        except Exception:
+            log.exception("could not release the verdict of engine request %s", request_id)
 
 
 # Cleanup tasks in flight (a reference keeps them from being garbage-collected mid-way).

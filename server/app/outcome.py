@@ -7,6 +7,7 @@ is tested without an engine or a model:
 - ``plan_request``, before the engine sees the request: the action a harmful verdict triggers,
   the threshold and the engine policy. It cannot wait for the verdict, because the worker
   decides inside the request's own prefill with the threshold it was sent.
+- ``request_verdict``: the one verdict a completion of ``n`` choices is decided on.
 - ``decide_outcome``, once the first token and its verdict are back: steer, ablate, refuse,
   flag, nothing, or, when the gate failed, fail closed or fail open.
 - ``guard_info``: the verdict as the client sees it (``babelgate`` object, ``x-babelgate-*``).
@@ -56,9 +57,10 @@ class GuardPlan:
 class Outcome:
     """What happens to one request once its verdict (or its absence) is known.
 
-    ``action`` is what the client and the metrics see (a failed-closed gate reports "refuse");
-    ``refuse`` means the engine requests are aborted and the templated refusal is the answer;
-    ``fallback`` means the language is unprotected, so ``plan.action`` was its fallback action.
+    ``action`` is what the client and the metrics see (a failed-closed gate reports "refuse",
+    or "flag" under the flag action); ``refuse`` means the engine requests are aborted and the
+    templated refusal is the answer; ``fallback`` means the language is unprotected, so
+    ``plan.action`` was its fallback action.
     """
 
     kind: OutcomeKind
@@ -83,18 +85,47 @@ def plan_request(
     """Threshold, action and engine policy for a request routed to ``detection.language``.
 
     ``record`` is the threshold in effect for the language and ``action`` its configured action.
-    ``flag`` reports only, so the engine runs in shadow (scored, output untouched). An
-    unprotected language gets ``unprotected_action`` instead of its usual action; under
-    ``refuse`` its threshold is the stricter (lower) of its own and the zero-shot one, since its
-    own was not shown to mean anything.
+    ``flag`` reports only, so the engine runs in shadow (scored, output untouched). Under the
+    ``shadow`` policy the worker never steers, so ``steer`` becomes ``flag``: a harmful request
+    is served untouched and marked, which is what flagging is. An unprotected language gets
+    ``unprotected_action`` instead of its usual action; under ``refuse`` its threshold is the
+    stricter (lower) of its own and the zero-shot one, since its own was not shown to mean
+    anything, and the record says which one it is (source "zero-shot" when that one is lower).
     """
     if not record.protected:
         action = unprotected_action
-        if action == "refuse":
-            record = dataclasses.replace(record, value=min(record.value, zero_shot_threshold))
+        if action == "refuse" and zero_shot_threshold < record.value:
+            record = dataclasses.replace(
+                record,
+                value=zero_shot_threshold,
+                source="zero-shot",
+                note=f"unprotected: the zero-shot threshold replaces its own {record.value:.6g}",
+            )
     if action == "flag" and policy != "none":
         policy = "shadow"
+    if action == "steer" and policy == "shadow":
+        action = "flag"
     return GuardPlan(detection, record, action, policy, tuple(weak_families))
+
+
+def request_verdict(verdicts: Sequence[Verdict | None]) -> Verdict | None:
+    """The one verdict a chat completion is decided on, from the verdicts of its choices.
+
+    Each of the ``n`` choices is an engine request with its own guard id, decided by the worker
+    in its own prefill of the same prompt (one shared id would have the worker decide once, but
+    choices prefilled in the same step would each add their layer products to the one record).
+    They agree unless batch-dependent arithmetic puts the scores on both sides of the
+    threshold, or one came back without a score. A completion gets one outcome for all its
+    choices, so a choice with no verdict or no score makes the whole completion a gate failure
+    (that verdict is returned), and otherwise the highest-scoring choice decides: the completion
+    is harmful when any of its choices is.
+    """
+    scores: list[float] = []
+    for verdict in verdicts:
+        if verdict is None or verdict.score is None:
+            return verdict
+        scores.append(verdict.score)
+    return verdicts[scores.index(max(scores))] if scores else None
 
 
 def decide_outcome(
@@ -105,34 +136,39 @@ def decide_outcome(
     The first rule that applies wins:
 
     1. gate failed (policy not ``none``, and no verdict or no score), ``closed``: fail-closed,
-       templated refusal, reported action "refuse";
-    2. gate failed, ``open``: fail-open, generation goes on, reported action the intervention
-       (if any) the worker still made;
+       the request is treated as harmful under its action: flagged under ``flag`` (the action
+       never withholds an answer, so neither does its failure), else the templated refusal
+       (reported action "refuse"; steering needs the score, so a refusal is what is left);
+    2. gate failed, ``open``: fail-open, treated as harmless: served as the worker left it;
     3. harmful, plan action ``refuse``: refuse, templated refusal;
     4. harmful, plan action ``flag``: flag, output untouched (the plan ran it in shadow);
     5. the worker steered or ablated: steer / ablate (its output is the answer);
-    6. anything else (harmless under flag, policy ``none``, harmful under shadow + steer): none.
+    6. anything else (harmless under flag, policy ``none``): none.
 
-    "intervention" is what the worker reports it did (``Verdict.intervention``): ``routing``
+    The action reported outside rules 1, 3 and 4 is the intervention the worker made, read from
+    the verdict (``Verdict.intervention``, counted only when it changed rows): ``routing``
     steers harmful and ablates harmless requests, ``always-steer`` / ``always-ablate`` do so
-    whatever the score, ``shadow`` and ``none`` do nothing. ``intervened`` is true for a
-    refusal or when the worker changed some rows.
+    whatever the score (so also when the gate failed), ``shadow`` and ``none`` do nothing, and
+    without a verdict nothing is known to be done. Fail-open therefore reports "none" under
+    every policy but the ``always-*`` ones, by the same rule as everywhere else, not a rule of
+    its own. ``intervened`` is true for a refusal or when the worker changed some rows.
     """
     failed = plan.policy != "none" and (verdict is None or verdict.score is None)
     decision = None if failed or verdict is None else verdict.decision
-    done = _intervention("none" if verdict is None else verdict.intervention)
+    done = "none" if verdict is None or not verdict.intervened else verdict.intervention
     kind: OutcomeKind
     action: TakenAction
-    if failed:
-        kind = "fail-closed" if gate_failure == "closed" else "fail-open"
-        action = "refuse" if kind == "fail-closed" else done
+    if failed and gate_failure == "closed":
+        kind, action = "fail-closed", "flag" if plan.action == "flag" else "refuse"
+    elif failed:
+        kind, action = "fail-open", _intervention(done)
     elif decision == "harmful" and plan.action == "refuse":
         kind = action = "refuse"
     elif decision == "harmful" and plan.action == "flag":
         kind = action = "flag"
     else:
-        kind = action = done
-    refuse = kind in ("refuse", "fail-closed")
+        kind = action = _intervention(done)
+    refuse = action == "refuse"
     return Outcome(
         kind=kind,
         action=action,
