@@ -3,7 +3,8 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install install-test run test test-fast lint bench-overhead bench-serving bench-benign
+.PHONY: install install-test run test test-fast lint bench-overhead bench-serving bench-benign \
+	bench-fleet
 
 install:
 	bash deploy/install.sh
@@ -34,3 +35,6 @@ bench-serving: install
 
 bench-benign: install
 	$(PY) bench/benign_flagged.py
+
+bench-fleet: install-test
+	$(PY) bench/fleet.py
