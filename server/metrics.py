@@ -95,6 +95,26 @@ class ServerMetrics:
         self.completion_tokens = Counter(
             "babelgate_completion_tokens", "Completion tokens returned.", registry=registry
         )
+        self.threshold_changes = Counter(
+            "babelgate_threshold_changes",
+            "Threshold overrides this replica applied (set, recalibrated or deleted here or on "
+            "another replica sharing its store), by language.",
+            ["language"],
+            registry=registry,
+        )
+        self.threshold_store_up = Gauge(
+            "babelgate_threshold_store_up",
+            "1 while the threshold store's database answers, 0 while it does not (serving goes "
+            "on with the thresholds last read; admin writes answer 503).",
+            registry=registry,
+        )
+        self.threshold_store_errors = Counter(
+            "babelgate_threshold_store_errors",
+            "Failed threshold store operations (read, write, listen), each while the database "
+            "could not be reached.",
+            ["operation"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "babelgate_requests_in_flight",
             "Chat and moderation requests being processed now.",

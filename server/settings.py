@@ -27,6 +27,7 @@ from gate.languages import validate_language
 from server.engine.types import POLICIES as POLICIES
 from server.engine.types import Policy
 from server.langid import TARGET_LANGUAGES
+from server.store_url import check_state_url, sqlite_url
 
 Action = Literal["steer", "refuse", "flag"]
 GateFailureMode = Literal["closed", "open"]
@@ -65,6 +66,7 @@ class ServeSettings(BaseSettings):
         extra="forbid",
         yaml_file=None,
         validate_default=True,
+        hide_input_in_errors=True,  # inputs may be secrets (API key, admin token, state URL)
     )
 
     # what to serve
@@ -111,7 +113,15 @@ class ServeSettings(BaseSettings):
         0.5, GUARDRAIL, "language-ID confidence below which the default language is used",
         ge=0.0, le=1.0,
     )  # fmt: skip
-    state_dir: Path | None = setting(None, GUARDRAIL, "admin DB folder (default: <cache>/state)")
+    state_dir: Path | None = setting(
+        None, GUARDRAIL, "folder of the SQLite threshold store (default: <cache>/state)"
+    )
+    state_url: SecretStr | None = setting(
+        None, GUARDRAIL,
+        "threshold store: sqlite:///DIR (one replica; sqlite:////abs/dir) or "
+        "postgresql://user:password@host:port/db (shared by every replica naming it; changes "
+        "reach them within 2 s) (default: sqlite:///<state-dir>)",
+    )  # fmt: skip
     max_moderation_inputs: int = setting(64, GUARDRAIL, "inputs per /v1/moderations call", ge=1)
     max_recalibration_examples: int = setting(
         256, GUARDRAIL, "examples per admin recalibration call", ge=1
@@ -150,6 +160,25 @@ class ServeSettings(BaseSettings):
                 f"default_language {lang!r} is not a routed language ({' '.join(TARGET_LANGUAGES)})"
             )
         return lang
+
+    @model_validator(mode="after")
+    def _one_known_state_location(self) -> ServeSettings:
+        if self.state_url is None:
+            return self
+        if self.state_dir is not None:
+            raise ValueError(
+                "state_dir and state_url both set: give one (state_url sqlite:///DIR names the "
+                "folder state_dir would)"
+            )
+        check_state_url(self.state_url.get_secret_value())
+        return self
+
+    def threshold_store_url(self, default_dir: Path) -> str:
+        """The store ``state_url`` names, else the SQLite store in ``state_dir`` or
+        ``default_dir``."""
+        if self.state_url is not None:
+            return self.state_url.get_secret_value()
+        return sqlite_url(self.state_dir or default_dir)
 
     @field_validator("engine_args")
     @classmethod

@@ -59,9 +59,12 @@ def free_port() -> int:
 class Server:
     """``python -m cli.main serve`` as a subprocess; records what it answered while starting."""
 
-    def __init__(self, state_dir: Path, log_path: Path, artifact: Path) -> None:
+    def __init__(
+        self, state_dir: Path, log_path: Path, artifact: Path, state_url: str | None = None
+    ) -> None:
         self.artifact = artifact
         self.state_dir = state_dir
+        self.state = ["--state-url", state_url] if state_url else ["--state-dir", str(state_dir)]
         self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -76,7 +79,7 @@ class Server:
             sys.executable, "-m", "cli.main", "serve", "--model", SMOLLM2.id,
             "--host", "127.0.0.1",
             "--port", str(self.port), "--api-key", API_KEY, "--admin-token", ADMIN,
-            "--state-dir", str(self.state_dir), "--max-model-len", str(MAX_MODEL_LEN),
+            *self.state, "--max-model-len", str(MAX_MODEL_LEN),
             "--artifact", str(self.artifact),
             "--max-num-seqs", "8", "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),
             "--language-action", "yo=refuse", "--language-action", "sw=flag",

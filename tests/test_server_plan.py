@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fitted_gate
 from prometheus_client import CollectorRegistry
 
-from gate.estimator import GateConfig, HarmfulnessGate
+from gate.estimator import HarmfulnessGate
 from server.admin_store import ThresholdStore
 from server.app.service import GuardrailService
 from server.langid import Detection
@@ -19,14 +20,7 @@ from server.settings import ServeSettings
 
 
 def service(tmp_path, **settings) -> tuple[GuardrailService, HarmfulnessGate]:
-    rng = np.random.default_rng(0)
-    y = np.r_[np.ones(30), np.zeros(30)].astype(np.int64)
-    train = {}
-    for lang in ("en", "de"):
-        a = rng.normal(size=(60, 8))
-        a[:, 0] += 3 * y
-        train[lang] = (a, y)
-    gate = HarmfulnessGate(GateConfig(layer=3, rank=2)).fit(train)
+    gate = fitted_gate()
     e0 = np.zeros(8)
     e0[0] = 3.0
     gate.recalibrate("yo", np.stack([-e0, e0]), np.array([1, 0]))  # inverted: unprotected

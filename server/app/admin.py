@@ -2,13 +2,16 @@
 
 Runs in the API-server process. A change is committed to the store (durably, with its audit
 row) before the answer goes out, and the next request resolves its threshold from the store,
-so changes apply without restart and survive one. Recalibration scores the caller's labelled
-prompts on the live engine and applies the paper's rule through the gate library
-(``HarmfulnessGate.recalibrate_from_scores``) on a scratch copy of the gate.
+so changes apply without restart and survive one (with a PostgreSQL store, on every replica
+within 2 s; while its database is down, writes answer 503). Store calls run in a thread: a
+database round trip must not hold up the requests being served. Recalibration scores the
+caller's labelled prompts on the live engine and applies the paper's rule through the gate
+library (``HarmfulnessGate.recalibrate_from_scores``) on a scratch copy of the gate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -80,7 +83,7 @@ async def put_threshold(language: str, body: ThresholdUpdate, request: Request) 
     assert svc.store is not None
     previous = svc.threshold(lang)
     record = svc.scratch_gate().set_threshold(lang, body.value, source="manual", note=body.note)
-    svc.store.put(record, previous=previous, actor=actor, operation="set")
+    await asyncio.to_thread(svc.store.put, record, previous=previous, actor=actor, operation="set")
     return {**_publish(svc, lang), "previous": previous.to_dict()}
 
 
@@ -90,8 +93,8 @@ async def delete_threshold(language: str, request: Request) -> dict[str, Any]:
     lang = validated_language(language, "language")
     assert svc.store is not None
     previous = svc.threshold(lang)
-    removed = svc.store.delete(
-        lang, previous=previous, after=svc.gate.threshold(lang), actor=actor
+    removed = await asyncio.to_thread(
+        svc.store.delete, lang, previous=previous, after=svc.gate.threshold(lang), actor=actor
     )
     if not removed:
         raise APIError(
@@ -130,7 +133,9 @@ async def recalibrate(
     if not record.protected:  # keep the UNPROTECTED explanation in front of the caller's note
         note = f"{record.note} {note}"
     record = dataclasses.replace(record, note=note)
-    svc.store.put(record, previous=previous, actor=actor, operation="recalibrate")
+    await asyncio.to_thread(
+        svc.store.put, record, previous=previous, actor=actor, operation="recalibrate"
+    )
     return {
         **_publish(svc, lang),
         "previous": previous.to_dict(),
@@ -148,4 +153,5 @@ async def audit(
     svc, _ = _admin(request)
     assert svc.store is not None
     lang = None if language is None else validated_language(language, "language")
-    return {"entries": [e.to_dict() for e in svc.store.audit(lang, limit)]}
+    entries = await asyncio.to_thread(svc.store.audit, lang, limit)
+    return {"entries": [e.to_dict() for e in entries]}

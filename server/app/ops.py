@@ -3,7 +3,9 @@
 Runs in the API-server process. ``/health`` is 200 only once the guarded engine has started and
 its hook self-check has passed (``GuardedEngine.start`` raises otherwise), and while the engine
 reports itself alive; 503 before (with the start-up ``phase``: a first-use calibration takes
-minutes) and after.
+minutes) and after. While the threshold store's database cannot be reached it is 200 with
+``{"status": "degraded", "reason": ...}``: requests are still guarded, with the thresholds last
+read, but admin changes fail.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ async def health(request: Request) -> JSONResponse:
     except Exception as exc:
         log.error("engine health check failed: %s", exc)
         return JSONResponse({"status": "unhealthy", "reason": str(exc)}, status_code=503)
+    store = svc.store.status() if svc.store is not None else None
+    if store is not None and not store.ok:  # still serving, with the thresholds last read
+        return JSONResponse({"status": "degraded", "reason": store.reason})
     return JSONResponse({"status": "ok"})
 
 

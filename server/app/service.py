@@ -29,7 +29,7 @@ from gate.hf.embedded import embedded_model
 from gate.hf.model_source import resolve_model as model_source
 from gate.languages import UnknownLanguageError, validate_language
 from paths import cache_root
-from server.admin_store import ThresholdStore
+from server.admin_store import OverrideStore
 from server.app.errors import APIError
 from server.app.outcome import GuardPlan, plan_request
 from server.calibration import ensure_default_artifact
@@ -38,6 +38,7 @@ from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
 from server.metrics import ServerMetrics
 from server.settings import ServeSettings
 from server.shipped import shipped_artifact
+from server.store_url import connect_store
 
 if TYPE_CHECKING:
     from gate.estimator import ThresholdRecord
@@ -74,7 +75,7 @@ class GuardrailService:
         self.router = LanguageRouter(settings.default_language, settings.langid_min_confidence)
         self.engine: Engine | None = None
         self._gate: HarmfulnessGate | None = None
-        self.store: ThresholdStore | None = None
+        self.store: OverrideStore | None = None
         self.tokenizer: Any = None
         self.model_path: Path | None = None
         self.artifact_path: Path | None = None
@@ -112,9 +113,16 @@ class GuardrailService:
             resolve_artifact, s.artifact, s.model, self._calibrating
         )
         manifest = read_manifest(self.artifact_path)
-        state_dir = s.state_dir or default_state_dir()
-        self.store = ThresholdStore(state_dir, str(manifest["tensors_sha256"])[:16])
-        log.info("threshold overrides: %s", self.store.path)
+        self._enter("opening the threshold store")
+        self.use_store(
+            await connect_store(
+                s.threshold_store_url(default_state_dir()),
+                str(manifest["tensors_sha256"])[:16],
+                self.metrics,
+                self._enter,
+            )
+        )
+        log.info("threshold overrides: %s", self.store.description)
         self.served_names = served_names(s, self.model_path)
         # The server's own copy of the gate holds the artifact's threshold records; the engine
         # checks that the artifact belongs to the model.
@@ -197,6 +205,12 @@ class GuardrailService:
         return name
 
     # ------------------------------------------------------------------------- thresholds
+
+    def use_store(self, store: OverrideStore) -> None:
+        """Resolve thresholds from ``store``; re-publish a language's metrics whenever its
+        override changes, through this replica or another one sharing the store."""
+        self.store = store
+        store.subscribe(lambda language: self.ready and self.publish_threshold(language))
 
     @property
     def gate(self) -> HarmfulnessGate:
