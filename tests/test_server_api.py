@@ -81,6 +81,7 @@ class Server:
             "--port", str(self.port), "--api-key", API_KEY, "--admin-token", ADMIN,
             *self.state, "--max-model-len", str(MAX_MODEL_LEN),
             "--artifact", str(self.artifact),
+            # eager: the API's behaviour does not depend on the mode (both modes: test_vllm_engine)
             "--max-num-seqs", "8", "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),
             "--language-action", "yo=refuse", "--language-action", "sw=flag",
         ]  # fmt: skip

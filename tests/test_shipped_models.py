@@ -67,8 +67,10 @@ def _greedy():
 def test_shipped_smollm2_artifact_passes_the_self_check() -> None:
     from server.engine.offline import GuardedLLM
 
+    # eager: these tests are about the artifacts; both modes run in test_vllm_engine.py, and a
+    # compiled start costs minutes of compilation on a fresh machine
     llm = GuardedLLM(SMOLLM2.id, shipped_artifact(SMOLLM2.id), max_model_len=512,
-                     kv_cache_memory_bytes=1 << 29)  # fmt: skip
+                     kv_cache_memory_bytes=1 << 29, enforce_eager=True)  # fmt: skip
     try:
         assert llm.install_info["layers"]  # the self-check ran in the constructor
     finally:
@@ -80,7 +82,7 @@ def qwen():
     from server.engine.offline import GuardedLLM
 
     llm = GuardedLLM(QWEN_CODER.id, shipped_artifact(QWEN_CODER.id), max_model_len=1024,
-                     kv_cache_memory_bytes=1 << 30)  # fmt: skip
+                     kv_cache_memory_bytes=1 << 30, enforce_eager=True)  # fmt: skip
     yield llm
     llm.shutdown()
 
