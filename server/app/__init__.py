@@ -35,7 +35,10 @@ def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) ->
         finally:
             service.shutdown()
 
-    app = FastAPI(title="babelgate", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No trailing-slash redirects: a 307 from PUT /admin/thresholds/ to a GET-only route helps
+    # no client; an unknown path is a 404 in OpenAI's schema.
+    app = FastAPI(title="babelgate", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)  # fmt: skip
     app.state.service = service
     install_error_handlers(app)
     for module in (chat, moderations, admin, ops):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
 from server.app.errors import APIError
@@ -51,6 +54,34 @@ def check_api_key(request: Request, api_key: SecretStr | None) -> None:
             code="invalid_api_key",
             headers=CHALLENGE,
         )
+
+
+def authenticated(check: Callable[[Request], None]) -> type[APIRoute]:
+    """The route class of a router whose every route runs ``check`` first, before the body is
+    read or validated, so an unauthenticated client learns nothing about what the API accepts
+    (not even whether its JSON parses)."""
+
+    class AuthenticatedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handle = super().get_route_handler()
+
+            async def checked(request: Request) -> Response:
+                check(request)
+                return await handle(request)
+
+            return checked
+
+    return AuthenticatedRoute
+
+
+def require_api_key(request: Request) -> None:
+    """The ``/v1`` routes' check: the API key the server was started with."""
+    check_api_key(request, request.app.state.service.settings.api_key)
+
+
+def require_admin_token(request: Request) -> None:
+    """The admin routes' check; the caller's audit identity goes to ``request.state.actor``."""
+    request.state.actor = check_admin_token(request, request.app.state.service.settings.admin_token)
 
 
 def check_admin_token(request: Request, admin_token: SecretStr | None) -> str:
