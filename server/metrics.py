@@ -95,6 +95,12 @@ class ServerMetrics:
         self.completion_tokens = Counter(
             "babelgate_completion_tokens", "Completion tokens returned.", registry=registry
         )
+        self.rejected = Counter(
+            "babelgate_rejected_requests",
+            "Requests answered 429 because --max-queue-depth requests were in flight, by route.",
+            ["route"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "babelgate_requests_in_flight",
             "Chat and moderation requests being processed now.",

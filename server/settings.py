@@ -81,6 +81,10 @@ class ServeSettings(BaseSettings):
     api_key: SecretStr | None = setting(None, HTTP, "require this bearer key on /v1/*")
     admin_token: SecretStr | None = setting(None, HTTP, "bearer token of /admin/* (else closed)")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", HTTP, "log level")
+    max_queue_depth: int = setting(
+        128, HTTP, "chat and moderation requests in flight (generating or waiting for the "
+        "engine) beyond which a new one is answered 429 with Retry-After at once", ge=1,
+    )  # fmt: skip
 
     # the guardrail
     policy: Policy = setting(

@@ -1,7 +1,7 @@
 """The FastAPI app of ``babelgate serve``: OpenAI-compatible API, admin API, health, metrics.
 
 Runs in the API-server process. ``create_app`` wires the routes to one ``GuardrailService``
-and ``serve`` runs it under uvicorn; the lifespan starts the service in the background
+behind admission control (``server.app.admission``) and ``serve`` runs it under uvicorn; the lifespan starts the service in the background
 (``/health`` is 503 until the guarded engine and its self-check are up) and shuts the engine
 down on exit.
 """
@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.app import admin, chat, moderations, ops
+from server.app.admission import AdmissionControl
 from server.app.errors import install_error_handlers
 from server.app.service import GuardrailService
 from server.metrics import ServerMetrics
@@ -41,6 +42,9 @@ def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) ->
                   redirect_slashes=False)  # fmt: skip
     app.state.service = service
     install_error_handlers(app)
+    app.add_middleware(
+        AdmissionControl, limit=settings.max_queue_depth, rejected=service.metrics.rejected
+    )
     for module in (chat, moderations, admin, ops):
         app.include_router(module.router)
     return app

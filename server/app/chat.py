@@ -44,7 +44,8 @@ from server.settings import GateFailureMode
 
 log = logging.getLogger(__name__)
 router = APIRouter(
-    route_class=authenticated(require_api_key), responses=error_responses(400, 401, 404, 503)
+    route_class=authenticated(require_api_key),
+    responses=error_responses(400, 401, 404, 429, 503),
 )
 
 

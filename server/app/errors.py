@@ -31,6 +31,7 @@ ERROR_TYPES: dict[int, str] = {
     409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
+    429: "rate_limit_error",
     500: "internal_server_error",
     503: "service_unavailable_error",
 }

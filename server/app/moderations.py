@@ -26,7 +26,8 @@ from server.langid import Detection
 
 log = logging.getLogger(__name__)
 router = APIRouter(
-    route_class=authenticated(require_api_key), responses=error_responses(400, 401, 404, 503)
+    route_class=authenticated(require_api_key),
+    responses=error_responses(400, 401, 404, 429, 503),
 )
 
 OPENAI_CATEGORIES: tuple[str, ...] = (

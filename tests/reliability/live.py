@@ -13,10 +13,12 @@ real engine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -82,6 +84,31 @@ class ScoringEngine(FakeEngine):
     async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]:
         self.scored.append((list(prompts), language))
         return [float(len(p) % 7 - 3) for p in prompts]
+
+
+class HeldEngine(ScoringEngine):
+    """``ScoringEngine`` whose generations wait, after the prefill, until ``released`` is set:
+    its requests stay in flight for as long as a test needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    async def generate(self, prompt: Sequence[int], sampling_params: Any, guard: GuardParams,
+                       request_id: str) -> AsyncIterator[tuple[Any, Any]]:  # fmt: skip
+        async for item in super().generate(prompt, sampling_params, guard, request_id):
+            while not self.released.is_set():
+                await asyncio.sleep(0.01)
+            yield item
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = START_WAIT_S) -> None:
+    """Poll ``condition`` until it holds; fail saying ``what`` did not happen."""
+    for _ in range(int(timeout_s / 0.02)):
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def seed_like_the_worker(params: Any) -> None:
