@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -109,6 +110,21 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = START_
             return
         time.sleep(0.02)
     raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health_phase(url: str) -> str | None:
+    """The start-up phase ``/health`` reports ("ok" once ready; None: no answer yet)."""
+    try:
+        body = httpx.get(f"{url}/health", timeout=5).json()
+    except httpx.HTTPError:
+        return None
+    return body.get("phase", body.get("status"))
 
 
 def seed_like_the_worker(params: Any) -> None:
