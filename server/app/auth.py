@@ -1,7 +1,8 @@
 """Bearer-token checks: the API key for ``/v1/*`` and the separate admin token for ``/admin/*``.
 
-Runs in the API-server process. Tokens are compared in constant time. The admin API audits who
-changed a threshold by a short hash of the token used, never the token itself.
+Runs in the API-server process. Tokens are compared in constant time (``tokens_match``), checked
+before a request's body is read (``authenticated``), and never logged or stored: the admin API
+audits who changed a threshold by a short hash of the token used, never the token itself.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def token_identity(token: str) -> str:
     return "token:" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def _matches(token: str, expected: SecretStr) -> bool:
-    return hmac.compare_digest(token.encode(), expected.get_secret_value().encode())
+def tokens_match(token: str, expected: SecretStr) -> bool:
+    """Whether ``token`` is the expected one, in constant time: the SHA-256 digests are compared
+    (``hmac.compare_digest`` of two 32-byte strings), so the time taken depends neither on where
+    a guess first differs nor on its length."""
+    given = hashlib.sha256(token.encode()).digest()
+    wanted = hashlib.sha256(expected.get_secret_value().encode()).digest()
+    return hmac.compare_digest(given, wanted)
 
 
 def check_api_key(request: Request, api_key: SecretStr | None) -> None:
@@ -46,7 +52,7 @@ def check_api_key(request: Request, api_key: SecretStr | None) -> None:
     if api_key is None:
         return
     token = bearer_token(request)
-    if token is None or not _matches(token, api_key):
+    if token is None or not tokens_match(token, api_key):
         raise APIError(
             401,
             "invalid or missing API key: send `Authorization: Bearer <key>` with the key the "
@@ -103,6 +109,6 @@ def check_admin_token(request: Request, admin_token: SecretStr | None) -> str:
             "the admin API is disabled: start the server with --admin-token to enable it",
             code="admin_disabled",
         )
-    if not _matches(token, admin_token):
+    if not tokens_match(token, admin_token):
         raise APIError(403, "wrong admin token", code="invalid_admin_token")
     return token_identity(token)

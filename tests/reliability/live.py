@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from gate.languages import validate_language
 from server.admin_store import ThresholdStore
 from server.app import create_app
 from server.app.errors import ERROR_TYPES
+from server.app.listeners import bind, served_app
 from server.engine.types import POLICIES, GuardParams
 from server.metrics import ServerMetrics
 from server.settings import ServeSettings
@@ -152,15 +152,25 @@ def guarded_app(engine: FakeEngine, state_dir: Path, **settings: Any) -> FastAPI
 
 
 class LiveServer:
-    """uvicorn serving ``app`` on a free port of 127.0.0.1 from a thread (no lifespan)."""
+    """uvicorn serving ``app`` from a thread on the sockets ``babelgate serve`` would bind, at
+    free ports of 127.0.0.1 (the admin API's own listener too, when the app has one), without
+    the lifespan."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
+        settings = app.state.service.settings
+        self.sockets = bind(settings.model_copy(update={
+            "host": "127.0.0.1", "port": 0, "admin_host": "127.0.0.1",
+            "admin_port": None if settings.admin_port is None else 0,
+        }))  # fmt: skip
+        config = uvicorn.Config(served_app(app, self.sockets), lifespan="off",
                                 log_level="warning", timeout_keep_alive=30)  # fmt: skip
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-        self.url = ""
+        self.thread = threading.Thread(target=self.server.run, args=(self.sockets,),
+                                       name="uvicorn", daemon=True)  # fmt: skip
+        ports = [s.getsockname()[1] for s in self.sockets]
+        self.url = f"http://127.0.0.1:{ports[0]}"
+        self.admin_url = f"http://127.0.0.1:{ports[-1]}"  # the API's, if the admin has no own
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
@@ -169,8 +179,6 @@ class LiveServer:
                 break
             self.thread.join(0.05)
         assert self.server.started, f"uvicorn did not start within {START_WAIT_S} s"
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,24 +186,9 @@ class LiveServer:
         self.thread.join(START_WAIT_S)
         self.app.state.service.store.close()
 
-    def client(self, token: str | None = API_KEY) -> httpx.Client:
+    def client(self, token: str | None = API_KEY, url: str | None = None) -> httpx.Client:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
-
-
-@dataclass
-class Tally:
-    """Responses seen by a fuzzer, by status (for the report)."""
-
-    statuses: dict[int, int] = field(default_factory=dict)
-
-    def add(self, status: int) -> None:
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-
-    def line(self, name: str) -> str:
-        total = sum(self.statuses.values())
-        by = " ".join(f"{s}={n}" for s, n in sorted(self.statuses.items()))
-        return f"{name}: {total} requests ({by})"
+        return httpx.Client(base_url=url or self.url, headers=headers, timeout=60)
 
 
 def raw_json(body: Any) -> bytes:
