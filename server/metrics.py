@@ -115,6 +115,12 @@ class ServerMetrics:
             ["operation"],
             registry=registry,
         )
+        self.rejected = Counter(
+            "babelgate_rejected_requests",
+            "Requests answered 429 because --max-queue-depth requests were in flight, by route.",
+            ["route"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "babelgate_requests_in_flight",
             "Chat and moderation requests being processed now.",

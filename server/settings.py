@@ -78,11 +78,29 @@ class ServeSettings(BaseSettings):
     max_model_len: int | None = setting(None, MODEL, "context length", ge=16)
 
     # HTTP
-    host: str = setting("0.0.0.0", HTTP, "bind address")
+    host: str = setting(
+        "0.0.0.0", HTTP, "bind address (the default is every interface: set --api-key, or bind "
+        "127.0.0.1 behind a proxy)",
+    )  # fmt: skip
     port: int = setting(8000, HTTP, "port", ge=0, le=65535)
-    api_key: SecretStr | None = setting(None, HTTP, "require this bearer key on /v1/*")
-    admin_token: SecretStr | None = setting(None, HTTP, "bearer token of /admin/* (else closed)")
+    api_key: SecretStr | None = setting(
+        None, HTTP, "require this bearer key on /v1/* (or BABELGATE_API_KEY, out of the process "
+        "list)",
+    )  # fmt: skip
+    admin_token: SecretStr | None = setting(
+        None, HTTP, "bearer token of /admin/* (else closed); prefer BABELGATE_ADMIN_TOKEN, since a "
+        "flag is visible to every local user in the process list",
+    )  # fmt: skip
+    admin_host: str = setting("127.0.0.1", HTTP, "bind address of the admin listener")
+    admin_port: int | None = setting(
+        None, HTTP, "serve /admin/* on this port (at --admin-host) only, not on --port",
+        ge=0, le=65535,
+    )  # fmt: skip
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", HTTP, "log level")
+    max_queue_depth: int = setting(
+        128, HTTP, "chat and moderation requests in flight (generating or waiting for the "
+        "engine) beyond which a new one is answered 429 with Retry-After at once", ge=1,
+    )  # fmt: skip
 
     # the guardrail
     policy: Policy = setting(
@@ -187,6 +205,15 @@ class ServeSettings(BaseSettings):
             if isinstance(item, float) and not math.isfinite(item):
                 raise ValueError(f"engine_args[{key!r}] must be finite, got {item!r}")
         return value
+
+    @model_validator(mode="after")
+    def _two_listeners(self) -> ServeSettings:
+        if self.admin_port and self.admin_port == self.port:
+            raise ValueError(
+                f"admin_port {self.admin_port} is the API's port: give the admin listener a port "
+                "of its own, or drop admin_port to serve /admin/* on the API's port"
+            )
+        return self
 
     @model_validator(mode="after")
     def _engine_args_do_not_shadow_flags(self) -> ServeSettings:

@@ -1,27 +1,39 @@
 """The FastAPI app of ``babelgate serve``: OpenAI-compatible API, admin API, health, metrics.
 
 Runs in the API-server process. ``create_app`` wires the routes to one ``GuardrailService``
-and ``serve`` runs it under uvicorn; the lifespan starts the service in the background
-(``/health`` is 503 until the guarded engine and its self-check are up) and shuts the engine
-down on exit.
+behind admission control (``server.app.admission``), the admin API on the same listener or on
+its own (``server.app.listeners``), and ``serve`` runs it under uvicorn; the
+lifespan starts the service in the background (``/health`` is 503 until the guarded engine and
+its self-check are up) and shuts the engine down on exit. What a supervisor sees: stopped
+(SIGTERM) it exits with status 143, at once when it is still starting (the start-up work runs in
+threads nothing can interrupt, a first-use calibration takes minutes, and asyncio would wait for
+them); when it could not start, with status 1.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, NoReturn
 
 import uvicorn
 from fastapi import FastAPI
 
 from server.app import admin, chat, moderations, ops
+from server.app.admission import AdmissionControl
 from server.app.errors import install_error_handlers
+from server.app.listeners import bind, exposure_warnings, served_app
 from server.app.service import GuardrailService
 from server.metrics import ServerMetrics
 from server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+
+STOPPED = 128 + signal.SIGTERM  # the status of a process ended by SIGTERM, as the CLI's
+START_FAILED = 1
 
 
 def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) -> FastAPI:
@@ -33,29 +45,56 @@ def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) ->
         try:
             yield
         finally:
+            if service.starting:
+                exit_now(f"stopped during start-up ({service.phase})", STOPPED)
             service.shutdown()
+            if service.startup_error is not None:
+                exit_now(f"babelgate serve could not start: {service.startup_error}", START_FAILED)
 
-    app = FastAPI(title="babelgate", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.service = service
-    install_error_handlers(app)
-    for module in (chat, moderations, admin, ops):
+    app = bare_app("babelgate", service, lifespan)
+    app.add_middleware(
+        AdmissionControl, limit=settings.max_queue_depth, rejected=service.metrics.rejected
+    )
+    for module in (chat, moderations, ops):
         app.include_router(module.router)
+    if settings.admin_port is None:
+        # In the public OpenAPI document only when it is enabled (an admin token is set).
+        app.include_router(admin.router, include_in_schema=settings.admin_token is not None)
+    else:
+        app.state.admin_app = bare_app("babelgate admin", service)
+        app.state.admin_app.include_router(admin.router)
     return app
 
 
+def bare_app(title: str, service: GuardrailService, lifespan: Any = None) -> FastAPI:
+    """A FastAPI app of ``service`` with its errors in OpenAI's schema and no routes yet."""
+    # No trailing-slash redirects: a 307 from PUT /admin/thresholds/ to a GET-only route helps
+    # no client; an unknown path is a 404 in OpenAI's schema.
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)  # fmt: skip
+    app.state.service = service
+    install_error_handlers(app)
+    return app
+
+
+def exit_now(reason: str, status: int) -> NoReturn:
+    """Exit at once with ``status``, without waiting for the start-up threads. Nothing is lost:
+    a converted model, a calibration and its activation cache are written atomically, and vLLM's
+    engine processes started so far die with this one (``server.engine.parent_watch``)."""
+    log.log(logging.WARNING if status == STOPPED else logging.ERROR, "%s: exiting", reason)
+    logging.shutdown()
+    os._exit(status)
+
+
 def serve(settings: ServeSettings) -> int:
-    """Serve until stopped (``babelgate serve``); 1 when the guarded engine could not start."""
+    """Serve until stopped (``babelgate serve``; the exit statuses are the module's)."""
     logging.getLogger().setLevel(settings.log_level.upper())
+    for warning in exposure_warnings(settings):
+        log.warning(warning)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_keep_alive=30,
+    sockets = bind(settings)
+    config = uvicorn.Config(
+        served_app(app, sockets), log_level=settings.log_level, timeout_keep_alive=30
     )
-    failure = app.state.service.startup_error
-    if failure is not None:
-        log.error("babelgate serve stopped because it could not start: %s", failure)
-        return 1
+    uvicorn.Server(config).run(sockets=sockets)
     return 0

@@ -18,21 +18,25 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from server.app.auth import check_admin_token
+from server.app.auth import authenticated, require_admin_token
 from server.app.chat import service_of
-from server.app.errors import APIError
+from server.app.errors import APIError, error_responses
 from server.app.schemas import RecalibrationRequest, ThresholdUpdate
 from server.app.service import GuardrailService, validated_language
 from server.langid import TARGET_LANGUAGES
 
-router = APIRouter(prefix="/admin")
+router = APIRouter(
+    prefix="/admin",
+    route_class=authenticated(require_admin_token),
+    responses=error_responses(400, 401, 403, 404, 503),
+)
 
 
 def _admin(request: Request) -> tuple[GuardrailService, str]:
+    """The service (503 until its engine is up) and the caller's audit identity."""
     svc = service_of(request)
-    actor = check_admin_token(request, svc.settings.admin_token)
     svc.require_engine()
-    return svc, actor
+    return svc, request.state.actor
 
 
 def _view(svc: GuardrailService, language: str) -> dict[str, Any]:

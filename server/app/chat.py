@@ -24,8 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from gate.prompt import chat_token_ids
 from refusal.judge import is_refusal
-from server.app.auth import check_api_key
-from server.app.errors import APIError, error_body
+from server.app.auth import authenticated, require_api_key
+from server.app.errors import APIError, error_body, error_responses
 from server.app.generation import ChatRun
 from server.app.outcome import decide_outcome, guard_info, request_verdict
 from server.app.schemas import (
@@ -43,7 +43,10 @@ from server.metrics import ServerMetrics
 from server.settings import GateFailureMode
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(
+    route_class=authenticated(require_api_key),
+    responses=error_responses(400, 401, 404, 429, 503),
+)
 
 
 def service_of(request: Request) -> GuardrailService:
@@ -56,7 +59,6 @@ def service_of(request: Request) -> GuardrailService:
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     svc = service_of(request)
-    check_api_key(request, svc.settings.api_key)
     svc.require_engine()
     created = int(svc.started_at)
     root = str(svc.model_path)
@@ -134,7 +136,6 @@ async def chat_completions(
 ) -> JSONResponse | StreamingResponse:
     arrival = time.monotonic()
     svc = service_of(request)
-    check_api_key(request, svc.settings.api_key)
     engine = svc.require_engine()
     model = svc.check_model(body.model)
     messages = chat_messages(body)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from server.admin_store import StoreUnavailable
 
@@ -29,9 +33,39 @@ ERROR_TYPES: dict[int, str] = {
     409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
+    429: "rate_limit_error",
     500: "internal_server_error",
     503: "service_unavailable_error",
 }
+
+
+# What each error status means here, for the OpenAPI document (``error_responses``).
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Invalid request: body, parameters, language or context length (see error.param).",
+    401: "Missing or malformed bearer token.",
+    403: "Wrong admin token, or the admin API is disabled.",
+    404: "Unknown model, route or threshold override.",
+    429: "The server's queue is full: retry after the Retry-After header's seconds.",
+    503: "The engine is not ready (retry after Retry-After seconds) or failed.",
+}
+
+
+class ErrorObject(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, which every error response of this server carries."""
+
+    error: ErrorObject
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route or router that may answer these error statuses."""
+    return {s: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 class APIError(Exception):
@@ -84,12 +118,46 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
             continue
         if param is None and where:
             param = where
-        problems.append(f"{where or 'body'}: {err.get('msg')}")
+        message = err.get("msg")
+        if err.get("type") == "string_unicode":  # pydantic's words for an unpaired surrogate
+            message = "holds an unpaired UTF-16 surrogate (such as \\ud800): send valid Unicode"
+        problems.append(f"{where or 'body'}: {message}")
     return "; ".join(problems) or "invalid request", param, code
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    route's, and FastAPI makes one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` without FastAPI's 422 responses: invalid requests are answered 400 in
+    OpenAI's schema (``error_responses`` on the routers says so)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema
+
+    return openapi
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every error FastAPI or our code raises to an OpenAI-schema JSON response."""
+    """Route every error FastAPI or our code raises to an OpenAI-schema JSON response, and say
+    so in the OpenAPI document."""
+    app.openapi = _document_errors(app)  # type: ignore[method-assign]
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -111,10 +179,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        headers = exc.headers
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return JSONResponse(
-            error_body(exc.status_code, message), status_code=exc.status_code, headers=exc.headers
+            error_body(exc.status_code, message), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)

@@ -17,15 +17,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.app.auth import check_api_key
+from server.app.auth import authenticated, require_api_key
 from server.app.chat import prompt_token_ids, service_of
-from server.app.errors import APIError
+from server.app.errors import APIError, error_responses
 from server.app.schemas import GuardInfo, ModerationRequest
 from server.app.service import GuardrailService
 from server.langid import Detection
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(
+    route_class=authenticated(require_api_key),
+    responses=error_responses(400, 401, 404, 429, 503),
+)
 
 OPENAI_CATEGORIES: tuple[str, ...] = (
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
@@ -42,7 +45,6 @@ def _sigmoid(x: float) -> float:
 @router.post("/v1/moderations")
 async def moderations(body: ModerationRequest, request: Request) -> JSONResponse:
     svc = service_of(request)
-    check_api_key(request, svc.settings.api_key)
     engine = svc.require_engine()
     model = svc.check_model(body.model)
     texts = body.inputs()

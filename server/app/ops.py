@@ -11,11 +11,12 @@ read, but admin changes fail.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel
 
 from gate.artifact import babelgate_version
 from server.app.chat import service_of
@@ -24,7 +25,16 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.get("/health")
+class Health(BaseModel):
+    """``/health``: ok (200), or starting with the start-up phase / unhealthy with the reason
+    (503)."""
+
+    status: Literal["ok", "starting", "unhealthy"]
+    phase: str | None = None
+    reason: str | None = None
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
 async def health(request: Request) -> JSONResponse:
     svc = service_of(request)
     if svc.engine is None:
@@ -53,6 +63,6 @@ async def version(request: Request) -> dict[str, Any]:
     return out
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

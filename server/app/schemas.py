@@ -8,7 +8,7 @@ guardrail verdict in an extra ``babelgate`` object, which the client exposes as 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
@@ -17,10 +17,26 @@ from server.engine.types import Policy
 # --------------------------------------------------------------------------------- requests
 
 
+def unicode_text(text: str) -> str:
+    """``text`` if it is valid Unicode. JSON lets a client send unpaired UTF-16 surrogates
+    (``"\\ud800"``), which pydantic passes through in most fields and which no tokenizer, store
+    or response encoder accepts: they are rejected here, with where they are."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"holds an unpaired UTF-16 surrogate ({text[err.start]!r} at character {err.start}): "
+            "send valid Unicode text"
+        ) from None
+    return text
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
     text: str
+
+    _unicode = field_validator("text")(unicode_text)
 
 
 class ChatMessage(BaseModel):
@@ -30,6 +46,11 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @field_validator("content", "name")
+    @classmethod
+    def _unicode(cls, value: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        return unicode_text(value) if isinstance(value, str) else value
 
     def text(self) -> str:
         if self.content is None:
@@ -50,6 +71,11 @@ class GuardOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     language: str | None = Field(None, description="route to this language, skip detection")
 
+    @field_validator("language")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return None if value is None else unicode_text(value)
+
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -60,7 +86,9 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # vLLM's own bound: the worker seeds a torch generator with it (seed + i for choice i, which
+    # stays below torch's 2**64 limit), and a seed it cannot take kills the engine.
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -74,6 +102,11 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("messages need at least one message with role 'user'")
         return messages
 
+    @field_validator("model", "user")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return None if value is None else unicode_text(value)
+
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, stop: str | list[str] | None) -> list[str] | None:
@@ -82,7 +115,7 @@ class ChatCompletionRequest(BaseModel):
         stops = [stop] if isinstance(stop, str) else stop
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes up to 4 non-empty strings")
-        return stops
+        return [unicode_text(s) for s in stops]
 
     def completion_limit(self) -> int | None:
         """``max_completion_tokens`` (current name) or ``max_tokens`` (deprecated name)."""
@@ -91,7 +124,7 @@ class ChatCompletionRequest(BaseModel):
 
 class ModerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    input: str | list[str]
+    input: str | Annotated[list[str], Field(min_length=1)]
     model: str | None = None
     babelgate: GuardOptions | None = None
 
@@ -100,6 +133,8 @@ class ModerationRequest(BaseModel):
     def _nonempty(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and not value:
             raise ValueError("input must be a string or a non-empty list of strings")
+        for text in [value] if isinstance(value, str) else value:
+            unicode_text(text)
         return value
 
     def inputs(self) -> list[str]:
@@ -116,9 +151,13 @@ class ThresholdUpdate(BaseModel):
     @field_validator("value")
     @classmethod
     def _finite(cls, value: float) -> float:
+        try:
+            value = float(value)
+        except OverflowError as err:  # an integer beyond the float range (JSON allows it)
+            raise ValueError("value must be a finite number") from err
         if not math.isfinite(value):
             raise ValueError("value must be a finite number")
-        return float(value)
+        return value
 
 
 class RecalibrationRequest(BaseModel):
@@ -134,7 +173,7 @@ class RecalibrationRequest(BaseModel):
     def _nonblank(cls, texts: list[str]) -> list[str]:
         if any(not t.strip() for t in texts):
             raise ValueError("examples must be non-empty strings")
-        return texts
+        return [unicode_text(t) for t in texts]
 
 
 # --------------------------------------------------------------------------------- responses

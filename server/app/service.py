@@ -92,6 +92,11 @@ class GuardrailService:
     def ready(self) -> bool:
         return self.engine is not None
 
+    @property
+    def starting(self) -> bool:
+        """The start task is still at work (neither ready nor failed)."""
+        return self._start_task is not None and not self._start_task.done()
+
     def begin_start(self) -> None:
         """Start everything in the background; the process exits if it fails."""
         self._start_task = asyncio.get_running_loop().create_task(self._start_or_exit())

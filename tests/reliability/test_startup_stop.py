@@ -1,0 +1,76 @@
+"""``babelgate serve`` stopped while it starts exits at once (status 143); failing to start, 1.
+
+The start-up work (model conversion, a first-use calibration of minutes, the engine start) runs
+in threads that cannot be interrupted, and asyncio waits for them on its way out; before the fix
+a SIGTERM during calibration logged "Finished server process" and went on calibrating at full
+CPU. And a failed start exited 143 like a stop (its SIGTERM to itself was re-raised by uvicorn),
+so a supervisor could not tell it from one. ``test_orphans.py`` stops a real calibration (slow).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from live import free_port, health_phase, wait_for
+
+from server.app import START_FAILED, STOPPED
+
+REPO = Path(__file__).resolve().parents[2]
+EXIT_WITHIN_S = 10  # the requirement (issue 17): any start-up phase, calibration included
+
+# The real console script, with its first start-up phase replaced: HOW never ends (the fast
+# stand-in for a calibration), or fails.
+SERVE = """
+import sys, threading
+from server.app import service
+
+HOW = sys.argv.pop(1)
+
+def resolve_model(model):
+    if HOW == "fail":
+        raise FileNotFoundError("no such model folder")
+    threading.Event().wait()
+
+service.resolve_model = resolve_model
+from cli.main import main
+sys.exit(main())
+"""
+
+
+def serve(tmp_path: Path, how: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """The server process, its URL and its log."""
+    port = free_port()
+    command = [sys.executable, "-c", SERVE, how, "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--state-dir", str(tmp_path)]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    return server, f"http://127.0.0.1:{port}", log
+
+
+def test_sigterm_during_startup_exits_at_once(tmp_path: Path) -> None:
+    server, url, log = serve(tmp_path, "hang")
+    try:
+        wait_for(lambda: health_phase(url) == "resolving the model", "the start-up phase")
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(EXIT_WITHIN_S)
+    finally:
+        server.kill()
+    assert code == STOPPED == 128 + signal.SIGTERM, log.read_text()
+    assert "stopped during start-up (resolving the model): exiting" in log.read_text()
+
+
+def test_a_server_that_cannot_start_exits_with_status_1(tmp_path: Path) -> None:
+    """Not 143 as a stop would (a supervisor restarts a failure, not a stop)."""
+    server, _, log = serve(tmp_path, "fail")
+    try:
+        code = server.wait(60)
+    finally:
+        server.kill()
+    assert code == START_FAILED == 1, log.read_text()
+    assert "could not start: no such model folder: exiting" in log.read_text()
