@@ -88,17 +88,17 @@ class ScoringEngine(FakeEngine):
 
 
 class HeldEngine(ScoringEngine):
-    """``ScoringEngine`` whose generations wait, after the prefill, until ``released`` is set:
+    """``ScoringEngine`` whose generations wait, after the prefill, until ``go`` is set:
     its requests stay in flight for as long as a test needs."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.released = threading.Event()
+        self.go = threading.Event()
 
     async def generate(self, prompt: Sequence[int], sampling_params: Any, guard: GuardParams,
                        request_id: str) -> AsyncIterator[tuple[Any, Any]]:  # fmt: skip
         async for item in super().generate(prompt, sampling_params, guard, request_id):
-            while not self.released.is_set():
+            while not self.go.is_set():
                 await asyncio.sleep(0.01)
             yield item
 

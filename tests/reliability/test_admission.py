@@ -43,7 +43,7 @@ def test_beyond_the_queue_depth_requests_get_429_with_retry_after(tmp_path) -> N
         assert rejected.labels("/v1/chat/completions")._value.get() == 2
         assert rejected.labels("/v1/moderations")._value.get() == 1
 
-        engine.released.set()
+        engine.go.set()
         assert [f.result().status_code for f in held] == [200, 200]
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
 
