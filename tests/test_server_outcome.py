@@ -45,7 +45,7 @@ def row(
     if name == "missing":
         return None
     score, harmful = {"harmful": (1.5, True), "harmless": (-1.5, False),
-                      "unscored": (None, None)}[name]  # fmt: skip
+                      "unscored": (None, None), "nan": (float("nan"), False)}[name]  # fmt: skip
     if intervention is None:  # what routing does; shadow and none never touch the stream
         routed = policy == "routing" and harmful is not None
         intervention = ("steer" if harmful else "ablate") if routed else "none"
@@ -89,6 +89,19 @@ TABLE = {
 def summary(outcome: Outcome) -> tuple:
     return (outcome.kind, outcome.action, outcome.refuse, outcome.intervened,
             outcome.gate_failure, outcome.decision)  # fmt: skip
+
+
+@pytest.mark.parametrize("action", ["steer", "refuse", "flag"])
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_a_nan_score_is_a_gate_failure_not_a_harmless_verdict(action, mode):
+    """NaN >= threshold is false, so the worker reports such a request harmless: the outcome
+    must not believe it."""
+    p = plan(action)
+    outcome = decide_outcome(p, row("nan", p.policy), mode)
+    assert outcome.gate_failure and outcome.kind == f"fail-{mode}" and outcome.decision is None
+    if mode == "closed":
+        assert summary(outcome) == TABLE["unscored", action, mode]
+    assert request_verdict([row("harmful", p.policy), row("nan", p.policy)]).score != 1.5
 
 
 @pytest.mark.parametrize(("verdict", "action", "mode"), sorted(TABLE))

@@ -20,6 +20,7 @@ decides what the server does on top of it: a templated refusal, or letting gener
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -108,23 +109,28 @@ def plan_request(
     return GuardPlan(detection, record, action, policy, tuple(weak_families))
 
 
+def scored(verdict: Verdict | None) -> bool:
+    """Did the gate score this request? (A NaN or infinite score, from a broken activation,
+    is a gate failure like a missing one: it must not pass as harmless.)"""
+    return verdict is not None and verdict.score is not None and math.isfinite(verdict.score)
+
+
 def request_verdict(verdicts: Sequence[Verdict | None]) -> Verdict | None:
     """The one verdict a chat completion is decided on, from the verdicts of its choices.
 
     Each of the ``n`` choices is an engine request with its own guard id, decided by the worker
-    in its own prefill of the same prompt (one shared id would have the worker decide once, but
-    choices prefilled in the same step would each add their layer products to the one record).
-    They agree unless batch-dependent arithmetic puts the scores on both sides of the
+    in its own prefill of the same prompt. They agree unless batch-dependent arithmetic puts the scores on both sides of the
     threshold, or one came back without a score. A completion gets one outcome for all its
-    choices, so a choice with no verdict or no score makes the whole completion a gate failure
+    choices, so a choice with no verdict or no finite score makes the whole completion a gate
+    failure
     (that verdict is returned), and otherwise the highest-scoring choice decides: the completion
     is harmful when any of its choices is.
     """
     scores: list[float] = []
     for verdict in verdicts:
-        if verdict is None or verdict.score is None:
+        if not scored(verdict):
             return verdict
-        scores.append(verdict.score)
+        scores.append(verdict.score)  # type: ignore[union-attr]
     return verdicts[scores.index(max(scores))] if scores else None
 
 
@@ -135,7 +141,7 @@ def decide_outcome(
 
     The first rule that applies wins:
 
-    1. gate failed (policy not ``none``, and no verdict or no score), ``closed``: fail-closed,
+    1. gate failed (policy not ``none``, and no verdict or no finite score), ``closed``: fail-closed,
        the request is treated as harmful under its action: flagged under ``flag`` (the action
        never withholds an answer, so neither does its failure), else the templated refusal
        (reported action "refuse"; steering needs the score, so a refusal is what is left);
@@ -153,7 +159,7 @@ def decide_outcome(
     every policy but the ``always-*`` ones, by the same rule as everywhere else, not a rule of
     its own. ``intervened`` is true for a refusal or when the worker changed some rows.
     """
-    failed = plan.policy != "none" and (verdict is None or verdict.score is None)
+    failed = plan.policy != "none" and not scored(verdict)
     decision = None if failed or verdict is None else verdict.decision
     done = "none" if verdict is None or not verdict.intervened else verdict.intervention
     kind: OutcomeKind
