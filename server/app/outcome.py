@@ -119,12 +119,11 @@ def request_verdict(verdicts: Sequence[Verdict | None]) -> Verdict | None:
     """The one verdict a chat completion is decided on, from the verdicts of its choices.
 
     Each of the ``n`` choices is an engine request with its own guard id, decided by the worker
-    in its own prefill of the same prompt. They agree unless batch-dependent arithmetic puts
-    the scores on both sides of the threshold, or one came back without a score. A completion gets one outcome for all its
-    choices, so a choice with no verdict or no finite score makes the whole completion a gate
-    failure
-    (that verdict is returned), and otherwise the highest-scoring choice decides: the completion
-    is harmful when any of its choices is.
+    in its own prefill of the same prompt. They agree unless batch-dependent arithmetic puts the
+    scores on both sides of the threshold, or one came back without a score. A completion gets
+    one outcome for all its choices, so a choice with no verdict or no finite score makes the
+    whole completion a gate failure (that verdict is returned), and otherwise the highest
+    scoring choice decides: the completion is harmful when any of its choices is.
     """
     scores: list[float] = []
     for verdict in verdicts:
@@ -142,9 +141,10 @@ def decide_outcome(
     The first rule that applies wins:
 
     1. gate failed (policy not ``none``, and no verdict or no finite score), ``closed``:
-       fail-closed, the request is treated as harmful under its action: flagged under ``flag`` (the action
-       never withholds an answer, so neither does its failure), else the templated refusal
-       (reported action "refuse"; steering needs the score, so a refusal is what is left);
+       fail-closed, the request is treated as harmful under its action: flagged under ``flag`` (the
+       action never withholds an answer, so neither does its failure), else the templated
+       refusal (reported action "refuse"; steering needs the score, so a refusal is what is
+       left);
     2. gate failed, ``open``: fail-open, treated as harmless: served as the worker left it;
     3. harmful, plan action ``refuse``: refuse, templated refusal;
     4. harmful, plan action ``flag``: flag, output untouched (the plan ran it in shadow);
