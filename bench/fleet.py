@@ -99,6 +99,10 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--eager", action="store_true",
+        help="replicas with --enforce-eager (default: compiled; the store does not depend on it)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     bind_cpu_threads()
