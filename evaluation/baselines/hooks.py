@@ -101,7 +101,7 @@ def check_eager(vllm_config: Any) -> None:
         )
 
 
-class GuardHooks:
+class BaselineHooks:
     """The hooks of a set of interventions on one model runner; ``remove`` takes them off."""
 
     def __init__(self, runner: Any, vllm_config: Any, interventions: list[Intervention]) -> None:

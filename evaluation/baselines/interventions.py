@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.baselines.hooks import GuardHooks, Intervention, RowSpan
+from evaluation.baselines.hooks import BaselineHooks, Intervention, RowSpan
 
 BASELINE_KEY = "babelgate_baseline"
 BASELINE_CAPTURE_KEY = "babelgate_baseline_capture"
@@ -373,7 +373,7 @@ class BaselineWorkerExtension:
     (``worker_extension_cls``; routing is the worker's own, inside the model)."""
 
     _babelgate_baselines: tuple[Intervention, ...] = ()
-    _babelgate_hooks: GuardHooks | None = None
+    _babelgate_hooks: BaselineHooks | None = None
 
     def babelgate_install_baselines(
         self,
@@ -394,7 +394,7 @@ class BaselineWorkerExtension:
             chosen.append(CastIntervention(cast, param.device, param.dtype))
         if prompt_capture:
             chosen.append(PromptCapture(num_layers))
-        hooks = GuardHooks(runner, self.vllm_config, chosen)  # type: ignore[attr-defined]
+        hooks = BaselineHooks(runner, self.vllm_config, chosen)  # type: ignore[attr-defined]
         if self._babelgate_hooks is not None:
             self._babelgate_hooks.remove()
         self._babelgate_hooks = hooks
