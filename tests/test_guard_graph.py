@@ -46,7 +46,7 @@ class Guard:
         self.runtime = GuardRuntime(self.runner, spec, self.buffers)
         gate = gate or GateParams(LAYER, np.float32([[1, 0, 0, 0]]), 0.0, V.numpy(), 2.0, "fp")
         if spec.read_layers:
-            self.runtime.install(gate, torch.float32)
+            self.runtime.install(gate)
         self.layers = {
             layer: GuardedDecoderLayer(PassThrough(), layer, spec, self.buffers)
             for layer in spec.layers
@@ -196,7 +196,7 @@ def test_requests_gone_free_slots_move_records_to_finished_and_release_evicts_th
     rt = g.runtime
     rt.refresh()
     assert set(rt.active) == {"sib", "x"} and rt.runner_ids() == {"s-0", "s-1", "x"}
-    assert len(rt.owner) == 2 and rt.decisions == 2
+    assert len(rt.slot_of) == 2 and rt.decisions == 2
 
     g.step([("s-1", 1, 1, 1, guard("sib")), ("x", 1, 1, 1, guard("x"))],
            L2=(t([0, 0, 0, 0], [0, 0, 0, 0]), torch.zeros(2, 4)))  # fmt: skip
@@ -204,12 +204,12 @@ def test_requests_gone_free_slots_move_records_to_finished_and_release_evicts_th
     g.runner.requests.pop("s-1")
     assert g.verdicts(["sib"], ["sib"])["sib"]["intervention"] == "steer"
     assert set(rt.active) == {"x"} and "sib" not in rt.finished, "read and released: gone"
-    assert g.verdicts(["sib"]) == {} and len(rt.owner) == 1
+    assert g.verdicts(["sib"]) == {} and len(rt.slot_of) == 1
 
     g.verdicts(["x"], ["x"])  # released while running: dropped as soon as it finishes
     g.runner.requests.clear()
     assert g.verdicts(["x"]) == {} and rt.active == {} and rt.finished == {}
-    assert rt.owner == {} and rt.runner_ids() == set() and len(rt.free) == 7
+    assert rt.slot_of == {} and rt.runner_ids() == set() and len(rt.free) == 7
 
     monkeypatch.setattr(runtime_module, "MAX_FINISHED_VERDICTS", 2)
     for bid in ("a", "b", "c"):
@@ -256,11 +256,11 @@ def test_a_gate_reading_a_subset_of_the_engines_layers_loads_others_are_refused(
     assert g.verdicts(["r"])["r"]["score"] == 1.0 and torch.equal(out[2], t([2, 1, 1, 1]))
     other = GateParams(3, np.float32([[1, 0, 0, 0]]), 0.0, V.numpy(), 2.0, "fp")
     with pytest.raises(GuardrailStartupError, match="decide at 2"):
-        g.runtime.install(other, torch.float32)
+        g.runtime.install(other)
     v5 = np.float32([0.5, 0.5, 0.5, 0.5, 0])
     wide = GateParams(2, np.float32([[1, 0, 0, 0, 0]]), 0.0, v5, 2.0, "w")
     with pytest.raises(GuardrailStartupError, match="hidden size is 4"):
-        g.runtime.install(wide, torch.float32)
+        g.runtime.install(wide)
 
 
 def test_capture_copies_each_layers_stream_at_the_last_prompt_token():

@@ -190,14 +190,14 @@ class GuardedDecoderLayer(nn.Module):
         hidden, residual = self.inner(*args, **kwargs)
         b = self.guard
         slot = b.slot[: hidden.shape[0]]
-        stream = hidden.float() + residual.float()
         if self.capture_index is not None:
             target = torch.where(b.last[: hidden.shape[0]], slot, torch.zeros_like(slot))
-            b.captures[self.capture_index].index_copy_(0, target, stream)
+            b.captures[self.capture_index].index_copy_(0, target, hidden.float() + residual.float())
         if self.read_index is None:
             return hidden, residual
         partial = _gate_partial(b, self.read_index, self.read_index == 0, hidden, residual)
         if not self.decides:
             return hidden, residual
         decision = _decide(b, partial, slot)
+        stream = hidden.float() + residual.float()
         return _intervene(b, hidden, stream, slot, decision), residual

@@ -100,8 +100,7 @@ class GuardRuntime:
         self.gate: GateParams | None = None
         num_slots = int(buffers.decision.shape[0])
         self.free = list(range(num_slots - 1, NO_OP_SLOT, -1))  # pop() hands out 1 first
-        self.owner: dict[int, str] = {}  # slot -> key ("guard:<id>" / "capture:<id>")
-        self.slot_of: dict[str, int] = {}
+        self.slot_of: dict[str, int] = {}  # key ("guard:<id>" / "capture:<id>") -> its slot
         self.key_of: dict[str, str | None] = {}  # runner id -> key (None: not guarded)
         self.runners: dict[str, set[str]] = {}  # key -> its live runner ids
         self.active: dict[str, GuardRecord] = {}
@@ -121,7 +120,7 @@ class GuardRuntime:
 
     # ------------------------------------------------------------------ the gate's values
 
-    def install(self, gate: GateParams, dtype: torch.dtype) -> None:
+    def install(self, gate: GateParams) -> None:
         """Load a gate into the buffers; its layers must fit the engine's traced shape."""
         if gate.layer != self.spec.decision_layer or not set(gate.read_layers) <= set(
             self.spec.read_layers
@@ -146,7 +145,7 @@ class GuardRuntime:
         self.b.c.fill_(gate.c)
         v = torch.from_numpy(gate.v).to(device=device, dtype=torch.float32)
         self.b.v.copy_(v)
-        self.b.steer_delta.copy_((gate.alpha * v).to(dtype))
+        self.b.steer_delta.copy_((gate.alpha * v).to(self.b.steer_delta.dtype))
         self.gate = gate
 
     def uninstall(self) -> None:
@@ -190,6 +189,7 @@ class GuardRuntime:
         """Start copying the slots' results back and return the per-token slots to 0."""
         if not self._rows:
             return
+        began = time.perf_counter()
         b = self.b
         device = b.decision.device
         pin = device.type == "cuda"
@@ -206,6 +206,7 @@ class GuardRuntime:
         self._capturing = []
         b.slot[: self._rows].zero_()
         self._rows = 0
+        self.seconds += time.perf_counter() - began
 
     # ------------------------------------------------------------------ slots
 
@@ -248,11 +249,10 @@ class GuardRuntime:
     def _assign(self, key: str, threshold: float, actions: list[int]) -> int:
         if not self.free:
             raise RuntimeError(
-                f"babelgate: all {len(self.owner)} guard slots are in use; the engine was "
+                f"babelgate: all {len(self.slot_of)} guard slots are in use; the engine was "
                 "started with more concurrent sequences than its guard buffers hold"
             )
         slot = self.free.pop()
-        self.owner[slot] = key
         self.slot_of[key] = slot
         self._threshold[slot] = threshold
         self._action[slot * 3 : slot * 3 + 3] = actions
@@ -274,7 +274,6 @@ class GuardRuntime:
             del self.runners[key]
             slot = self.slot_of.pop(key, None)
             if slot is not None:
-                del self.owner[slot]
                 self._action[slot * 3 : slot * 3 + 3] = 0
                 self._tables_dirty = True
                 self.free.append(slot)

@@ -96,7 +96,7 @@ class GuardWorkerMixin:
         Raises ``GuardrailStartupError`` (sent back to the caller) when the gate does not fit
         the engine's traced shape or the model."""
         runtime = self._babelgate_runtime()
-        runtime.install(GateParams.from_wire(gate), runtime.b.steer_delta.dtype)
+        runtime.install(GateParams.from_wire(gate))
         return self.babelgate_describe()
 
     def babelgate_describe(self) -> dict[str, Any]:
@@ -129,7 +129,7 @@ class GuardWorkerMixin:
             "decisions": runtime.decisions,
             "active": len(runtime.active),
             "finished_unfetched": len(runtime.finished),
-            "slots_in_use": len(runtime.owner),
+            "slots_in_use": len(runtime.slot_of),
         }
 
     def babelgate_verdicts(
