@@ -22,7 +22,12 @@ import torch
 from server.engine import runtime as runtime_module
 from server.engine.guard_graph import GuardBuffers, GuardedDecoderLayer, GuardSpec
 from server.engine.runtime import CAPTURE_KEY, GuardRuntime
-from server.engine.types import EXTRA_ARGS_KEY, GateParams, GuardrailStartupError
+from server.engine.types import (
+    EXTRA_ARGS_KEY,
+    TEST_FAULTS_ENV,
+    GateParams,
+    GuardrailStartupError,
+)
 
 LAYER = 2
 V = torch.tensor([0.5, 0.5, 0.5, 0.5])
@@ -292,3 +297,23 @@ def test_the_wrapped_layer_compiles_to_one_graph_with_the_same_numbers(rows):
     got = compiled.step(batch, L1=(h1, r1), L2=(h2, r2))
     assert torch.equal(want[2], got[2]) and torch.equal(want[1], got[1])
     assert eager.verdicts(["a", "b"]) == compiled.verdicts(["a", "b"])
+
+
+def test_an_injected_gate_failure_scores_every_guarded_request_nan_until_switched_off(
+    monkeypatch,
+):
+    """The test-only switch poisons the gate in the graph itself: both requests of the step
+    score NaN (which the server treats as a gate failure); off, the next request scores again."""
+    g = Guard()
+    with pytest.raises(PermissionError, match=TEST_FAULTS_ENV):
+        g.runtime.inject_gate_failure(True)
+    monkeypatch.setenv(TEST_FAULTS_ENV, "1")
+    g.runtime.inject_gate_failure(True)
+    hidden = t([2, 0, 0, 0], [-2, 0, 0, 0])
+    g.step([("a", 1, 0, 1, guard("a")), ("b", 1, 0, 1, guard("b"))],
+           L2=(hidden, torch.zeros_like(hidden)))  # fmt: skip
+    verdicts = g.verdicts(["a", "b"])
+    assert all(np.isnan(verdicts[b]["score"]) for b in ("a", "b")), verdicts
+    g.runtime.inject_gate_failure(False)
+    g.step([("c", 1, 0, 1, guard("c"))], L2=(hidden[:1], torch.zeros_like(hidden[:1])))
+    assert g.verdicts(["c"])["c"]["score"] == 2.0

@@ -102,6 +102,8 @@ def test_a_nan_score_is_a_gate_failure_not_a_harmless_verdict(action, mode):
     if mode == "closed":
         assert summary(outcome) == TABLE["unscored", action, mode]
     assert request_verdict([row("harmful", p.policy), row("nan", p.policy)]).score != 1.5
+    # and the client is told no score, not a NaN that no strict JSON parser reads
+    assert guard_info(p, row("nan", p.policy), outcome).gate_score is None
 
 
 @pytest.mark.parametrize(("verdict", "action", "mode"), sorted(TABLE))

@@ -54,6 +54,7 @@ class FakeEngine:
     output, and on ``verdict(id, release=True)``; ``released`` lists the ids in that order."""
 
     engine = None
+    dead = False
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ lifespan starts the service in the background (``/health`` is 503 until the guar
 its self-check are up) and shuts the engine down on exit. What a supervisor sees: stopped
 (SIGTERM) it exits with status 143, at once when it is still starting (the start-up work runs in
 threads nothing can interrupt, a first-use calibration takes minutes, and asyncio would wait for
-them); when it could not start, with status 1.
+them); when it could not start, or when its engine died, with status 1.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from server.settings import ServeSettings
 log = logging.getLogger(__name__)
 
 STOPPED = 128 + signal.SIGTERM  # the status of a process ended by SIGTERM, as the CLI's
-START_FAILED = 1
+FAILED = 1  # could not start, or its engine died
 
 
 def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) -> FastAPI:
@@ -49,7 +49,9 @@ def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) ->
                 exit_now(f"stopped during start-up ({service.phase})", STOPPED)
             service.shutdown()
             if service.startup_error is not None:
-                exit_now(f"babelgate serve could not start: {service.startup_error}", START_FAILED)
+                exit_now(f"babelgate serve could not start: {service.startup_error}", FAILED)
+            if service.engine_error is not None:
+                exit_now(f"babelgate serve stopped: {service.engine_error}", FAILED)
 
     app = bare_app("babelgate", service, lifespan)
     app.add_middleware(
@@ -59,10 +61,12 @@ def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) ->
         app.include_router(module.router)
     if settings.admin_port is None:
         # In the public OpenAPI document only when it is enabled (an admin token is set).
-        app.include_router(admin.router, include_in_schema=settings.admin_token is not None)
+        for routes in admin.admin_routers():
+            app.include_router(routes, include_in_schema=settings.admin_token is not None)
     else:
         app.state.admin_app = bare_app("babelgate admin", service)
-        app.state.admin_app.include_router(admin.router)
+        for routes in admin.admin_routers():
+            app.state.admin_app.include_router(routes)
     return app
 
 

@@ -13,22 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
 
 from server.app.auth import authenticated, require_admin_token
 from server.app.chat import service_of
 from server.app.errors import APIError, error_responses
 from server.app.schemas import RecalibrationRequest, ThresholdUpdate
 from server.app.service import GuardrailService, validated_language
+from server.engine.types import faults_enabled
 from server.langid import TARGET_LANGUAGES
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/admin",
     route_class=authenticated(require_admin_token),
     responses=error_responses(400, 401, 403, 404, 503),
+)
+# Test-only fault injection, mounted only when ``faults_enabled()`` (``admin_routers``).
+faults = APIRouter(
+    prefix="/admin/faults",
+    route_class=authenticated(require_admin_token),
+    include_in_schema=False,
 )
 
 
@@ -148,6 +159,20 @@ async def recalibrate(
     }  # fmt: skip
 
 
+@router.get("/engine")
+async def engine_state(request: Request) -> dict[str, Any]:
+    """What the guard holds in the worker (requests with a slot, verdicts finished but not yet
+    fetched, slots in use) next to the requests vLLM has unfinished: once traffic stops, all
+    are 0, else something leaked (``babelgate_requests_in_flight`` on ``/metrics`` is this
+    server's side)."""
+    svc, _ = _admin(request)
+    engine = svc.require_engine()
+    return {
+        "worker": await engine.status(),
+        "engine_unfinished_requests": engine.engine.get_num_unfinished_requests(),
+    }
+
+
 @router.get("/audit")
 async def audit(
     request: Request,
@@ -159,3 +184,23 @@ async def audit(
     lang = None if language is None else validated_language(language, "language")
     entries = await asyncio.to_thread(svc.store.audit, lang, limit)
     return {"entries": [e.to_dict() for e in entries]}
+
+
+def admin_routers() -> list[APIRouter]:
+    """The admin API, with the fault switch when this process allows faults."""
+    return [router, faults] if faults_enabled() else [router]
+
+
+class FaultSwitch(BaseModel):
+    on: bool
+
+
+@faults.put("/gate-failure")
+async def gate_failure(body: FaultSwitch, request: Request) -> dict[str, bool]:
+    """While on, every guarded request's gate score is NaN in the worker, as a broken
+    activation would make it: each follows ``--gate-failure`` and is counted in
+    ``babelgate_gate_failures_total``."""
+    svc, actor = _admin(request)
+    await svc.require_engine().worker.inject_gate_failure(body.on)
+    log.warning("fault injection by %s: gate failure %s", actor, "on" if body.on else "off")
+    return {"gate_failure": body.on}

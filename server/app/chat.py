@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from gate.prompt import chat_token_ids
 from refusal.judge import is_refusal
 from server.app.auth import authenticated, require_api_key
-from server.app.errors import APIError, error_body, error_responses
+from server.app.errors import APIError, error_responses
 from server.app.generation import ChatRun
 from server.app.outcome import decide_outcome, guard_info, request_verdict
 from server.app.schemas import (
@@ -38,7 +38,7 @@ from server.app.schemas import (
     ModelList,
     Usage,
 )
-from server.app.service import GuardrailService
+from server.app.service import GuardrailService, generation_failed
 from server.metrics import ServerMetrics
 from server.settings import GateFailureMode
 
@@ -152,6 +152,8 @@ async def chat_completions(
         return await _stream(run, body, model, request_id, mode, metrics)
     try:
         info = await _until_disconnect(request, _complete(run, mode, metrics))
+    except Exception as exc:
+        raise generation_failed(exc, engine) from exc
     finally:
         run.close()
         metrics.in_flight.dec()
@@ -272,9 +274,11 @@ async def _stream(
     arrival = run.arrival
     try:
         info = await open_and_decide(run, mode, metrics)
-    except BaseException:
+    except BaseException as exc:
         run.close()
         metrics.in_flight.dec()
+        if isinstance(exc, Exception):
+            raise generation_failed(exc, run.engine) from exc
         raise
     created = int(time.time())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -312,8 +316,7 @@ async def _stream(
                 )  # fmt: skip
         except Exception as exc:  # headers are gone: report in-band, as vLLM does
             log.exception("stream %s failed", request_id)
-            body = error_body(500, f"generation failed ({type(exc).__name__}): {exc}")
-            yield f"data: {json.dumps(body)}\n\n"
+            yield f"data: {json.dumps(generation_failed(exc, run.engine).body())}\n\n"
             yield "data: [DONE]\n\n"
             return
         if include_usage:

@@ -199,7 +199,10 @@ class ChatRun:
 
     async def _abort(self, request_id: str) -> None:
         """Abort one engine request, then release its guard id (the request id, see ``_guard``)
-        in the worker, which otherwise keeps the verdict among its finished, unfetched ones."""
+        in the worker, which otherwise keeps the verdict among its finished, unfetched ones.
+        Nothing to do once the engine has died: its requests and records are gone with it."""
+        if self.engine.dead:
+            return
         try:
             await self.engine.abort(request_id)
         except Exception:

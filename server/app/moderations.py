@@ -21,7 +21,7 @@ from server.app.auth import authenticated, require_api_key
 from server.app.chat import prompt_token_ids, service_of
 from server.app.errors import APIError, error_responses
 from server.app.schemas import GuardInfo, ModerationRequest
-from server.app.service import GuardrailService
+from server.app.service import GuardrailService, generation_failed
 from server.langid import Detection
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ async def _scores(
     for language, indices in by_language.items():
         try:
             scores = await engine.gate_scores([texts[i] for i in indices], language)
-        except Exception:
+        except Exception as exc:
+            if engine.dead:  # not a gate failure: nothing will be served any more
+                raise generation_failed(exc, engine) from exc
             log.exception("gate scoring failed for %d %s inputs", len(indices), language)
             svc.metrics.gate_failures.labels(svc.settings.gate_failure).inc(len(indices))
             continue

@@ -196,7 +196,8 @@ def guard_info(plan: GuardPlan, verdict: Verdict | None, outcome: Outcome) -> Gu
         language=plan.detection.language,
         language_source=plan.detection.source,
         language_confidence=round(plan.detection.confidence, 4),
-        gate_score=None if verdict is None else verdict.score,
+        # A NaN or infinite score (a gate failure) is not a number JSON can carry.
+        gate_score=verdict.score if scored(verdict) else None,
         threshold=plan.record.value,
         threshold_source=plan.record.source,
         decision=outcome.decision,

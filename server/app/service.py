@@ -46,12 +46,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ENGINE_WATCH_S = 0.5  # how often the server looks whether its engine has died
+
 
 class Engine(Protocol):
     """What the server needs from ``server.engine.guarded_engine.GuardedEngine``."""
 
     engine: Any  # vLLM's AsyncLLM
     tokenizer: Any
+
+    @property
+    def dead(self) -> bool: ...
 
     def generate(
         self, prompt: Sequence[int], sampling_params: Any, guard: GuardParams, request_id: str
@@ -62,6 +67,10 @@ class Engine(Protocol):
     async def verdict(self, guard_id: str, *, release: bool = False) -> Verdict | None: ...
 
     async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    worker: Any  # ``server.engine.rpc.AsyncWorkerClient`` (the fault switch calls it)
 
     def shutdown(self) -> None: ...
 
@@ -84,6 +93,8 @@ class GuardrailService:
         self._start_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
         self.startup_error: BaseException | None = None
+        self.engine_error: str | None = None  # why the engine died, once it has
+        self._watch_task: asyncio.Task[None] | None = None
         self.phase = "starting"  # what the start task is doing, for /health and the log
 
     # ------------------------------------------------------------------------- lifecycle
@@ -108,6 +119,26 @@ class GuardrailService:
             self.startup_error = exc
             log.critical("babelgate serve cannot start: %s", exc, exc_info=exc)
             os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_engine())
+
+    async def _watch_engine(self) -> None:
+        """Stop the server once the engine has died (its core process killed or crashed).
+
+        vLLM notices a dead engine core within a second (its requests fail with
+        ``EngineDeadError``, answered 503 in OpenAI's schema, and ``/health`` turns 503), but
+        the process would go on answering 503 for ever: a supervisor restarts only a process
+        that exits. So the server stops as on SIGTERM (in-flight responses are finished first)
+        and then exits with status 1 (``server.app``'s lifespan).
+        """
+        while self.engine is not None:
+            if self.engine.dead:
+                self.engine_error = "the vLLM engine died (its engine core process is gone)"
+                log.critical("%s: stopping, so that the supervisor restarts the server",
+                             self.engine_error)  # fmt: skip
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            await asyncio.sleep(ENGINE_WATCH_S)
 
     async def start(self) -> None:
         s = self.settings
@@ -177,8 +208,9 @@ class GuardrailService:
         )
 
     def shutdown(self) -> None:
-        if self._start_task is not None and not self._start_task.done():
-            self._start_task.cancel()
+        for task in (self._start_task, self._watch_task):
+            if task is not None and not task.done():
+                task.cancel()
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
@@ -282,6 +314,22 @@ class GuardrailService:
         if override is not None:
             return Detection(validated_language(override), "override", 1.0)
         return self.router.detect_conversation(messages)
+
+
+def generation_failed(exc: Exception, engine: Engine) -> APIError:
+    """What a failed generation is answered with (``APIError``s as they are): 503
+    ``engine_dead`` when the engine has died (the server then stops, so that its supervisor
+    restarts it: ``GuardrailService._watch_engine``), else 500."""
+    if isinstance(exc, APIError):
+        return exc
+    if engine.dead:
+        return APIError(
+            503,
+            "the engine died while generating: the server is restarting, retry shortly",
+            code="engine_dead",
+            headers={"Retry-After": "5"},
+        )
+    return APIError(500, f"generation failed ({type(exc).__name__}): {exc}")
 
 
 def validated_language(code: str, param: str = "babelgate.language") -> str:

@@ -130,6 +130,11 @@ class GuardedEngine:
             raise
         return self
 
+    @property
+    def dead(self) -> bool:
+        """The engine has died (its core process is gone or failed): it will serve no more."""
+        return bool(self.engine.errored)
+
     async def status(self) -> dict[str, Any]:
         """Hook state in the worker: installed, layers, how often it fired, records held."""
         return await self.worker.status()

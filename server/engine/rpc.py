@@ -46,6 +46,11 @@ class _WorkerCalls:
         """Guard state (``dict``): gate loaded, layers, guarded steps, records and slots held."""
         return self._call("status", ())
 
+    def inject_gate_failure(self, on: bool) -> Any:
+        """Test-only: make every guarded request's score NaN while ``on`` (refused unless the
+        engine's environment allows faults, ``runtime.TEST_FAULTS_ENV``)."""
+        return self._call("inject_gate_failure", (on,))
+
     def verdicts(self, ids: Sequence[str], release: Sequence[str] = ()) -> Any:
         """``dict[str, Verdict]`` of the ids the worker has seen; ``release``: ids to forget
         after this read."""

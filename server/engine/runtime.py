@@ -38,9 +38,11 @@ from server.engine.guard_graph import (
 from server.engine.step import batch_layout, extra_args
 from server.engine.types import (
     EXTRA_ARGS_KEY,
+    TEST_FAULTS_ENV,
     GateParams,
     GuardrailStartupError,
     Verdict,
+    faults_enabled,
     policy_intervention,
 )
 
@@ -151,6 +153,19 @@ class GuardRuntime:
     def uninstall(self) -> None:
         """New requests are no longer routed (running ones keep their slots)."""
         self.gate = None
+
+    def inject_gate_failure(self, on: bool) -> None:
+        """Test-only (``TEST_FAULTS_ENV``): while on, the gate's intercept is NaN, so every
+        guarded row of every step scores NaN in the graph itself, as a broken activation would;
+        off restores the gate's intercept."""
+        if not faults_enabled():
+            raise PermissionError(
+                f"fault injection is test-only: set {TEST_FAULTS_ENV}=1 in the server's "
+                "environment to allow it"
+            )
+        if self.gate is None:
+            raise GuardrailStartupError("no gate is loaded: nothing to make fail")
+        self.b.c.fill_(float("nan") if on else self.gate.c)
 
     # ------------------------------------------------------------------ around each forward
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -39,6 +40,16 @@ INTERVENING_POLICIES: frozenset[str] = frozenset(
     p for p in POLICIES if FIXED_INTERVENTIONS.get(p) != "none"
 )
 EXTRA_ARGS_KEY = "babelgate"
+
+# Set to "1" in the server's environment (the engine inherits it) to allow fault injection
+# (``PUT /admin/faults/gate-failure``, ``GuardRuntime.inject_gate_failure``): a test-only
+# switch, absent and refused otherwise.
+TEST_FAULTS_ENV = "BABELGATE_TEST_FAULTS"
+
+
+def faults_enabled() -> bool:
+    """Whether this process may inject faults (``TEST_FAULTS_ENV`` is "1")."""
+    return os.environ.get(TEST_FAULTS_ENV) == "1"
 
 
 def policy_intervention(policy: str, harmful: bool | None) -> InterventionKind | None:

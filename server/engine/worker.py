@@ -132,6 +132,11 @@ class GuardWorkerMixin:
             "slots_in_use": len(runtime.slot_of),
         }
 
+    def babelgate_inject_gate_failure(self, on: bool) -> None:
+        """Test-only: every guarded request's score is NaN while ``on`` (see
+        ``GuardRuntime.inject_gate_failure``)."""
+        self._babelgate_runtime().inject_gate_failure(on)
+
     def babelgate_verdicts(
         self, ids: list[str], release: list[str] | None = None
     ) -> dict[str, Any]:

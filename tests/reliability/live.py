@@ -65,6 +65,19 @@ class HealthyCore:
     async def check_health(self) -> None:
         return None
 
+    def get_num_unfinished_requests(self) -> int:
+        return 0
+
+
+class FaultWorker:
+    """The worker call the fault switch makes, recorded."""
+
+    def __init__(self) -> None:
+        self.gate_failure: list[bool] = []
+
+    async def inject_gate_failure(self, on: bool) -> None:
+        self.gate_failure.append(on)
+
 
 class ScoringEngine(FakeEngine):
     """``FakeEngine`` with the real tokenizer, gate scores for moderation and recalibration, and
@@ -74,8 +87,12 @@ class ScoringEngine(FakeEngine):
     def __init__(self, score: float = 0.0) -> None:
         super().__init__(score=score)
         self.engine = HealthyCore()
+        self.worker = FaultWorker()
         self.tokenizer = smollm2_tokenizer()
         self.scored: list[tuple[list[str], str]] = []
+
+    async def status(self) -> dict[str, Any]:
+        return {"installed": True, "active": 0, "finished_unfetched": 0, "slots_in_use": 0}
 
     def generate(self, prompt: Sequence[int], sampling_params: Any, guard: GuardParams,
                  request_id: str) -> Any:  # fmt: skip

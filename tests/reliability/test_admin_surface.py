@@ -14,6 +14,7 @@ from pydantic import SecretStr, ValidationError
 
 from server.app import auth
 from server.app.listeners import exposure_warnings
+from server.engine.types import TEST_FAULTS_ENV
 from server.settings import ServeSettings
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 4}
@@ -132,3 +133,34 @@ def test_exposure_warnings(settings, warned) -> None:
     assert len(warnings) == len(warned)
     for warning, words in zip(warnings, warned, strict=True):
         assert words in warning
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_the_fault_switch_exists_only_when_the_environment_allows_it(
+    tmp_path, monkeypatch, enabled
+) -> None:
+    """``PUT /admin/faults/gate-failure`` (test-only): absent (404) unless
+    ``BABELGATE_TEST_FAULTS=1``, never in the OpenAPI document, behind the admin token, and it
+    reaches the worker call."""
+    if enabled:
+        monkeypatch.setenv(TEST_FAULTS_ENV, "1")
+    engine = ScoringEngine()
+    app = guarded_app(engine, tmp_path, admin_token=ADMIN_TOKEN)
+    with LiveServer(app) as server, server.client(ADMIN_TOKEN) as admin:
+        answer = admin.put("/admin/faults/gate-failure", json={"on": True})
+        assert answer.status_code == (200 if enabled else 404), answer.text
+        assert engine.worker.gate_failure == ([True] if enabled else [])
+        assert not any("faults" in p for p in paths(admin.get("/openapi.json").json()))
+        with server.client(None) as anonymous:
+            denied = anonymous.put("/admin/faults/gate-failure", json={"on": False})
+            assert denied.status_code == (401 if enabled else 404)
+
+
+def test_the_engine_state_endpoint_reports_what_the_worker_holds(tmp_path) -> None:
+    app = guarded_app(ScoringEngine(), tmp_path, admin_token=ADMIN_TOKEN)
+    with LiveServer(app) as server, server.client(ADMIN_TOKEN) as admin:
+        state = admin.get("/admin/engine").json()
+    assert state == {
+        "worker": {"installed": True, "active": 0, "finished_unfetched": 0, "slots_in_use": 0},
+        "engine_unfinished_requests": 0,
+    }

@@ -9,56 +9,22 @@ point installed (``pip install -e .``, as ``deploy/install.sh`` does).
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from pathlib import Path
 
 import psutil
 import pytest
 from conftest import polyrefuse_or_skip
-from live import free_port, health_phase, wait_for
+from live import wait_for
+from served import START_TIMEOUT_S, Serve
 
 from gate.hf.embedded import SMOLLM2
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 900  # the first use converts the model
 GONE_WAIT_S = 30
 EXIT_WITHIN_S = 10
-
-
-class Serve:
-    """``python -m cli.main serve`` as a subprocess, logging to a file."""
-
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "serve.log"
-        command = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--state-dir", str(tmp / "state"),
-                   "--max-model-len", "1024", "--max-num-seqs", "4", "--enforce-eager",
-                   "--kv-cache-memory-bytes", str(1 << 30), *args]  # fmt: skip
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})},
-                                         stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-
-    def wait_phase(self, done: str) -> None:
-        def reached() -> bool:
-            assert self.proc.poll() is None, f"serve exited: {self.tail()}"
-            return (health_phase(self.url) or "").startswith(done)
-
-        wait_for(reached, f"phase {done!r}", START_TIMEOUT_S)
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture
@@ -67,10 +33,7 @@ def stopped_after() -> Iterator[list[Serve]]:
     servers: list[Serve] = []
     yield servers
     for server in servers:
-        leftovers = server.descendants() if server.proc.poll() is None else []
-        server.proc.kill()
-        for proc in leftovers:
-            proc.kill()
+        server.kill()
 
 
 def alive(procs: list[psutil.Process]) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from live import free_port, health_phase, wait_for
 
-from server.app import START_FAILED, STOPPED
+from server.app import FAILED, STOPPED
 
 REPO = Path(__file__).resolve().parents[2]
 EXIT_WITHIN_S = 10  # the requirement (issue 17): any start-up phase, calibration included
@@ -72,5 +72,5 @@ def test_a_server_that_cannot_start_exits_with_status_1(tmp_path: Path) -> None:
         code = server.wait(60)
     finally:
         server.kill()
-    assert code == START_FAILED == 1, log.read_text()
+    assert code == FAILED == 1, log.read_text()
     assert "could not start: no such model folder: exiting" in log.read_text()
