@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 STOPPED = 128 + signal.SIGTERM  # the status of a process ended by SIGTERM, as the CLI's
 FAILED = 1  # could not start, or its engine died
+# A stop waits this long for the responses in flight, then closes them (within systemd's
+# TimeoutStopSec=60 of deploy/babelgate.service).
+GRACEFUL_STOP_S = 30
 
 
 def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) -> FastAPI:
@@ -98,7 +101,10 @@ def serve(settings: ServeSettings) -> int:
     app = create_app(settings)
     sockets = bind(settings)
     config = uvicorn.Config(
-        served_app(app, sockets), log_level=settings.log_level, timeout_keep_alive=30
+        served_app(app, sockets),
+        log_level=settings.log_level,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=GRACEFUL_STOP_S,
     )
     uvicorn.Server(config).run(sockets=sockets)
     return 0

@@ -9,12 +9,14 @@ without their ``babelgate_`` prefix.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from server.engine.types import GateParams, Verdict
 
 RPC_PREFIX = "babelgate_"
+DEAD_ENGINE_POLL_S = 0.5  # how often a call waiting for the worker looks whether it died
 
 
 def _verdicts(raw: dict[str, Any]) -> dict[str, Verdict]:
@@ -83,5 +85,16 @@ class AsyncWorkerClient(_WorkerCalls):
     async def _call(
         self, method: str, args: tuple[Any, ...], parse: Callable[[Any], Any] | None = None
     ) -> Any:
-        answer = (await self.engine.collective_rpc(RPC_PREFIX + method, args=args))[0]
+        """The call's answer, or vLLM's ``EngineDeadError`` once the engine has died: vLLM
+        fails the requests of a dead engine but not its utility calls in flight, which would
+        wait for ever (and with them the requests waiting for a verdict, and the server's
+        graceful stop that waits for those requests)."""
+        call = asyncio.ensure_future(
+            self.engine.collective_rpc(RPC_PREFIX + method, args=args)
+        )
+        while not (await asyncio.wait({call}, timeout=DEAD_ENGINE_POLL_S))[0]:
+            if self.engine.errored:
+                call.cancel()
+                raise self.engine.dead_error
+        answer = call.result()[0]
         return answer if parse is None else parse(answer)
