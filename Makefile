@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export VENV
 
 .PHONY: install install-test run test test-fast lint bench-overhead bench-serving bench-benign \
-	bench-fleet
+	bench-fleet bench-soak
 
 install:
 	bash deploy/install.sh
@@ -38,3 +38,8 @@ bench-benign: install
 
 bench-fleet: install-test
 	$(PY) bench/fleet.py
+
+# openai and psutil come with the test tools. MINUTES=1 for a short run.
+MINUTES ?= 10
+bench-soak: install-test
+	$(PY) bench/soak.py --minutes $(MINUTES)
