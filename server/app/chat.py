@@ -315,7 +315,6 @@ async def _stream(
                     **extra,
                 )  # fmt: skip
         except Exception as exc:  # headers are gone: report in-band, as vLLM does
-            log.exception("stream %s failed", request_id)
             yield f"data: {json.dumps(generation_failed(exc, run.engine).body())}\n\n"
             yield "data: [DONE]\n\n"
             return

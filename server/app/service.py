@@ -54,6 +54,7 @@ class Engine(Protocol):
 
     engine: Any  # vLLM's AsyncLLM
     tokenizer: Any
+    worker: Any  # ``server.engine.rpc.AsyncWorkerClient`` (the fault switch calls it)
 
     @property
     def dead(self) -> bool: ...
@@ -69,8 +70,6 @@ class Engine(Protocol):
     async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]: ...
 
     async def status(self) -> dict[str, Any]: ...
-
-    worker: Any  # ``server.engine.rpc.AsyncWorkerClient`` (the fault switch calls it)
 
     def shutdown(self) -> None: ...
 
@@ -322,6 +321,7 @@ def generation_failed(exc: Exception, engine: Engine) -> APIError:
     restarts it: ``GuardrailService._watch_engine``), else 500."""
     if isinstance(exc, APIError):
         return exc
+    log.error("generation failed (engine %s)", "dead" if engine.dead else "alive", exc_info=exc)
     if engine.dead:
         return APIError(
             503,
