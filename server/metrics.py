@@ -65,6 +65,14 @@ class ServerMetrics:
             ["language", "action"],
             registry=registry,
         )
+        self.mixed_language_requests = Counter(
+            "babelgate_mixed_language_requests",
+            "Chat requests whose user text held several languages with confidence (a prompt "
+            "wrapped in or mixed with another language), by the language whose plan decided "
+            "(the strictest).",
+            ["language"],
+            registry=registry,
+        )
         self.output_refusals = Counter(
             "babelgate_output_refusals",
             "Completions the refusal judge calls refusals, by language and gate decision.",

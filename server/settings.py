@@ -131,6 +131,11 @@ class ServeSettings(BaseSettings):
         0.5, GUARDRAIL, "language-ID confidence below which the default language is used",
         ge=0.0, le=1.0,
     )  # fmt: skip
+    langid_min_share: float = setting(
+        0.05, GUARDRAIL, "share of a text's letters another language needs to be seen beside the "
+        "detected one; a request is judged by the strictest plan of the languages seen", ge=0.0,
+        le=1.0,
+    )  # fmt: skip
     state_dir: Path | None = setting(
         None, GUARDRAIL, "folder of the SQLite threshold store (default: <cache>/state)"
     )

@@ -1,6 +1,6 @@
 """The outcome of a chat request: every verdict x action x gate-failure mode, the unprotected
 fallback, the engine policies and the one verdict of n choices, on the pure functions of
-``server.app.outcome``.
+``server.plan`` and ``server.app.outcome``.
 
 No engine and no model: a verdict row is what the worker would report for the request (its
 score, decision and the intervention it made), written out by hand.
@@ -11,16 +11,10 @@ from __future__ import annotations
 import pytest
 
 from gate.estimator import ThresholdRecord
-from server.app.outcome import (
-    GuardPlan,
-    Outcome,
-    decide_outcome,
-    guard_info,
-    plan_request,
-    request_verdict,
-)
+from server.app.outcome import Outcome, decide_outcome, guard_info, request_verdict
 from server.engine.types import Verdict
 from server.langid import Detection
+from server.plan import GuardPlan, plan_request
 
 DETECTION = Detection("de", "override", 1.0)
 ZERO_SHOT = 0.25
@@ -192,9 +186,10 @@ def test_guard_info_reports_plan_verdict_and_outcome():
     info = guard_info(p, verdict, decide_outcome(p, verdict, "closed"))
     assert info.model_dump() == {
         "language": "de", "language_source": "override", "language_confidence": 1.0,
-        "gate_score": 1.5, "threshold": ZERO_SHOT, "threshold_source": "zero-shot",
-        "decision": "harmful", "policy": "routing", "action": "refuse", "intervened": True,
-        "gate_failure": False, "protected": False, "weak_families": ["question"],
+        "languages": ["de"], "gate_score": 1.5, "threshold": ZERO_SHOT,
+        "threshold_source": "zero-shot", "decision": "harmful", "policy": "routing",
+        "action": "refuse", "intervened": True, "gate_failure": False, "protected": False,
+        "weak_families": ["question"],
     }  # fmt: skip
     failed = guard_info(p, None, decide_outcome(p, None, "open"))
     assert (failed.gate_score, failed.decision, failed.action, failed.gate_failure) == (

@@ -23,12 +23,13 @@ from gate.estimator import ThresholdRecord
 from server.admin_store import ThresholdStore
 from server.app import chat, create_app, generation
 from server.app.generation import ChatRun
-from server.app.outcome import decide_outcome, plan_request, request_verdict
+from server.app.outcome import decide_outcome, request_verdict
 from server.app.service import Engine
 from server.engine.runtime import GuardRecord
 from server.engine.types import GuardParams, Verdict
 from server.langid import Detection
 from server.metrics import ServerMetrics
+from server.plan import plan_request
 from server.refusal_templates import refusal_text
 from server.settings import ServeSettings
 

@@ -23,9 +23,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.app.outcome import GuardPlan, Outcome
+from server.app.outcome import Outcome
 from server.app.service import Engine
 from server.engine.types import GuardParams, Verdict
+from server.plan import GuardPlan
 from server.refusal_templates import refusal_text
 
 log = logging.getLogger(__name__)

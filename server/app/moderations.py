@@ -2,7 +2,8 @@
 
 Runs in the API-server process. Each input is routed to a language and scored by the gate on the
 live engine (one prefill, no generation); it is flagged when the score reaches that language's
-threshold. The gate detects harmfulness as a whole, not OpenAI's categories, so its verdict is
+threshold (for text of several languages, the language whose plan is the strictest, as for a
+chat request). The gate detects harmfulness as a whole, not OpenAI's categories, so its verdict is
 the extra category ``harmful`` (score: sigmoid(gate logit - threshold), 0.5 at the threshold);
 OpenAI's named categories are present, as the client expects, and never set by the gate.
 """
@@ -67,8 +68,10 @@ async def moderations(body: ModerationRequest, request: Request) -> JSONResponse
             )
     override = body.babelgate.language if body.babelgate else None
     override = override or request.headers.get("x-babelgate-language")
+    # Mixed text is scored against the language whose plan a chat request would be held to.
     detections = [
-        svc.detect(override, [{"role": "user", "content": text}]) for text in texts
+        svc.strictest(svc.detect(override, [{"role": "user", "content": text}])).detection
+        for text in texts
     ]
     svc.metrics.in_flight.inc()
     try:
@@ -122,6 +125,7 @@ def _result(svc: GuardrailService, detection: Detection, score: float | None) ->
         language=language,
         language_source=detection.source,
         language_confidence=round(detection.confidence, 4),
+        languages=list(detection.languages),
         gate_score=score,
         threshold=record.value,
         threshold_source=record.source,

@@ -1,12 +1,10 @@
-"""What the guard does to a chat request: its plan before the engine runs, its outcome after.
+"""What the guard does to a chat request once the engine has run: its outcome.
 
 Runs in the API-server process (the chat route calls it for every request, streamed or not).
 The rules live here as pure functions of plain values, so the whole table is in one place and
-is tested without an engine or a model:
+is tested without an engine or a model (the plan made before the engine runs, threshold, action
+and policy, is ``server.plan``):
 
-- ``plan_request``, before the engine sees the request: the action a harmful verdict triggers,
-  the threshold and the engine policy. It cannot wait for the verdict, because the worker
-  decides inside the request's own prefill with the threshold it was sent.
 - ``request_verdict``: the one verdict a completion of ``n`` choices is decided on.
 - ``decide_outcome``, once the first token and its verdict are back: steer, ablate, refuse,
   flag, nothing, or, when the gate failed, fail closed or fail open.
@@ -19,39 +17,22 @@ decides what the server does on top of it: a templated refusal, or letting gener
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from server.app.schemas import GuardInfo
-from server.langid import Detection
-from server.settings import Action, GateFailureMode, Policy
+from server.plan import GuardPlan
+from server.settings import GateFailureMode
 
 if TYPE_CHECKING:
-    from gate.estimator import ThresholdRecord
     from server.engine.types import Verdict
 
 # Why the output is what it is; ``fail-closed`` / ``fail-open``: the gate gave no score.
 OutcomeKind = Literal["steer", "ablate", "refuse", "flag", "none", "fail-closed", "fail-open"]
 # What the guard did to the output, as reported to the client and in the metrics.
 TakenAction = Literal["steer", "ablate", "refuse", "flag", "none"]
-
-
-@dataclass(frozen=True)
-class GuardPlan:
-    """What the server decided about a request before the engine sees it."""
-
-    detection: Detection
-    record: ThresholdRecord
-    action: Action  # what a harmful verdict triggers: steer / refuse / flag
-    policy: Policy  # the engine policy sent with the request
-    weak_families: tuple[str, ...] = ()  # prompt families the gate was measured weak on here
-
-    @property
-    def protected(self) -> bool:
-        return self.record.protected
 
 
 @dataclass(frozen=True)
@@ -71,42 +52,6 @@ class Outcome:
     intervened: bool
     gate_failure: bool
     fallback: bool
-
-
-def plan_request(
-    detection: Detection,
-    record: ThresholdRecord,
-    action: Action,
-    *,
-    policy: Policy,
-    unprotected_action: Action,
-    zero_shot_threshold: float,
-    weak_families: Sequence[str] = (),
-) -> GuardPlan:
-    """Threshold, action and engine policy for a request routed to ``detection.language``.
-
-    ``record`` is the threshold in effect for the language and ``action`` its configured action.
-    ``flag`` reports only, so the engine runs in shadow (scored, output untouched). Under the
-    ``shadow`` policy the worker never steers, so ``steer`` becomes ``flag``: a harmful request
-    is served untouched and marked, which is what flagging is. An unprotected language gets
-    ``unprotected_action`` instead of its usual action; under ``refuse`` its threshold is the
-    stricter (lower) of its own and the zero-shot one, since its own was not shown to mean
-    anything, and the record says which one it is (source "zero-shot" when that one is lower).
-    """
-    if not record.protected:
-        action = unprotected_action
-        if action == "refuse" and zero_shot_threshold < record.value:
-            record = dataclasses.replace(
-                record,
-                value=zero_shot_threshold,
-                source="zero-shot",
-                note=f"unprotected: the zero-shot threshold replaces its own {record.value:.6g}",
-            )
-    if action == "flag" and policy != "none":
-        policy = "shadow"
-    if action == "steer" and policy == "shadow":
-        action = "flag"
-    return GuardPlan(detection, record, action, policy, tuple(weak_families))
 
 
 def scored(verdict: Verdict | None) -> bool:
@@ -196,6 +141,7 @@ def guard_info(plan: GuardPlan, verdict: Verdict | None, outcome: Outcome) -> Gu
         language=plan.detection.language,
         language_source=plan.detection.source,
         language_confidence=round(plan.detection.confidence, 4),
+        languages=list(plan.detection.languages),
         # A NaN or infinite score (a gate failure) is not a number JSON can carry.
         gate_score=verdict.score if scored(verdict) else None,
         threshold=plan.record.value,

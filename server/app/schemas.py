@@ -182,9 +182,12 @@ class RecalibrationRequest(BaseModel):
 class GuardInfo(BaseModel):
     """The guardrail's verdict on one request, as returned in the ``babelgate`` extension."""
 
-    language: str
+    language: str  # the language whose threshold and action were applied
     language_source: str
     language_confidence: float
+    # Every language seen in the user text with confidence, ``language`` first: more than one
+    # for mixed text, judged by the strictest of their plans (``server.plan.strictest_plan``).
+    languages: list[str] = Field(default_factory=list)
     gate_score: float | None
     threshold: float
     threshold_source: str
@@ -210,8 +213,8 @@ class GuardInfo(BaseModel):
                 return ",".join(value) or "none"
             return str(value)
 
-        names = ("language", "language_source", "gate_score", "threshold", "threshold_source",
-                 "decision", "policy", "action", "intervened", "protected",
+        names = ("language", "language_source", "languages", "gate_score", "threshold",
+                 "threshold_source", "decision", "policy", "action", "intervened", "protected",
                  "weak_families")  # fmt: skip
         return {f"x-babelgate-{n.replace('_', '-')}": fmt(getattr(self, n)) for n in names}
 

@@ -31,11 +31,11 @@ from gate.languages import UnknownLanguageError, validate_language
 from paths import cache_root
 from server.admin_store import OverrideStore
 from server.app.errors import APIError
-from server.app.outcome import GuardPlan, plan_request
 from server.calibration import ensure_default_artifact
 from server.engine.guarded_engine import GuardedEngine
 from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
 from server.metrics import ServerMetrics
+from server.plan import GuardPlan, language_plan, strictest_plan
 from server.settings import ServeSettings
 from server.shipped import shipped_artifact
 from server.store_url import connect_store
@@ -80,7 +80,9 @@ class GuardrailService:
     def __init__(self, settings: ServeSettings, metrics: ServerMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.router = LanguageRouter(settings.default_language, settings.langid_min_confidence)
+        self.router = LanguageRouter(
+            settings.default_language, settings.langid_min_confidence, settings.langid_min_share
+        )
         self.engine: Engine | None = None
         self._gate: HarmfulnessGate | None = None
         self.store: OverrideStore | None = None
@@ -291,22 +293,31 @@ class GuardrailService:
     # ------------------------------------------------------------------------- routing
 
     def plan(self, detection: Detection) -> GuardPlan:
-        """Threshold, action and engine policy for a request routed to ``detection.language``
-        (the rule: ``server.app.outcome.plan_request``); a request in an unprotected language is
-        counted with the fallback action it gets."""
-        lang = detection.language
-        plan = plan_request(
-            detection,
-            self.threshold(lang),
-            self.settings.action_for(lang),
-            policy=self.settings.policy,
-            unprotected_action=self.settings.unprotected_action,
-            zero_shot_threshold=float(self.gate.zero_shot_threshold),
-            weak_families=self.gate.weak_families(lang),
-        )
+        """Threshold, action and engine policy for a chat request (``strictest``); a request
+        planned as an unprotected language is counted with the fallback action it gets, and
+        one whose text held several languages by the language that decided."""
+        plan = self.strictest(detection)
         if not plan.protected:
-            self.metrics.unprotected_requests.labels(lang, plan.action).inc()
+            self.metrics.unprotected_requests.labels(plan.detection.language, plan.action).inc()
+        if plan.detection.others:
+            self.metrics.mixed_language_requests.labels(plan.detection.language).inc()
+            log.debug(
+                "languages %s seen in one request: %s decided (the strictest plan)",
+                ",".join(detection.languages), plan.detection.language,
+            )
         return plan
+
+    def strictest(self, detection: Detection) -> GuardPlan:
+        """The plan of each language seen (``plan_for``), the strictest kept
+        (``server.plan.strictest_plan``): text of one language gets its language's plan."""
+        return strictest_plan([self.plan_for(d) for d in detection.candidates()])
+
+    def plan_for(self, detection: Detection) -> GuardPlan:
+        """The plan for a request routed to ``detection.language`` alone (the rule:
+        ``server.plan.plan_request``)."""
+        return language_plan(
+            detection, self.threshold(detection.language), self.settings, self.gate
+        )
 
     def detect(self, override: str | None, messages: Sequence[dict[str, Any]]) -> Detection:
         """The caller's language if given (validated), else detection on the user text."""
