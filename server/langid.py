@@ -104,6 +104,9 @@ WINDOW_WORDS = 10
 # A chunk is less text than a whole request, so it must be classified more surely: code
 # identifiers ("hidden, stored. hidden") read as Dutch at 0.59-0.68.
 CHUNK_MIN_CONFIDENCE = 0.8
+# Earlier user turns whose languages join a conversation's (``detect_conversation``); a bound on
+# the cost of a conversation of thousands of turns.
+MAX_EARLIER_TURNS = 8
 
 
 @dataclass(frozen=True)
@@ -303,16 +306,33 @@ class LanguageRouter:
         """Route a chat by its user text: the last user turn, else all user turns together.
 
         The last turn is what the model answers; short ones ("and in detail?") fall back to the
-        whole user side of the conversation before falling back to the default language.
+        whole user side of the conversation before falling back to the default language. The
+        languages of the earlier user turns (the last ``MAX_EARLIER_TURNS``) join ``others``:
+        the gate reads the whole conversation, so harmful text in an earlier turn must not
+        escape its language's stricter threshold through a last turn in a looser one. System
+        and assistant text take no part (an operator's system prompt would otherwise add its
+        language to every request).
         """
         user_texts = [message_text(m) for m in messages if m.get("role") == "user"]
         user_texts = [t for t in user_texts if t.strip()]
         if not user_texts:
             return Detection(self.default, "default", 0.0)
         last = self.detect(user_texts[-1])
-        if last.source != "default" or len(user_texts) == 1:
-            return last
-        return self.detect("\n".join(user_texts))
+        if last.source == "default" and len(user_texts) > 1:
+            return self.detect("\n".join(user_texts))
+        return self._with_earlier_turns(last, user_texts[-1 - MAX_EARLIER_TURNS : -1])
+
+    def _with_earlier_turns(self, routed: Detection, earlier: Sequence[str]) -> Detection:
+        """``routed`` with the languages seen in ``earlier`` turns added to its others (the
+        most recent turn first), each once."""
+        seen = set(routed.languages)
+        others = list(routed.others)
+        for text in reversed(earlier):
+            for found in self.detect(text).candidates():
+                if found.source != "default" and found.language not in seen:
+                    seen.add(found.language)
+                    others.append(found)
+        return dataclasses.replace(routed, others=tuple(others))
 
 
 def message_text(message: Mapping[str, Any]) -> str:

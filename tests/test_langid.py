@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from gate.data import load_polyrefuse
-from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter, message_text
+from server.langid import (
+    MAX_EARLIER_TURNS,
+    TARGET_LANGUAGES,
+    Detection,
+    LanguageRouter,
+    message_text,
+)
 
 # One everyday prompt per routed language (a how-to question or request, not a single word).
 SAMPLES: dict[str, str] = {
@@ -103,6 +109,24 @@ def test_conversation_uses_the_last_user_turn(router: LanguageRouter) -> None:
         {"role": "user", "content": SAMPLES["sw"]},
     ]
     assert router.detect_conversation(messages).language == "sw"
+
+
+def test_earlier_user_turns_add_their_languages_most_recent_first(router: LanguageRouter) -> None:
+    """Harmful text in an earlier turn of a stricter language must not escape through a last
+    turn in another: the earlier turns' languages join ``others`` (system text does not)."""
+    messages = [
+        {"role": "system", "content": SAMPLES["fr"]},
+        {"role": "user", "content": SAMPLES["th"]},
+        {"role": "assistant", "content": SAMPLES["ja"]},
+        {"role": "user", "content": SAMPLES["de"]},
+        {"role": "user", "content": SAMPLES["sw"]},
+    ]
+    detection = router.detect_conversation(messages)
+    assert detection.languages == ("sw", "de", "th")
+    # only the MAX_EARLIER_TURNS turns before the last are read
+    later = [{"role": "user", "content": SAMPLES["sw"]}] * MAX_EARLIER_TURNS  # the last is one
+    assert router.detect_conversation([messages[1], *later]).languages == ("sw", "th")
+    assert router.detect_conversation([messages[1], *later, later[0]]).languages == ("sw",)
 
 
 def test_conversation_short_last_turn_uses_all_user_text(router: LanguageRouter) -> None:
