@@ -306,8 +306,9 @@ class LanguageRouter:
         """Route a chat by its user text: the last user turn, else all user turns together.
 
         The last turn is what the model answers; short ones ("and in detail?") fall back to the
-        whole user side of the conversation before falling back to the default language. The
-        languages of the earlier user turns (the last ``MAX_EARLIER_TURNS``) join ``others``:
+        user turns read together before falling back to the default language. The turns read
+        are the last and the ``MAX_EARLIER_TURNS`` before it, and the languages of those earlier
+        ones join ``others``:
         the gate reads the whole conversation, so harmful text in an earlier turn must not
         escape its language's stricter threshold through a last turn in a looser one. System
         and assistant text take no part (an operator's system prompt would otherwise add its
@@ -317,10 +318,11 @@ class LanguageRouter:
         user_texts = [t for t in user_texts if t.strip()]
         if not user_texts:
             return Detection(self.default, "default", 0.0)
-        last = self.detect(user_texts[-1])
-        if last.source == "default" and len(user_texts) > 1:
-            return self.detect("\n".join(user_texts))
-        return self._with_earlier_turns(last, user_texts[-1 - MAX_EARLIER_TURNS : -1])
+        read = user_texts[-1 - MAX_EARLIER_TURNS :]
+        last = self.detect(read[-1])
+        if last.source == "default" and len(read) > 1:
+            return self.detect("\n".join(read))
+        return self._with_earlier_turns(last, read[:-1])
 
     def _with_earlier_turns(self, routed: Detection, earlier: Sequence[str]) -> Detection:
         """``routed`` with the languages seen in ``earlier`` turns added to its others (the
