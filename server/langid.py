@@ -303,16 +303,15 @@ class LanguageRouter:
         return tuple(d for _, d in kept)
 
     def detect_conversation(self, messages: Sequence[Mapping[str, Any]]) -> Detection:
-        """Route a chat by its user text: the last user turn, else all user turns together.
+        """Route a chat by its user text: the last user turn, else the turns read together.
 
-        The last turn is what the model answers; short ones ("and in detail?") fall back to the
-        user turns read together before falling back to the default language. The turns read
-        are the last and the ``MAX_EARLIER_TURNS`` before it, and the languages of those earlier
-        ones join ``others``:
-        the gate reads the whole conversation, so harmful text in an earlier turn must not
-        escape its language's stricter threshold through a last turn in a looser one. System
-        and assistant text take no part (an operator's system prompt would otherwise add its
-        language to every request).
+        The turns read are the last user turn and the ``MAX_EARLIER_TURNS`` before it. The last
+        is what the model answers; short ones ("and in detail?") fall back to the turns read
+        together before falling back to the default language. The languages of the earlier
+        turns join ``others``: the gate reads the whole conversation, so harmful text in an
+        earlier turn must not escape its language's stricter threshold through a last turn in a
+        looser one. System and assistant text take no part (an operator's system prompt would
+        otherwise add its language to every request).
         """
         user_texts = [message_text(m) for m in messages if m.get("role") == "user"]
         user_texts = [t for t in user_texts if t.strip()]
