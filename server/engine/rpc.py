@@ -50,7 +50,7 @@ class _WorkerCalls:
 
     def inject_gate_failure(self, on: bool) -> Any:
         """Test-only: make every guarded request's score NaN while ``on`` (refused unless the
-        engine's environment allows faults, ``runtime.TEST_FAULTS_ENV``)."""
+        engine's environment allows faults, ``types.TEST_FAULTS_ENV``)."""
         return self._call("inject_gate_failure", (on,))
 
     def verdicts(self, ids: Sequence[str], release: Sequence[str] = ()) -> Any:

@@ -164,7 +164,7 @@ class GuardRuntime:
                 "environment to allow it"
             )
         if self.gate is None:
-            raise GuardrailStartupError("no gate is loaded: nothing to make fail")
+            raise RuntimeError("no gate is loaded: nothing to make fail")
         self.b.c.fill_(float("nan") if on else self.gate.c)
 
     # ------------------------------------------------------------------ around each forward
