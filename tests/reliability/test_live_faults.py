@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -83,12 +83,15 @@ async def _close_mid_stream(client: httpx.AsyncClient, rng: random.Random) -> st
     return "answered"
 
 
-async def _burst(url: str, client_of: object) -> list[str]:
+Client = Callable[[httpx.AsyncClient, random.Random], Awaitable[str]]
+
+
+async def _burst(url: str, client_of: Client) -> list[str]:
     rng = random.Random(SEED)
     async with httpx.AsyncClient(base_url=url, timeout=300,
                                  limits=httpx.Limits(max_connections=BURST)) as client:  # fmt: skip
         return await asyncio.gather(
-            *(client_of(client, random.Random(rng.random())) for _ in range(BURST))  # type: ignore[operator]
+            *(client_of(client, random.Random(rng.random())) for _ in range(BURST))
         )
 
 
