@@ -51,10 +51,8 @@ def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) ->
             if service.starting:
                 exit_now(f"stopped during start-up ({service.phase})", STOPPED)
             service.shutdown()
-            if service.startup_error is not None:
-                exit_now(f"babelgate serve could not start: {service.startup_error}", FAILED)
-            if service.engine_error is not None:
-                exit_now(f"babelgate serve stopped: {service.engine_error}", FAILED)
+            if service.failure is not None:
+                exit_now(f"babelgate serve {service.failure}", FAILED)
 
     app = bare_app("babelgate", service, lifespan)
     app.add_middleware(

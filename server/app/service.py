@@ -93,8 +93,8 @@ class GuardrailService:
         self.served_names: tuple[str, ...] = ()
         self._start_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
-        self.startup_error: BaseException | None = None
-        self.engine_error: str | None = None  # why the engine died, once it has
+        # Why the server failed (could not start, or its engine died): it then exits with 1.
+        self.failure: str | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.phase = "starting"  # what the start task is doing, for /health and the log
 
@@ -117,7 +117,7 @@ class GuardrailService:
         try:
             await self.start()
         except Exception as exc:
-            self.startup_error = exc
+            self.failure = f"could not start: {exc}"
             log.critical("babelgate serve cannot start: %s", exc, exc_info=exc)
             os.kill(os.getpid(), signal.SIGTERM)
             return
@@ -134,9 +134,8 @@ class GuardrailService:
         """
         while self.engine is not None:
             if self.engine.dead:
-                self.engine_error = "the vLLM engine died (its engine core process is gone)"
-                log.critical("%s: stopping, so that the supervisor restarts the server",
-                             self.engine_error)  # fmt: skip
+                self.failure = "stopped: the vLLM engine died (its engine core process is gone)"
+                log.critical("%s; so that the supervisor restarts the server", self.failure)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             await asyncio.sleep(ENGINE_WATCH_S)
