@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import openai
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from serving import SERVED_NAME, Server, free_port, load_prompts, server_command
 
 from gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
@@ -45,6 +46,8 @@ from server.engine.startup import bind_cpu_threads
 from server.shipped import shipped_artifact
 
 ADMIN_TOKEN = "soak-admin-token"
+HELD_METRICS = ("babelgate_requests_in_flight", "vllm:num_requests_running",
+                "vllm:num_requests_waiting")  # fmt: skip
 SETTLE_S = 120
 PROGRESS_S = 60
 SEED = 0
@@ -129,12 +132,11 @@ def rss_mb(server: psutil.Process) -> tuple[float, float]:
 def held(base: str) -> dict[str, float]:
     """What the server still holds: its gauge, vLLM's requests, the worker's records."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        for name in ("babelgate_requests_in_flight", "vllm:num_requests_running",
-                     "vllm:num_requests_waiting"):  # fmt: skip
-            if line.startswith(name):
-                values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    values = dict.fromkeys(HELD_METRICS, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in values:  # exact: not vllm:num_requests_waiting_by_reason
+                values[sample.name] += sample.value
     state = httpx.get(f"{base}/admin/engine", timeout=30,
                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()  # fmt: skip
     values.update({f"worker_{k}": state["worker"][k]
