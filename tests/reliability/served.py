@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 from live import free_port, health_phase, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from gate.hf.embedded import SMOLLM2
+from server.engine.types import TEST_FAULTS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 900  # the first use converts the model
@@ -65,11 +67,15 @@ class Serve:
         return httpx.Client(base_url=self.url, timeout=60,
                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
 
-    def metric(self, name: str, labels: str = "") -> float:
-        """The sum of a metric's samples on ``/metrics`` whose labels contain ``labels``."""
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples named ``name`` on ``/metrics`` that carry ``labels``."""
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
-        pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.M)
-        return sum(float(v) for lab, v in pattern.findall(text) if labels in lab)
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def kill(self) -> None:
         """Kill the server and everything it started."""
@@ -109,3 +115,28 @@ def settled(server: Serve) -> dict[str, float]:
     with contextlib.suppress(AssertionError):  # the caller asserts on the reading
         wait_for(all_zero, "everything released", SETTLE_S)
     return reading
+
+
+@contextlib.contextmanager
+def fault_server(tmp: Path, gate_failure: str) -> Iterator[Serve]:
+    """A ready server on SmolLM2 with ``--gate-failure gate_failure``, the admin token, the
+    fault switch allowed and 8 sequences a batch; killed on exit."""
+    serve = Serve(tmp, "--model", SMOLLM2.id, "--admin-token", ADMIN_TOKEN,
+                  "--gate-failure", gate_failure, env={TEST_FAULTS_ENV: "1"},
+                  max_num_seqs=8)  # fmt: skip
+    try:
+        serve.wait_phase("ok")
+        yield serve
+    finally:
+        serve.kill()
+
+
+@contextlib.contextmanager
+def gate_failing(server: Serve) -> Iterator[None]:
+    """The injected gate failure on (``PUT /admin/faults/gate-failure``) for the block."""
+    with server.admin() as admin:
+        assert admin.put("/admin/faults/gate-failure", json={"on": True}).status_code == 200
+        try:
+            yield
+        finally:
+            assert admin.put("/admin/faults/gate-failure", json={"on": False}).status_code == 200

@@ -26,11 +26,10 @@ from pathlib import Path
 import httpx
 import pytest
 from live import wait_for
-from served import ADMIN_TOKEN, Serve, chat_body
+from served import ADMIN_TOKEN, Serve, chat_body, fault_server, gate_failing
 
 from gate.hf.embedded import SMOLLM2
 from server.app import FAILED
-from server.engine.types import TEST_FAULTS_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -44,28 +43,17 @@ LANGUAGES = ("de", "fr", "es", "it", "nl", "pl", "ru", "ja", "th", "sw")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Serve]:
-    serve = Serve(tmp_path_factory.mktemp("kill"), "--model", SMOLLM2.id,
-                  "--admin-token", ADMIN_TOKEN, "--gate-failure", "open",
-                  env={TEST_FAULTS_ENV: "1"}, max_num_seqs=8)  # fmt: skip
-    try:
-        serve.wait_phase("ok")
+    with fault_server(tmp_path_factory.mktemp("kill"), "open") as serve:
         yield serve
-    finally:
-        serve.kill()
 
 
 def test_an_injected_gate_failure_follows_fail_open(server) -> None:
-    with server.admin() as admin:
-        assert admin.put("/admin/faults/gate-failure", json={"on": True}).status_code == 200
-        try:
-            answer = httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Hi"),
-                                timeout=120)  # fmt: skip
-        finally:
-            assert admin.put("/admin/faults/gate-failure", json={"on": False}).status_code == 200
+    with gate_failing(server):
+        answer = httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Hi"), timeout=120)
     body = answer.json()
     assert body["babelgate"]["gate_failure"] and body["babelgate"]["gate_score"] is None, body
     assert body["choices"][0]["finish_reason"] == "length", body  # served: 16 tokens
-    assert server.metric("babelgate_gate_failures_total", 'mode="open"') == 1
+    assert server.metric("babelgate_gate_failures_total", mode="open") == 1
 
 
 async def _in_flight_request(url: str, stream: bool) -> tuple[int, str, float]:

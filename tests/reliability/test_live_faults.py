@@ -22,10 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
-from served import ADMIN_TOKEN, Serve, chat_body, settled
-
-from gate.hf.embedded import SMOLLM2
-from server.engine.types import TEST_FAULTS_ENV
+from served import Serve, chat_body, fault_server, gate_failing, settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -37,14 +34,8 @@ FAILED_AT_ONCE = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Serve]:
-    serve = Serve(tmp_path_factory.mktemp("live"), "--model", SMOLLM2.id,
-                  "--admin-token", ADMIN_TOKEN, "--gate-failure", "closed",
-                  env={TEST_FAULTS_ENV: "1"}, max_num_seqs=8)  # fmt: skip
-    try:
-        serve.wait_phase("ok")
+    with fault_server(tmp_path_factory.mktemp("live"), "closed") as serve:
         yield serve
-    finally:
-        serve.kill()
 
 
 async def _close_before_first_byte(client: httpx.AsyncClient, rng: random.Random) -> str:
@@ -119,20 +110,16 @@ async def _concurrent_chats(url: str, n: int) -> list[httpx.Response]:
 
 
 def test_an_injected_gate_failure_follows_fail_closed_for_every_request(server) -> None:
-    before = server.metric("babelgate_gate_failures_total", 'mode="closed"')
-    with server.admin() as admin:
-        assert admin.put("/admin/faults/gate-failure", json={"on": True}).status_code == 200
-        try:
-            answers = asyncio.run(_concurrent_chats(server.url, FAILED_AT_ONCE))
-        finally:
-            assert admin.put("/admin/faults/gate-failure", json={"on": False}).status_code == 200
+    before = server.metric("babelgate_gate_failures_total", mode="closed")
+    with gate_failing(server):
+        answers = asyncio.run(_concurrent_chats(server.url, FAILED_AT_ONCE))
     for answer in answers:
         assert answer.status_code == 200, answer.text
         body = answer.json()
         guard = body["babelgate"]
         assert guard["gate_failure"] and guard["gate_score"] is None, guard
         assert body["choices"][0]["finish_reason"] == "content_filter", body  # refused
-    counted = server.metric("babelgate_gate_failures_total", 'mode="closed"') - before
+    counted = server.metric("babelgate_gate_failures_total", mode="closed") - before
     assert counted == FAILED_AT_ONCE
     # Off again: scored, and not refused for a failure.
     after = asyncio.run(_concurrent_chats(server.url, 2))
