@@ -14,6 +14,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
 WORKDIR /opt/babelgate
 COPY pyproject.toml README.md Makefile ./
 COPY deploy ./deploy
+COPY babelgate ./babelgate
 COPY gate ./gate
 COPY server ./server
 COPY refusal ./refusal

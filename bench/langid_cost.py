@@ -28,10 +28,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from evaluation.langmix import PAYLOAD_LANGUAGES, WRAPPER_LANGUAGES, harmful_test_prompts, variants
-from gate.data import load_polyrefuse
-from paths import data_dir
-from server.langid import LanguageRouter
+from babelgate.evaluation.langmix import (
+    PAYLOAD_LANGUAGES,
+    WRAPPER_LANGUAGES,
+    harmful_test_prompts,
+    variants,
+)
+from babelgate.gate.data import load_polyrefuse
+from babelgate.paths import data_dir
+from babelgate.server.langid import LanguageRouter
 
 REPO = Path(__file__).resolve().parents[1]
 

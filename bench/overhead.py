@@ -28,9 +28,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gate.hf.embedded import MODEL_HELP
-from paths import DATA_ENV, data_dir
-from server.shipped import shipped_artifact
+from babelgate.gate.hf.embedded import MODEL_HELP
+from babelgate.paths import DATA_ENV, data_dir
+from babelgate.server.shipped import shipped_artifact
 
 KV_BYTES = 1 << 30
 MODES = ("compiled", "eager")
@@ -46,7 +46,7 @@ def polyrefuse() -> Path:
 
 def load_prompts(languages: list[str], count: int) -> list[tuple[str, str]]:
     """``count`` (text, language) test prompts, harmful and harmless, cycling languages."""
-    from gate.data import load_polyrefuse
+    from babelgate.gate.data import load_polyrefuse
 
     rows = load_polyrefuse(polyrefuse(), languages=languages, splits=["test"])
     pools = [
@@ -79,8 +79,8 @@ class Workload:
 def make_workload(args: argparse.Namespace, tokenizer: Any, gate: Any) -> Workload:
     from vllm import SamplingParams
 
-    from gate.prompt import chat_prompt_ids
-    from server.engine.types import GuardParams
+    from babelgate.gate.prompt import chat_prompt_ids
+    from babelgate.server.engine.types import GuardParams
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     prompts = load_prompts(args.languages.split(","), max(sizes))
@@ -110,12 +110,12 @@ class Engine:
         if kind == "plain":
             from vllm import LLM
 
-            from gate.hf.model_source import resolve_model
+            from babelgate.gate.hf.model_source import resolve_model
 
             self.llm = LLM(model=resolve_model(args.model)[1], **options)
             self.guarded = None
         else:
-            from server.engine.offline import GuardedLLM
+            from babelgate.server.engine.offline import GuardedLLM
 
             self.guarded = GuardedLLM(args.model, args.artifact, **options)
             self.llm = self.guarded.llm
@@ -216,9 +216,9 @@ def print_results(results: dict[tuple[str, str], dict[str, Any]], sizes: list[in
 
 def main() -> None:
     args = parse_args()
-    from gate.estimator import HarmfulnessGate
-    from gate.hf.model_source import resolve_model
-    from server.engine.startup import bind_cpu_threads
+    from babelgate.gate.estimator import HarmfulnessGate
+    from babelgate.gate.hf.model_source import resolve_model
+    from babelgate.server.engine.startup import bind_cpu_threads
 
     bind_cpu_threads()  # before any engine: plain and guarded compute on the same cores
     _, load_path = resolve_model(args.model)

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import httpx
 
-from gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
-from paths import DATA_ENV, SHARED_POLYREFUSE, data_dir
-from server.engine.startup import bind_cpu_threads
-from server.shipped import shipped_artifact
+from babelgate.gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
+from babelgate.paths import DATA_ENV, SHARED_POLYREFUSE, data_dir
+from babelgate.server.engine.startup import bind_cpu_threads
+from babelgate.server.shipped import shipped_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 LANGUAGES = ("en", "de", "ar", "th", "yo", "ja", "ko", "ru")
@@ -76,7 +76,7 @@ def server_command(kind: str, model: str, port: int, args: argparse.Namespace) -
                 "--served-model-name", SERVED_NAME, "--generation-config", "vllm",
                 "--disable-uvicorn-access-log", *engine]  # fmt: skip
     policy = kind.split(":", 1)[1]
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--model", model, "--port", str(port),
+    cmd = [sys.executable, "-m", "babelgate", "serve", "--model", model, "--port", str(port),
            "--host", "127.0.0.1", "--served-model-name", SERVED_NAME, "--policy", policy,
            *state_args(args), "--log-level", "warning", *engine]  # fmt: skip
     if args.artifact:

@@ -41,9 +41,9 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from serving import SERVED_NAME, Server, free_port, load_prompts, server_command
 
-from gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
-from server.engine.startup import bind_cpu_threads
-from server.shipped import shipped_artifact
+from babelgate.gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
+from babelgate.server.engine.startup import bind_cpu_threads
+from babelgate.server.shipped import shipped_artifact
 
 ADMIN_TOKEN = "soak-admin-token"
 HELD_METRICS = ("babelgate_requests_in_flight", "vllm:num_requests_running",

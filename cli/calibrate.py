@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from gate.calibration import REPORT_MD, CalibrationOptions
-from gate.hf.embedded import MODEL_HELP
-from server.calibration import calibrate_artifact
+from babelgate.gate.calibration import REPORT_MD, CalibrationOptions
+from babelgate.gate.hf.embedded import MODEL_HELP
+from babelgate.server.calibration import calibrate_artifact
 
 
 def register(sub: argparse._SubParsersAction) -> None:

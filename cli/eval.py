@@ -11,17 +11,17 @@ import argparse
 import json
 from pathlib import Path
 
-from evaluation.defaults import (
+from babelgate.evaluation.defaults import (
     DEFAULT_LANGUAGES,
     DEFAULT_MAX_PER_CLASS,
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
 )
-from evaluation.policies import POLICY_NAMES
-from evaluation.report import render_markdown
-from evaluation.runner import EvalOptions, run_eval, run_shift_eval
-from gate.hf.embedded import MODEL_HELP
-from server.shipped import shipped_artifact
+from babelgate.evaluation.policies import POLICY_NAMES
+from babelgate.evaluation.report import render_markdown
+from babelgate.evaluation.runner import EvalOptions, run_eval, run_shift_eval
+from babelgate.gate.hf.embedded import MODEL_HELP
+from babelgate.server.shipped import shipped_artifact
 
 
 def _csv(text: str | None) -> list[str] | None:

@@ -11,10 +11,10 @@ import logging
 import signal
 import sys
 
-from cli import calibrate, recalibrate, serve, sweep
-from cli import eval as evaluate
-from gate.artifact import ArtifactError
-from gate.data import DataError
+from babelgate.cli import calibrate, recalibrate, serve, sweep
+from babelgate.cli import eval as evaluate
+from babelgate.gate.artifact import ArtifactError
+from babelgate.gate.data import DataError
 
 # The subcommands, in the order ``babelgate --help`` lists them.
 COMMANDS = (calibrate, recalibrate, serve, sweep, evaluate)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from server.calibration import recalibrate_language
+from babelgate.server.calibration import recalibrate_language
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from server.settings import ServeSettings, load_settings
+from babelgate.server.settings import ServeSettings, load_settings
 
 
 def _pairs(kind: str):
@@ -117,6 +117,6 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.app import serve  # lazy: FastAPI, uvicorn and the engine stack
+    from babelgate.server.app import serve  # lazy: FastAPI, uvicorn and the engine stack
 
     return serve(settings_from_args(args))

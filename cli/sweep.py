@@ -10,8 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from evaluation.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, SweepOptions, render_table, run_sweep
-from gate.hf.embedded import MODEL_HELP
+from babelgate.evaluation.sweep import (
+    SWEEP_JSON,
+    SWEEP_MD,
+    SWEEP_PNG,
+    SweepOptions,
+    render_table,
+    run_sweep,
+)
+from babelgate.gate.hf.embedded import MODEL_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.baselines.interventions import (
+from babelgate.evaluation.baselines.interventions import (
     BASELINE_CAPTURE_KEY,
     BASELINE_KEY,
     BASELINE_WORKER_EXTENSION,
 )
-from server.engine.rpc import WorkerClient
-from server.engine.types import GuardParams
+from babelgate.server.engine.rpc import WorkerClient
+from babelgate.server.engine.types import GuardParams
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
 
@@ -74,8 +74,8 @@ class EvalEngine:
     ) -> None:
         from vllm import LLM
 
-        from server.engine.offline import GuardedLLM
-        from server.engine.startup import prepare
+        from babelgate.server.engine.offline import GuardedLLM
+        from babelgate.server.engine.startup import prepare
 
         options = {
             "dtype": dtype,

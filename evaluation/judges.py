@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refusal.judge import Judge, RefusalMarkerJudge
+from babelgate.refusal.judge import Judge, RefusalMarkerJudge
 
 LABELS_PATH = Path(__file__).resolve().parent / "data" / "judge_labels.jsonl"
 _SPEC = re.compile(r"^openai:(?P<url>https?://[^/:\s]+(?::\d+)?(?:/[^:\s]*)?):(?P<model>\S+)$")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gate.kshot import kshot_indices, kshot_rng
-from gate.metrics import f1_score
-from gate.threshold import balanced_f1_threshold
+from babelgate.gate.kshot import kshot_indices, kshot_rng
+from babelgate.gate.metrics import f1_score
+from babelgate.gate.threshold import balanced_f1_threshold
 
 DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
 

@@ -2,7 +2,7 @@
 
 Runs in its own process, without a model or an engine (seconds on one core):
 
-    python -m evaluation.langmix [--model embedded:qwen2.5-coder-0.5b] [--out DIR]
+    python -m babelgate.evaluation.langmix [--model embedded:qwen2.5-coder-0.5b] [--out DIR]
 
 The server judges each chat request by one language's threshold, and thresholds differ by
 language (the default model's shipped gate: Arabic -1.18 ... Spanish 0.94). A harmful prompt
@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gate.data import load_dataset, load_polyrefuse
-from gate.estimator import HarmfulnessGate
-from gate.hf.embedded import DEFAULT_EMBEDDED, MODEL_HELP
-from paths import DATA_ENV, data_dir, style_prompts_dir
-from server.langid import Detection, LanguageRouter
-from server.plan import GuardPlan, language_plan, strictest_plan, strictness
-from server.settings import ServeSettings
-from server.shipped import DEFAULT_PRESET, SHIPPED_PRESETS, shipped_artifact
+from babelgate.gate.data import load_dataset, load_polyrefuse
+from babelgate.gate.estimator import HarmfulnessGate
+from babelgate.gate.hf.embedded import DEFAULT_EMBEDDED, MODEL_HELP
+from babelgate.paths import DATA_ENV, data_dir, style_prompts_dir
+from babelgate.server.langid import Detection, LanguageRouter
+from babelgate.server.plan import GuardPlan, language_plan, strictest_plan, strictness
+from babelgate.server.settings import ServeSettings
+from babelgate.server.shipped import DEFAULT_PRESET, SHIPPED_PRESETS, shipped_artifact
 
 PAYLOAD_LANGUAGES: tuple[str, ...] = ("de", "ru", "ar", "ja", "th", "yo")
 WRAPPER_LANGUAGES: tuple[str, ...] = ("en", "es", "zh")  # English, the loosest Latin, Han
@@ -335,7 +335,7 @@ def evaluate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = ServeSettings()
-    p = argparse.ArgumentParser(prog="python -m evaluation.langmix", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m babelgate.evaluation.langmix", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--model", default=DEFAULT_EMBEDDED.id, help=MODEL_HELP)
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=SHIPPED_PRESETS)

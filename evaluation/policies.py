@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.engine.types import Policy
+from babelgate.server.engine.types import Policy
 
 
 @dataclass(frozen=True)

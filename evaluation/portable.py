@@ -6,8 +6,8 @@ or artifact lie, so the evaluation records a data folder or an artifact by its b
 (``source_name``), next to content hashes and the artifact's fingerprint, never by its absolute
 path. Reports written before that rule can be brought in line in place:
 
-    python -m evaluation.portable DIR [DIR ...]   # rewrite .json, .jsonl and .md files under DIR
-    python -m evaluation.portable --check DIR     # exit 1 if a file still holds an absolute path
+    python -m babelgate.evaluation.portable DIR [DIR ...]  # rewrite .json, .jsonl, .md under DIR
+    python -m babelgate.evaluation.portable --check DIR    # exit 1 if one holds an absolute path
 
 A rewritten field reads as the current writers would write it (``data``: the folder's basename;
 ``artifact.path``: the artifact folder's basename); any other absolute path becomes its basename
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gate.artifact import write_json_atomic
+from babelgate.gate.artifact import write_json_atomic
 
 # An absolute POSIX path of two or more components (``/work/shared/data``, ``/root/.cache/x``),
 # not part of a relative path, a URL or a ratio like ``f1/question``.
@@ -102,7 +102,7 @@ def rewrite_tree(roots: Sequence[str | Path], *, check: bool = False) -> list[Pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m evaluation.portable",
+        prog="python -m babelgate.evaluation.portable",
         description="Replace absolute paths in report files with their basenames.",
     )
     p.add_argument("roots", nargs="+", help="report folders or files")

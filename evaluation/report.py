@@ -15,19 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.defaults import DEFAULT_MAX_PER_CLASS, DEFAULT_MMLU_MAX, DEFAULT_TRAIN_POOL
-from evaluation.judges import LABELS_PATH, agreement, judge_rows, load_labels, make_judge
-from evaluation.kshot import f1_at, kshot_curve
-from evaluation.policies import PolicySpec
-from evaluation.portable import source_name
-from evaluation.rows import scored_pool as _pool
-from evaluation.rows import text_sha
-from evaluation.store import ResultStore
-from gate.artifact import write_json_atomic
-from gate.languages import tier
-from gate.metrics import auroc, selectivity
-from gate.plot import png, pyplot
-from server.refusal_templates import refusal_text
+from babelgate.evaluation.defaults import (
+    DEFAULT_MAX_PER_CLASS,
+    DEFAULT_MMLU_MAX,
+    DEFAULT_TRAIN_POOL,
+)
+from babelgate.evaluation.judges import LABELS_PATH, agreement, judge_rows, load_labels, make_judge
+from babelgate.evaluation.kshot import f1_at, kshot_curve
+from babelgate.evaluation.policies import PolicySpec
+from babelgate.evaluation.portable import source_name
+from babelgate.evaluation.rows import scored_pool as _pool
+from babelgate.evaluation.rows import text_sha
+from babelgate.evaluation.store import ResultStore
+from babelgate.gate.artifact import write_json_atomic
+from babelgate.gate.languages import tier
+from babelgate.gate.metrics import auroc, selectivity
+from babelgate.gate.plot import png, pyplot
+from babelgate.server.refusal_templates import refusal_text
 
 JUDGEMENTS_FILE = "judgements.jsonl"
 INVOCATIONS_FILE = "invocations.jsonl"

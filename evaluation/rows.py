@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evaluation.kshot import ScoredPool
-from gate.data import LabelledPrompt
+from babelgate.evaluation.kshot import ScoredPool
+from babelgate.gate.data import LabelledPrompt
 
 
 def text_sha(text: str) -> str:

@@ -27,31 +27,36 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.baselines.fitting import fit_adasteer, fit_cast
-from evaluation.defaults import (
+from babelgate.evaluation.baselines.fitting import fit_adasteer, fit_cast
+from babelgate.evaluation.defaults import (
     BASELINE_K,
     DEFAULT_LANGUAGES,
     DEFAULT_MAX_PER_CLASS,
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
 )
-from evaluation.engine import EvalEngine
-from evaluation.kshot import DEFAULT_KS, not_test, recalibrated_threshold
-from evaluation.mmlu import format_prompt, letter_token_ids, load_questions, sample_questions
-from evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
-from evaluation.portable import source_name
-from evaluation.report import write_report
-from evaluation.rows import scored_pool, text_sha
-from evaluation.shift import ShiftOptions, run_shift
-from evaluation.store import ResultStore, open_run, read_jsonl
-from gate.activation_cache import CachedBackend
-from gate.artifact import read_manifest, write_json_atomic
-from gate.data import LabelledPrompt, load_dataset, select, subsample
-from gate.hf.backend import TransformersBackend
-from gate.hf.model_source import resolve_model
-from gate.kshot import kshot_indices, kshot_rng
-from paths import cache_root, data_dir
-from server.engine.types import GuardParams
+from babelgate.evaluation.engine import EvalEngine
+from babelgate.evaluation.kshot import DEFAULT_KS, not_test, recalibrated_threshold
+from babelgate.evaluation.mmlu import (
+    format_prompt,
+    letter_token_ids,
+    load_questions,
+    sample_questions,
+)
+from babelgate.evaluation.policies import RECALIBRATION_KS, PolicySpec, select_policies
+from babelgate.evaluation.portable import source_name
+from babelgate.evaluation.report import write_report
+from babelgate.evaluation.rows import scored_pool, text_sha
+from babelgate.evaluation.shift import ShiftOptions, run_shift
+from babelgate.evaluation.store import ResultStore, open_run, read_jsonl
+from babelgate.gate.activation_cache import CachedBackend
+from babelgate.gate.artifact import read_manifest, write_json_atomic
+from babelgate.gate.data import LabelledPrompt, load_dataset, select, subsample
+from babelgate.gate.hf.backend import TransformersBackend
+from babelgate.gate.hf.model_source import resolve_model
+from babelgate.gate.kshot import kshot_indices, kshot_rng
+from babelgate.paths import cache_root, data_dir
+from babelgate.server.engine.types import GuardParams
 
 SETUP_FILE = "setup.json"
 ENGINE_FILE = "engine.json"

@@ -33,20 +33,20 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.portable import source_name
-from evaluation.shift_data import FAMILIES, build_families
-from gate.activations import ActivationBackend
-from gate.artifact import write_json_atomic
-from gate.calibration import candidate_layers, paper_layer
-from gate.data import LabelledPrompt
-from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
-from gate.kshot import kshot_draws
-from gate.languages import HIGH_RESOURCE
-from gate.metrics import auroc, f1_score
-from gate.plot import png, pyplot
-from gate.selection import Candidate, candidates, fit_on, merge, select_robust
-from gate.style_check import family_of, item_fold, mean_fold_auroc
-from gate.threshold import balanced_f1_threshold
+from babelgate.evaluation.portable import source_name
+from babelgate.evaluation.shift_data import FAMILIES, build_families
+from babelgate.gate.activations import ActivationBackend
+from babelgate.gate.artifact import write_json_atomic
+from babelgate.gate.calibration import candidate_layers, paper_layer
+from babelgate.gate.data import LabelledPrompt
+from babelgate.gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
+from babelgate.gate.kshot import kshot_draws
+from babelgate.gate.languages import HIGH_RESOURCE
+from babelgate.gate.metrics import auroc, f1_score
+from babelgate.gate.plot import png, pyplot
+from babelgate.gate.selection import Candidate, candidates, fit_on, merge, select_robust
+from babelgate.gate.style_check import family_of, item_fold, mean_fold_auroc
+from babelgate.gate.threshold import balanced_f1_threshold
 
 SHIFT_JSON, SHIFT_MD, SHIFT_PNG = "shift.json", "shift.md", "shift_auroc.png"
 CONFIGS: tuple[str, ...] = ("paper", "robust", "robust-unseen")

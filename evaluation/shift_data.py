@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from gate.data import DataError, LabelledPrompt, load_dataset, load_file, subsample
-from paths import style_prompts_dir
+from babelgate.gate.data import DataError, LabelledPrompt, load_dataset, load_file, subsample
+from babelgate.paths import style_prompts_dir
 
 FAMILIES: tuple[str, ...] = ("instruction", "question", "narrative")  # trainable families
 DONOTANSWER_HARMFUL: tuple[str, ...] = (

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gate.artifact import write_json_atomic
+from babelgate.gate.artifact import write_json_atomic
 
 RUN_FILE = "run.json"
 

@@ -24,18 +24,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gate.artifact import read_manifest
-from gate.calibration import candidate_layers
-from gate.data import DataError, load_dataset, normalise_split, select, subsample
-from gate.directions import mean_difference, steering_alpha
-from gate.estimator import HarmfulnessGate
-from gate.hf.backend import TransformersBackend
-from gate.hf.reference import ReferenceRouter, SteeringParams
-from gate.languages import validate_language
-from gate.metrics import selectivity
-from gate.plot import png, pyplot
-from paths import data_dir
-from refusal.judge import RefusalMarkerJudge
+from babelgate.gate.artifact import read_manifest
+from babelgate.gate.calibration import candidate_layers
+from babelgate.gate.data import DataError, load_dataset, normalise_split, select, subsample
+from babelgate.gate.directions import mean_difference, steering_alpha
+from babelgate.gate.estimator import HarmfulnessGate
+from babelgate.gate.hf.backend import TransformersBackend
+from babelgate.gate.hf.reference import ReferenceRouter, SteeringParams
+from babelgate.gate.languages import validate_language
+from babelgate.gate.metrics import selectivity
+from babelgate.gate.plot import png, pyplot
+from babelgate.paths import data_dir
+from babelgate.refusal.judge import RefusalMarkerJudge
 
 SWEEP_JSON = "sweep.json"
 SWEEP_MD = "sweep.md"

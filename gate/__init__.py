@@ -4,16 +4,16 @@ Runs in whichever process imports it (notebook, CLI, API server, vLLM worker). I
 numpy / torch / safetensors; model-facing code lives in ``gate.hf`` and is imported lazily.
 """
 
-from gate.artifact import ArtifactError, ModelInfo, model_info_from_config
-from gate.directions import (
+from babelgate.gate.artifact import ArtifactError, ModelInfo, model_info_from_config
+from babelgate.gate.directions import (
     language_directions,
     mean_difference,
     pooled_direction,
     steering_alpha,
     svd_basis,
 )
-from gate.estimator import GateConfig, HarmfulnessGate, ThresholdRecord
-from gate.languages import (
+from babelgate.gate.estimator import GateConfig, HarmfulnessGate, ThresholdRecord
+from babelgate.gate.languages import (
     HIGH_RESOURCE,
     LOW_RESOURCE,
     MID_RESOURCE,
@@ -21,9 +21,9 @@ from gate.languages import (
     UnknownLanguageError,
     validate_language,
 )
-from gate.metrics import auroc, f1_score, selectivity
-from gate.readout import LogisticReadout
-from gate.threshold import balanced_f1, balanced_f1_threshold
+from babelgate.gate.metrics import auroc, f1_score, selectivity
+from babelgate.gate.readout import LogisticReadout
+from babelgate.gate.threshold import balanced_f1, balanced_f1_threshold
 
 __all__ = [
     "HIGH_RESOURCE",

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from gate.activations import ActivationBackend, check_layers
+from babelgate.gate.activations import ActivationBackend, check_layers
 
 INDEX_NAME = "index.jsonl"
 # New activations are computed and saved in chunks of this many prompts (the crash granularity).

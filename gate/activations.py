@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from gate.artifact import ModelInfo
+    from babelgate.gate.artifact import ModelInfo
 
 
 @runtime_checkable

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.activations import ActivationBackend
-from gate.data import (
+from babelgate.gate.activations import ActivationBackend
+from babelgate.gate.data import (
     DataError,
     LabelledPrompt,
     check_both_classes,
@@ -35,20 +35,20 @@ from gate.data import (
     select,
     subsample,
 )
-from gate.estimator import (
+from babelgate.gate.estimator import (
     MIN_PROTECTED_AUROC,
     WEAK_FAMILY_AUROC,
     GateConfig,
     HarmfulnessGate,
     ThresholdRecord,
 )
-from gate.kshot import kshot_draws
-from gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
-from gate.metrics import auroc, f1_score
-from gate.plot import png, pyplot
-from gate.selection import Candidate, candidates, fit_on, select_robust
-from gate.style_check import balance_families, check_rows, family_auroc, family_of
-from gate.threshold import balanced_f1_threshold
+from babelgate.gate.kshot import kshot_draws
+from babelgate.gate.languages import HIGH_RESOURCE, language_name, tier, validate_language
+from babelgate.gate.metrics import auroc, f1_score
+from babelgate.gate.plot import png, pyplot
+from babelgate.gate.selection import Candidate, candidates, fit_on, select_robust
+from babelgate.gate.style_check import balance_families, check_rows, family_auroc, family_of
+from babelgate.gate.threshold import balanced_f1_threshold
 
 # "auto" (the default) resolves to "robust" when the training data holds two or more prompt
 # families and to "paper" otherwise: on the embedded model the robust configuration won under

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gate.languages import validate_language
+from babelgate.gate.languages import validate_language
 
 SPLITS = ("train", "val", "test")
 TEXT_FIELDS = ("text", "prompt", "instruction_translated", "instruction", "input", "question")

@@ -20,7 +20,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
 
-from gate.artifact import (
+from babelgate.gate.artifact import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     ArtifactError,
@@ -32,11 +32,16 @@ from gate.artifact import (
     write_directory_atomic,
     write_json_atomic,
 )
-from gate.directions import language_directions, pooled_direction, steering_alpha, svd_basis
-from gate.languages import validate_language
-from gate.metrics import auroc
-from gate.readout import LogisticReadout
-from gate.threshold import balanced_f1_threshold
+from babelgate.gate.directions import (
+    language_directions,
+    pooled_direction,
+    steering_alpha,
+    svd_basis,
+)
+from babelgate.gate.languages import validate_language
+from babelgate.gate.metrics import auroc
+from babelgate.gate.readout import LogisticReadout
+from babelgate.gate.threshold import balanced_f1_threshold
 
 TENSORS_NAME = "tensors.safetensors"
 THRESHOLD_SOURCES: tuple[str, ...] = ("zero-shot", "recalibrated", "manual", "default")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gate.estimator import GateConfig, HarmfulnessGate
-from gate.metrics import auroc
+from babelgate.gate.estimator import GateConfig, HarmfulnessGate
+from babelgate.gate.metrics import auroc
 
 # Defaults of the robust grid: every other middle layer, alone or with one earlier layer read
 # 4 or 8 blocks before it, and three strengths of AdamW's decoupled weight decay.

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.data import LabelledPrompt, subsample
-from gate.metrics import auroc
-from gate.selection import Candidate, fit_on
+from babelgate.gate.data import LabelledPrompt, subsample
+from babelgate.gate.metrics import auroc
+from babelgate.gate.selection import Candidate, fit_on
 
 # Fewer checked rows than this per class and the family is not checked for the language.
 MIN_CHECK_PER_CLASS = 4

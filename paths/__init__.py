@@ -51,7 +51,7 @@ def data_dir() -> Path | None:
 def style_prompts_dir() -> Path | None:
     """The question and narrative prompts written for this project (14 languages), shipped as
     package data of ``evaluation``: the second prompt family of the default calibration."""
-    spec = importlib.util.find_spec("evaluation")  # finds the package without importing it
+    spec = importlib.util.find_spec("babelgate.evaluation")  # locates it without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "styles"

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gate.estimator import ThresholdRecord
-from server.metrics import ServerMetrics
+from babelgate.gate.estimator import ThresholdRecord
+from babelgate.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from gate.estimator import ThresholdRecord
-from server.admin_store import (
+from babelgate.gate.estimator import ThresholdRecord
+from babelgate.server.admin_store import (
     AUDIT_COLUMNS,
     AUDIT_INSERT_COLUMNS,
     DELETE_DETAIL,
@@ -45,7 +45,7 @@ from server.admin_store import (
     record_from_row,
     record_values,
 )
-from server.metrics import ServerMetrics
+from babelgate.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -17,22 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from gate.activation_cache import CachedBackend
-from gate.activations import ActivationBackend
-from gate.calibration import (
+from babelgate.gate.activation_cache import CachedBackend
+from babelgate.gate.activations import ActivationBackend
+from babelgate.gate.calibration import (
     DEFAULT_ARTIFACT_REVISION,
     CalibrationOptions,
     calibrate,
     resolve_preset,
 )
-from gate.data import DataError, check_both_classes, load_dataset, load_file
-from gate.estimator import HarmfulnessGate, ThresholdRecord
-from gate.hf.backend import TransformersBackend
-from gate.hf.model_source import model_info
-from gate.kshot import kshot_indices, kshot_rng
-from gate.languages import validate_language
-from paths import cache_root, default_data_sources
-from server.engine.vllm_backend import VLLMBackend
+from babelgate.gate.data import DataError, check_both_classes, load_dataset, load_file
+from babelgate.gate.estimator import HarmfulnessGate, ThresholdRecord
+from babelgate.gate.hf.backend import TransformersBackend
+from babelgate.gate.hf.model_source import model_info
+from babelgate.gate.kshot import kshot_indices, kshot_rng
+from babelgate.gate.languages import validate_language
+from babelgate.paths import cache_root, default_data_sources
+from babelgate.server.engine.vllm_backend import VLLMBackend
 
 
 def ensure_default_artifact(

@@ -26,7 +26,7 @@ language the whole text is routed to is exactly what it was before this rule; of
 of one language (PolyRefuse's test split, the project's questions and narratives) 4 see a
 second one: English quotations in Thai requests, Spanish names in a Yoruba one, the kanji
 before "(CEO)" in a Japanese one read as Chinese (on the default model's gate none of them is
-judged by it: ``python -m evaluation.langmix``).
+judged by it: ``python -m babelgate.evaluation.langmix``).
 
 Cost (``python bench/langid_cost.py --baseline 6d796f8``, one core): PolyRefuse test prompts
 98.8 us per call before this rule, 146.6 us with it; the mixed prompts of the evaluation 188.7

@@ -1,10 +1,10 @@
 """What the guard will do with a request, decided before the engine sees it: its plan.
 
 Runs in the API-server process (``GuardrailService.plan`` for every chat request, the moderation
-route for the language it scores by) and in ``python -m evaluation.langmix``, which measures the
-rule on mixed-language prompts without a server. Pure functions of plain values, tested without
-an engine (``tests/test_server_outcome.py``, ``tests/test_server_plan.py``); what happens once
-the verdict is back is ``server.app.outcome``.
+route for the language it scores by) and in ``python -m babelgate.evaluation.langmix``, which
+measures the rule on mixed-language prompts without a server. Pure functions of plain values,
+tested without an engine (``tests/test_server_outcome.py``, ``tests/test_server_plan.py``); what
+happens once the verdict is back is ``server.app.outcome``.
 
 - ``plan_request``: the plan for a request routed to one language: the action a harmful verdict
   triggers, the threshold and the engine policy. It cannot wait for the verdict, because the
@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.langid import Detection
-from server.settings import Action, Policy, ServeSettings
+from babelgate.server.langid import Detection
+from babelgate.server.settings import Action, Policy, ServeSettings
 
 if TYPE_CHECKING:
-    from gate.estimator import HarmfulnessGate, ThresholdRecord
+    from babelgate.gate.estimator import HarmfulnessGate, ThresholdRecord
 
 # How much a harmful verdict does to the answer: flag serves it unchanged.
 ACTION_SEVERITY: dict[str, int] = {"flag": 0, "steer": 1, "refuse": 2}

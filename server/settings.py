@@ -20,14 +20,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from gate.hf.embedded import MODEL_HELP
-from gate.languages import validate_language
+from babelgate.gate.hf.embedded import MODEL_HELP
+from babelgate.gate.languages import validate_language
 
 # The policy vocabulary is the engine's (re-exported under the settings' old names).
-from server.engine.types import POLICIES as POLICIES
-from server.engine.types import Policy
-from server.langid import TARGET_LANGUAGES
-from server.store_url import check_state_url, sqlite_url
+from babelgate.server.engine.types import POLICIES as POLICIES
+from babelgate.server.engine.types import Policy
+from babelgate.server.langid import TARGET_LANGUAGES
+from babelgate.server.store_url import check_state_url, sqlite_url
 
 Action = Literal["steer", "refuse", "flag"]
 GateFailureMode = Literal["closed", "open"]

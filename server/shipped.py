@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gate.hf.embedded import embedded_model
+from babelgate.gate.hf.embedded import embedded_model
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "artifacts"
 SHIPPED_PRESETS: tuple[str, ...] = ("robust", "paper")

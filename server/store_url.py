@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from server.admin_store import OverrideStore, StoreUnavailable, ThresholdStore
-from server.admin_store_pg import RETRY_S, PostgresThresholdStore
-from server.metrics import ServerMetrics
+from babelgate.server.admin_store import OverrideStore, StoreUnavailable, ThresholdStore
+from babelgate.server.admin_store_pg import RETRY_S, PostgresThresholdStore
+from babelgate.server.metrics import ServerMetrics
 
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from pgcluster import Cluster, postgres_cluster
 
-from gate.estimator import GateConfig, HarmfulnessGate
-from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
-from paths import DATA_ENV, data_dir
+from babelgate.gate.estimator import GateConfig, HarmfulnessGate
+from babelgate.gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+from babelgate.paths import DATA_ENV, data_dir
 
 
 def polyrefuse_or_skip() -> Path:
@@ -33,7 +33,7 @@ def polyrefuse_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    from gate.hf.embedded import ensure_embedded_model
+    from babelgate.gate.hf.embedded import ensure_embedded_model
 
     return ensure_embedded_model(SMOLLM2.id)
 
@@ -44,7 +44,7 @@ def small_artifact(tmp_path_factory, polyrefuse_dir, embedded_model_dir) -> Path
 
     One per test session (about a minute on 2 cores); tests that change it work on a copy.
     """
-    from cli.main import main
+    from babelgate.cli.main import main
 
     out = tmp_path_factory.mktemp("cal") / "artifact"
     code = main(

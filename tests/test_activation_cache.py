@@ -6,8 +6,8 @@ import hashlib
 
 import numpy as np
 
-from gate.activation_cache import INDEX_NAME, CachedBackend
-from gate.artifact import ModelInfo
+from babelgate.gate.activation_cache import INDEX_NAME, CachedBackend
+from babelgate.gate.artifact import ModelInfo
 
 
 class CountingBackend:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gate.estimator import ThresholdRecord
-from server.admin_store import ThresholdStore
+from babelgate.gate.estimator import ThresholdRecord
+from babelgate.server.admin_store import ThresholdStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,8 +82,8 @@ def test_acknowledged_write_survives_sigkill(tmp_path: Path) -> None:
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from gate.estimator import ThresholdRecord
-        from server.admin_store import ThresholdStore
+        from babelgate.gate.estimator import ThresholdRecord
+        from babelgate.server.admin_store import ThresholdStore
         store = ThresholdStore(Path({str(tmp_path)!r}), "abc123")
         zero = ThresholdRecord("km", 0.0, "default", None, None, None, "2026-01-01T00:00:00+00:00")
         rec = ThresholdRecord("km", 4.25, "manual", None, None, None, "2026-01-01T00:00:00+00:00")

@@ -20,11 +20,11 @@ from conftest import wait_until
 from pgcluster import Cluster, Link
 from prometheus_client import CollectorRegistry
 
-from gate.estimator import ThresholdRecord
-from server.admin_store import StoreUnavailable
-from server.admin_store_pg import MIGRATIONS, PostgresThresholdStore, StoreSchemaError
-from server.metrics import ServerMetrics
-from server.store_url import connect_store, open_store
+from babelgate.gate.estimator import ThresholdRecord
+from babelgate.server.admin_store import StoreUnavailable
+from babelgate.server.admin_store_pg import MIGRATIONS, PostgresThresholdStore, StoreSchemaError
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.store_url import connect_store, open_store
 
 
 def record(language: str, value: float, note: str = "") -> ThresholdRecord:

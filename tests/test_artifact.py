@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from gate.artifact import (
+from babelgate.gate.artifact import (
     ArtifactError,
     ModelInfo,
     model_info_from_config,
     write_directory_atomic,
     write_json_atomic,
 )
-from gate.estimator import GateConfig, HarmfulnessGate
+from babelgate.gate.estimator import GateConfig, HarmfulnessGate
 
 D = 24
 

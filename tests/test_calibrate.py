@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from cli.main import main
-from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+from babelgate.cli.main import main
+from babelgate.gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 
 
 @pytest.mark.slow
@@ -41,8 +41,8 @@ def test_calibration_separates_and_reports(small_artifact):
 
 @pytest.mark.slow
 def test_artifact_loads_for_its_model_and_scores(small_artifact):
-    from gate.estimator import HarmfulnessGate
-    from gate.hf.model_source import model_info
+    from babelgate.gate.estimator import HarmfulnessGate
+    from babelgate.gate.hf.model_source import model_info
 
     gate = HarmfulnessGate.load(small_artifact, expect_model=model_info(SMOLLM2.id))
     manifest = json.loads((small_artifact / "manifest.json").read_text())
@@ -56,8 +56,8 @@ def test_artifact_loads_for_its_model_and_scores(small_artifact):
 
 @pytest.mark.slow
 def test_recalibrate_cli_records_threshold(small_artifact, tmp_path, polyrefuse_dir, capsys):
-    from gate.data import load_polyrefuse
-    from gate.estimator import HarmfulnessGate
+    from babelgate.gate.data import load_polyrefuse
+    from babelgate.gate.estimator import HarmfulnessGate
 
     artifact = tmp_path / "artifact"
     shutil.copytree(small_artifact, artifact)
@@ -110,8 +110,8 @@ def test_calibrate_refuses_unknown_language(tmp_path, polyrefuse_dir, capsys):
 def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
     tmp_path, polyrefuse_dir, embedded_model_dir, capsys
 ):
-    from gate.estimator import HarmfulnessGate
-    from paths import style_prompts_dir
+    from babelgate.gate.estimator import HarmfulnessGate
+    from babelgate.paths import style_prompts_dir
 
     out = tmp_path / "robust"
     code = main([
@@ -149,7 +149,7 @@ def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
 
 
 def test_threshold_k_is_a_count_all_or_auto(tmp_path, capsys):
-    from gate.calibration import CalibrationOptions
+    from babelgate.gate.calibration import CalibrationOptions
 
     assert CalibrationOptions().stored_threshold_k("robust") == "all"
     assert CalibrationOptions().stored_threshold_k("paper") == 4
@@ -177,7 +177,7 @@ def test_robust_preset_refuses_single_family_data_before_loading_a_model(
 
 
 def _rows(families: list[str]) -> list:
-    from gate.data import LabelledPrompt
+    from babelgate.gate.data import LabelledPrompt
 
     return [
         LabelledPrompt(f"{fam} {lang} {label}", label, lang, "train", f"{fam}.jsonl", fam)
@@ -188,7 +188,7 @@ def _rows(families: list[str]) -> list:
 
 
 def test_auto_preset_is_robust_only_with_two_prompt_families():
-    from gate.calibration import CalibrationOptions, resolve_preset
+    from babelgate.gate.calibration import CalibrationOptions, resolve_preset
 
     auto = CalibrationOptions()
     assert auto.preset == "auto"
@@ -203,9 +203,9 @@ def test_auto_preset_is_robust_only_with_two_prompt_families():
 
 
 def test_default_calibration_data_has_two_families(polyrefuse_dir, monkeypatch):
-    from gate.calibration import CalibrationOptions, resolve_preset
-    from gate.data import load_dataset
-    from paths import default_data_sources
+    from babelgate.gate.calibration import CalibrationOptions, resolve_preset
+    from babelgate.gate.data import load_dataset
+    from babelgate.paths import default_data_sources
 
     monkeypatch.setenv("BABELGATE_DATA", str(polyrefuse_dir))
     sources = default_data_sources()
@@ -215,7 +215,7 @@ def test_default_calibration_data_has_two_families(polyrefuse_dir, monkeypatch):
 
 
 def test_paper_layer_takes_the_best_rounded_validation_auroc_and_ties_go_earlier():
-    from gate.calibration import candidate_layers, paper_layer
+    from babelgate.gate.calibration import candidate_layers, paper_layer
 
     assert candidate_layers(8) == [2, 3, 4, 5, 6]
     assert paper_layer(8, {2: 0.7, 3: 0.9, 4: 0.8}) == 3

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from gate.data import (
+from babelgate.gate.data import (
     DataError,
     check_both_classes,
     load_dataset,

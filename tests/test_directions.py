@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gate.directions import (
+from babelgate.gate.directions import (
     language_directions,
     mean_difference,
     pooled_direction,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from gate.hf.embedded import SMOLLM2, ensure_embedded_model
+from babelgate.gate.hf.embedded import SMOLLM2, ensure_embedded_model
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_conversion_is_atomic_in_a_fresh_cache(tmp_path, monkeypatch):
 def test_transformers_backend_reads_block_outputs(embedded_model_dir):
     import torch
 
-    from gate.hf.backend import TransformersBackend
+    from babelgate.gate.hf.backend import TransformersBackend
 
     backend = TransformersBackend(SMOLLM2.id)
     assert backend.model_info.id == SMOLLM2.id
@@ -59,7 +59,7 @@ def test_transformers_backend_reads_block_outputs(embedded_model_dir):
 
 
 def test_layers_out_of_range_refused():
-    from gate.activations import check_layers
+    from babelgate.gate.activations import check_layers
 
     with pytest.raises(ValueError, match=r"layers \[30\] out of range"):
         check_layers([3, 30], 30)

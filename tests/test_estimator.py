@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gate.artifact import ModelInfo
-from gate.directions import steering_alpha
-from gate.estimator import GateConfig, HarmfulnessGate, ThresholdRecord
-from gate.languages import UnknownLanguageError
-from gate.metrics import auroc
-from gate.threshold import balanced_f1_threshold
+from babelgate.gate.artifact import ModelInfo
+from babelgate.gate.directions import steering_alpha
+from babelgate.gate.estimator import GateConfig, HarmfulnessGate, ThresholdRecord
+from babelgate.gate.languages import UnknownLanguageError
+from babelgate.gate.metrics import auroc
+from babelgate.gate.threshold import balanced_f1_threshold
 
 D = 32
 

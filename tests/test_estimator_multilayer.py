@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
+from babelgate.gate.estimator import MIN_PROTECTED_AUROC, GateConfig, HarmfulnessGate
 
 D = 16
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.baselines.fitting import cast_score, fit_adasteer, fit_cast
-from evaluation.baselines.hooks import RowSpan
-from evaluation.baselines.interventions import (
+from babelgate.evaluation.baselines.fitting import cast_score, fit_adasteer, fit_cast
+from babelgate.evaluation.baselines.hooks import RowSpan
+from babelgate.evaluation.baselines.interventions import (
     BASELINE_CAPTURE_KEY,
     BASELINE_KEY,
     AdaSteerIntervention,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.baselines.fitting import (
+from babelgate.evaluation.baselines.fitting import (
     behaviour_layer_range,
     cast_score,
     condition_layer_candidates,

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.policies import POLICY_NAMES
-from evaluation.report import PLOTS
-from evaluation.runner import INTERRUPT_ENV
-from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+from babelgate.evaluation.policies import POLICY_NAMES
+from babelgate.evaluation.report import PLOTS
+from babelgate.evaluation.runner import INTERRUPT_ENV
+from babelgate.gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _command(artifact: Path, data: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "cli.main", "eval", "--model", SMOLLM2.id,
+        sys.executable, "-m", "babelgate", "eval", "--model", SMOLLM2.id,
         "--artifact", str(artifact), "--data", str(data), "--out", str(out),
         "--languages", "en,yo", "--max-per-class", "3", "--train-pool", "8",
         "--max-new-tokens", "8", "--batch-size", "3", "--mmlu-max", "4",

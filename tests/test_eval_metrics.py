@@ -6,11 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.kshot import ScoredPool, draw_k, f1_at, kshot_curve, recalibrated_threshold
-from evaluation.policies import policy, select_policies
-from evaluation.report import mmlu_table, refusal_table, refuse_rows
-from gate.metrics import selectivity
-from server.refusal_templates import refusal_text
+from babelgate.evaluation.kshot import (
+    ScoredPool,
+    draw_k,
+    f1_at,
+    kshot_curve,
+    recalibrated_threshold,
+)
+from babelgate.evaluation.policies import policy, select_policies
+from babelgate.evaluation.report import mmlu_table, refusal_table, refuse_rows
+from babelgate.gate.metrics import selectivity
+from babelgate.server.refusal_templates import refusal_text
 
 
 def _row(policy_name, lang, label, index, decision=None, output="ok"):

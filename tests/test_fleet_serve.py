@@ -18,8 +18,8 @@ from conftest import wait_until
 from pgcluster import Cluster
 from test_server_api import ADMIN, API_KEY, MODEL, Server, metrics, sample
 
-from gate.hf.embedded import SMOLLM2
-from server.shipped import shipped_artifact
+from babelgate.gate.hf.embedded import SMOLLM2
+from babelgate.server.shipped import shipped_artifact
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from server.engine import runtime as runtime_module
-from server.engine.guard_graph import GuardBuffers, GuardedDecoderLayer, GuardSpec
-from server.engine.runtime import CAPTURE_KEY, GuardRuntime
-from server.engine.types import (
+from babelgate.server.engine import runtime as runtime_module
+from babelgate.server.engine.guard_graph import GuardBuffers, GuardedDecoderLayer, GuardSpec
+from babelgate.server.engine.runtime import CAPTURE_KEY, GuardRuntime
+from babelgate.server.engine.types import (
     EXTRA_ARGS_KEY,
     TEST_FAULTS_ENV,
     GateParams,

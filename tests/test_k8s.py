@@ -17,7 +17,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
 
-from server.settings import ServeSettings
+from babelgate.server.settings import ServeSettings
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
 CORE = ("configmap.yaml", "deployment.yaml", "service.yaml", "secret.example.yaml")

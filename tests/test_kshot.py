@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from gate.kshot import kshot_draws, kshot_indices, kshot_rng
+from babelgate.gate.kshot import kshot_draws, kshot_indices, kshot_rng
 
 LABELS = np.array([1, 0, 1, 0, 1, 0, 1, 0, 0])
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gate.data import load_polyrefuse
-from server.langid import (
+from babelgate.gate.data import load_polyrefuse
+from babelgate.server.langid import (
     MAX_EARLIER_TURNS,
     TARGET_LANGUAGES,
     Detection,

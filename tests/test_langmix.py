@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from evaluation.langmix import (
+from babelgate.evaluation.langmix import (
     PAYLOAD_LANGUAGES,
     WRAPPER_LANGUAGES,
     halves,
@@ -18,10 +18,10 @@ from evaluation.langmix import (
     summarise,
     variants,
 )
-from gate.estimator import HarmfulnessGate
-from server.langid import LanguageRouter
-from server.settings import ServeSettings
-from server.shipped import shipped_artifact
+from babelgate.gate.estimator import HarmfulnessGate
+from babelgate.server.langid import LanguageRouter
+from babelgate.server.settings import ServeSettings
+from babelgate.server.shipped import shipped_artifact
 
 IDS = 24
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gate.metrics import auroc, f1_score, selectivity
+from babelgate.gate.metrics import auroc, f1_score, selectivity
 
 
 def test_auroc_with_ties_matches_a_hand_count():

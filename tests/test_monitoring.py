@@ -28,10 +28,10 @@ from pgcluster import free_port
 from prometheus_client import CollectorRegistry
 from test_server_stream import FakeEngine
 
-from server.admin_store import ThresholdStore
-from server.app import create_app, ops
-from server.metrics import ServerMetrics
-from server.settings import ServeSettings
+from babelgate.server.admin_store import ThresholdStore
+from babelgate.server.app import create_app, ops
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.settings import ServeSettings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

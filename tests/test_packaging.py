@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from cli import serve
-from server.settings import ENGINE_FIELDS, ServeSettings
+from babelgate.cli import serve
+from babelgate.server.settings import ENGINE_FIELDS, ServeSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = (REPO / "Dockerfile", REPO / "deploy" / "docker" / "Dockerfile.cuda")
@@ -106,3 +106,14 @@ def test_engine_flags_are_vllm_serve_names_and_pass_through() -> None:
         "dtype": "bfloat16",
     }  # fmt: skip
     assert "gpu_memory_utilization" not in ServeSettings().engine_kwargs()  # vLLM's default
+
+
+def test_both_images_copy_every_package_folder() -> None:
+    """Each folder pyproject.toml maps into ``babelgate`` (and ``babelgate/`` itself) is copied
+    into both images before ``pip install .``, or the image would install without it."""
+    folders = {"babelgate", *tomllib.loads((REPO / "pyproject.toml").read_text())["tool"][
+        "setuptools"]["package-dir"].values()}
+    assert {"gate", "server", "cli"} <= folders
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        assert all(f"COPY {f} ./{f}\n" in text for f in folders), dockerfile.name

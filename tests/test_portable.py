@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.portable import main, portable_text, rewrite_tree, source_name
-from evaluation.store import RunMismatchError, open_run
+from babelgate.evaluation.portable import main, portable_text, rewrite_tree, source_name
+from babelgate.evaluation.store import RunMismatchError, open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gate.metrics import auroc
-from gate.readout import LogisticReadout
+from babelgate.gate.metrics import auroc
+from babelgate.gate.readout import LogisticReadout
 
 
 def toy_set(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

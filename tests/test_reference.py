@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gate.hf.reference import (
+from babelgate.gate.hf.reference import (
     POLICIES,
     ReferenceRouter,
     SteeringParams,
@@ -31,15 +31,15 @@ NEW_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def backend(embedded_model_dir):
-    from gate.hf.backend import TransformersBackend
+    from babelgate.gate.hf.backend import TransformersBackend
 
     return TransformersBackend(embedded_model_dir)
 
 
 @pytest.fixture(scope="module")
 def gate(backend, polyrefuse_dir):
-    from gate.data import load_dataset
-    from gate.estimator import GateConfig, HarmfulnessGate
+    from babelgate.gate.data import load_dataset
+    from babelgate.gate.estimator import GateConfig, HarmfulnessGate
 
     rows = load_dataset(polyrefuse_dir, languages=["en"], splits=["train"])
     chosen = [p for p in rows if p.label == 1][:16] + [p for p in rows if p.label == 0][:16]

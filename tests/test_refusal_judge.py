@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refusal.judge import (
+from babelgate.refusal.judge import (
     MARKERS,
     Judge,
     RefusalMarkerJudge,

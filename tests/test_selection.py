@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gate.selection import Candidate, candidates, held_out_style_auroc, select_robust
+from babelgate.gate.selection import Candidate, candidates, held_out_style_auroc, select_robust
 
 D, LAYERS = 12, 3
 

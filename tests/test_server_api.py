@@ -26,9 +26,9 @@ import pytest
 from conftest import polyrefuse_or_skip
 from prometheus_client.parser import text_string_to_metric_families
 
-from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
-from server.app.auth import token_identity
-from server.refusal_templates import REFUSALS
+from babelgate.gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+from babelgate.server.app.auth import token_identity
+from babelgate.server.refusal_templates import REFUSALS
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m cli.main serve`` as a subprocess; records what it answered while starting."""
+    """``python -m babelgate serve`` as a subprocess; records what it answered while starting."""
 
     def __init__(
         self, state_dir: Path, log_path: Path, artifact: Path, state_url: str | None = None
@@ -76,7 +76,7 @@ class Server:
 
     def start(self) -> None:
         cmd = [
-            sys.executable, "-m", "cli.main", "serve", "--model", SMOLLM2.id,
+            sys.executable, "-m", "babelgate", "serve", "--model", SMOLLM2.id,
             "--host", "127.0.0.1",
             "--port", str(self.port), "--api-key", API_KEY, "--admin-token", ADMIN,
             *self.state, "--max-model-len", str(MAX_MODEL_LEN),

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from server.app import create_app
-from server.app.auth import token_identity
-from server.metrics import ServerMetrics
-from server.settings import ServeSettings
+from babelgate.server.app import create_app
+from babelgate.server.app.auth import token_identity
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.settings import ServeSettings
 
 KEY, ADMIN = "key-1", "admin-1"
 MSGS = [{"role": "user", "content": "hi"}]

@@ -21,10 +21,10 @@ from pgcluster import Cluster, Link
 from prometheus_client import CollectorRegistry
 from test_server_stream import FakeEngine
 
-from server.admin_store_pg import PostgresThresholdStore
-from server.app import chat, create_app
-from server.metrics import ServerMetrics
-from server.settings import ServeSettings
+from babelgate.server.admin_store_pg import PostgresThresholdStore
+from babelgate.server.app import chat, create_app
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.settings import ServeSettings
 
 ADMIN = "fleet-admin"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

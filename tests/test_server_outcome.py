@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from gate.estimator import ThresholdRecord
-from server.app.outcome import Outcome, decide_outcome, guard_info, request_verdict
-from server.engine.types import Verdict
-from server.langid import Detection
-from server.plan import GuardPlan, plan_request
+from babelgate.gate.estimator import ThresholdRecord
+from babelgate.server.app.outcome import Outcome, decide_outcome, guard_info, request_verdict
+from babelgate.server.engine.types import Verdict
+from babelgate.server.langid import Detection
+from babelgate.server.plan import GuardPlan, plan_request
 
 DETECTION = Detection("de", "override", 1.0)
 ZERO_SHOT = 0.25

@@ -12,13 +12,13 @@ import pytest
 from conftest import fitted_gate
 from prometheus_client import CollectorRegistry
 
-from gate.estimator import HarmfulnessGate, ThresholdRecord
-from server.admin_store import ThresholdStore
-from server.app.service import GuardrailService
-from server.langid import Detection, LanguageRouter
-from server.metrics import ServerMetrics
-from server.plan import GuardPlan, plan_request, strictest_plan
-from server.settings import ServeSettings
+from babelgate.gate.estimator import HarmfulnessGate, ThresholdRecord
+from babelgate.server.admin_store import ThresholdStore
+from babelgate.server.app.service import GuardrailService
+from babelgate.server.langid import Detection, LanguageRouter
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.plan import GuardPlan, plan_request, strictest_plan
+from babelgate.server.settings import ServeSettings
 
 
 def service(tmp_path, **settings) -> tuple[GuardrailService, HarmfulnessGate]:
@@ -55,8 +55,8 @@ def test_unprotected_language_gets_the_fallback_action(tmp_path, fallback):
 
 
 def test_weak_families_reach_the_plan_the_verdict_the_admin_view_and_the_metric(tmp_path):
-    from server.app.admin import _view
-    from server.app.schemas import GuardInfo
+    from babelgate.server.app.admin import _view
+    from babelgate.server.app.schemas import GuardInfo
 
     svc, gate = service(tmp_path)
     gate.metadata = {

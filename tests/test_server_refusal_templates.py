@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from refusal.judge import is_refusal
-from server.langid import TARGET_LANGUAGES, LanguageRouter
-from server.refusal_templates import REFUSALS, refusal_text
+from babelgate.refusal.judge import is_refusal
+from babelgate.server.langid import TARGET_LANGUAGES, LanguageRouter
+from babelgate.server.refusal_templates import REFUSALS, refusal_text
 
 
 def test_one_template_per_routed_language() -> None:

@@ -9,8 +9,8 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from cli import serve
-from server.settings import Policy, ServeSettings, load_settings
+from babelgate.cli import serve
+from babelgate.server.settings import Policy, ServeSettings, load_settings
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -19,19 +19,19 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from gate.estimator import ThresholdRecord
-from server.admin_store import ThresholdStore
-from server.app import chat, create_app, generation
-from server.app.generation import ChatRun
-from server.app.outcome import decide_outcome, request_verdict
-from server.app.service import Engine
-from server.engine.runtime import GuardRecord
-from server.engine.types import GuardParams, Verdict
-from server.langid import Detection
-from server.metrics import ServerMetrics
-from server.plan import plan_request
-from server.refusal_templates import refusal_text
-from server.settings import ServeSettings
+from babelgate.gate.estimator import ThresholdRecord
+from babelgate.server.admin_store import ThresholdStore
+from babelgate.server.app import chat, create_app, generation
+from babelgate.server.app.generation import ChatRun
+from babelgate.server.app.outcome import decide_outcome, request_verdict
+from babelgate.server.app.service import Engine
+from babelgate.server.engine.runtime import GuardRecord
+from babelgate.server.engine.types import GuardParams, Verdict
+from babelgate.server.langid import Detection
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.plan import plan_request
+from babelgate.server.refusal_templates import refusal_text
+from babelgate.server.settings import ServeSettings
 
 PIECES = ("Hal", "lo", " Welt")
 MODEL = "tiny"

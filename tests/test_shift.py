@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.shift import CONFIGS, SHIFT_JSON, SHIFT_MD, SHIFT_PNG, ShiftOptions
-from evaluation.shift_data import build_families, donotanswer_dir, load_styles
-from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
-from gate.style_check import item_fold
-from paths import style_prompts_dir
+from babelgate.evaluation.shift import CONFIGS, SHIFT_JSON, SHIFT_MD, SHIFT_PNG, ShiftOptions
+from babelgate.evaluation.shift_data import build_families, donotanswer_dir, load_styles
+from babelgate.gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+from babelgate.gate.style_check import item_fold
+from babelgate.paths import style_prompts_dir
 
 
 def test_style_files_are_translations_of_one_item_list():
@@ -54,9 +54,9 @@ def test_families_from_the_machine(polyrefuse_dir):
 
 @pytest.mark.slow
 def test_shift_run_on_the_embedded_model(polyrefuse_dir, embedded_model_dir, tmp_path):
-    from evaluation.shift import run_shift
-    from gate.activation_cache import CachedBackend
-    from gate.hf.backend import TransformersBackend
+    from babelgate.evaluation.shift import run_shift
+    from babelgate.gate.activation_cache import CachedBackend
+    from babelgate.gate.hf.backend import TransformersBackend
 
     backend = CachedBackend(TransformersBackend(SMOLLM2.id), tmp_path / "cache")
     opts = ShiftOptions(data=str(polyrefuse_dir), out=tmp_path / "shift",
@@ -97,7 +97,7 @@ def test_shift_run_on_the_embedded_model(polyrefuse_dir, embedded_model_dir, tmp
 def test_the_report_records_the_data_folder_by_name():
     from pathlib import Path
 
-    from evaluation.shift import _recorded_options
+    from babelgate.evaluation.shift import _recorded_options
 
     opts = ShiftOptions(data="/work/shared/data/polyrefuse", out=Path("/tmp/out/shift"))
     recorded = _recorded_options(opts)

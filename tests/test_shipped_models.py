@@ -13,12 +13,12 @@ import json
 
 import pytest
 
-from gate.estimator import HarmfulnessGate
-from gate.hf.embedded import QWEN_CODER, SMOLLM2
-from gate.hf.model_source import model_info
-from refusal.judge import RefusalMarkerJudge
-from server.engine.types import GuardParams
-from server.shipped import SHIPPED_PRESETS, shipped_artifact
+from babelgate.gate.estimator import HarmfulnessGate
+from babelgate.gate.hf.embedded import QWEN_CODER, SMOLLM2
+from babelgate.gate.hf.model_source import model_info
+from babelgate.refusal.judge import RefusalMarkerJudge
+from babelgate.server.engine.types import GuardParams
+from babelgate.server.shipped import SHIPPED_PRESETS, shipped_artifact
 
 pytestmark = [pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def _greedy():
 
 @pytest.mark.vllm
 def test_shipped_smollm2_artifact_passes_the_self_check() -> None:
-    from server.engine.offline import GuardedLLM
+    from babelgate.server.engine.offline import GuardedLLM
 
     # eager: these tests are about the artifacts; both modes run in test_vllm_engine.py, and a
     # compiled start costs minutes of compilation on a fresh machine
@@ -79,7 +79,7 @@ def test_shipped_smollm2_artifact_passes_the_self_check() -> None:
 
 @pytest.fixture(scope="module")
 def qwen():
-    from server.engine.offline import GuardedLLM
+    from babelgate.server.engine.offline import GuardedLLM
 
     llm = GuardedLLM(QWEN_CODER.id, shipped_artifact(QWEN_CODER.id), max_model_len=1024,
                      kv_cache_memory_bytes=1 << 30, enforce_eager=True)  # fmt: skip

@@ -9,11 +9,11 @@ import pytest
 from pgcluster import Cluster
 from pydantic import ValidationError
 
-from cli import serve
-from server.admin_store import ThresholdStore
-from server.admin_store_pg import PostgresThresholdStore
-from server.settings import ServeSettings, load_settings
-from server.store_url import open_store, sqlite_url
+from babelgate.cli import serve
+from babelgate.server.admin_store import ThresholdStore
+from babelgate.server.admin_store_pg import PostgresThresholdStore
+from babelgate.server.settings import ServeSettings, load_settings
+from babelgate.server.store_url import open_store, sqlite_url
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

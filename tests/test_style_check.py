@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from gate.data import LabelledPrompt
-from gate.estimator import GateConfig, HarmfulnessGate
-from gate.selection import Candidate
-from gate.style_check import (
+from babelgate.gate.data import LabelledPrompt
+from babelgate.gate.estimator import GateConfig, HarmfulnessGate
+from babelgate.gate.selection import Candidate
+from babelgate.gate.style_check import (
     balance_families,
     check_rows,
     family_auroc,

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from cli import sweep as sweep_cli
-from evaluation import sweep
-from gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
+from babelgate.cli import sweep as sweep_cli
+from babelgate.evaluation import sweep
+from babelgate.gate.hf.embedded import SMOLLM2  # the fast model the mechanism tests run on
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,8 +85,8 @@ def test_sweep_with_an_artifact_uses_its_layer(tmp_path, polyrefuse_dir, embedde
     """An artifact fixes the layer; a different --layers is refused before any generation."""
     import numpy as np
 
-    from gate.estimator import GateConfig, HarmfulnessGate
-    from gate.hf.model_source import model_info
+    from babelgate.gate.estimator import GateConfig, HarmfulnessGate
+    from babelgate.gate.hf.model_source import model_info
 
     rng = np.random.default_rng(0)
     acts = rng.normal(size=(8, 576)).astype(np.float32)

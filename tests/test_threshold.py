@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gate.threshold import balanced_f1, balanced_f1_threshold, threshold_candidates
+from babelgate.gate.threshold import balanced_f1, balanced_f1_threshold, threshold_candidates
 
 
 def test_one_per_class_separable_gives_the_midpoint():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.engine.types import GateParams, GuardParams, GuardrailStartupError
+from babelgate.server.engine.types import GateParams, GuardParams, GuardrailStartupError
 
 LAYER = 15
 HARMFUL = [
@@ -35,7 +35,7 @@ HARMLESS = [
 
 @pytest.fixture(scope="module")
 def stand_in_gate(embedded_model_dir: Path) -> GateParams:
-    from gate.hf.backend import TransformersBackend
+    from babelgate.gate.hf.backend import TransformersBackend
 
     hf = TransformersBackend(embedded_model_dir)
     acts = hf.activations(HARMFUL + HARMLESS, [LAYER], progress=False)[:, 0].astype(np.float64)
@@ -52,7 +52,7 @@ def stand_in_gate(embedded_model_dir: Path) -> GateParams:
 def test_start_refuses_unsupported_architecture_before_starting_vllm(
     tmp_path: Path, embedded_model_dir: Path, stand_in_gate: GateParams
 ):
-    from server.engine.guarded_engine import GuardedEngine
+    from babelgate.server.engine.guarded_engine import GuardedEngine
 
     config = json.loads((embedded_model_dir / "config.json").read_text())
     config["architectures"] = ["PhiForCausalLM"]
@@ -80,7 +80,7 @@ def test_guarded_engine_serves_concurrent_requests_with_their_own_verdicts(
 ):
     from vllm import SamplingParams
 
-    from server.engine.guarded_engine import GuardedEngine
+    from babelgate.server.engine.guarded_engine import GuardedEngine
 
     async def scenario():
         engine = await GuardedEngine.start(

@@ -14,9 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gate.data import load_polyrefuse
-from gate.estimator import GateConfig, HarmfulnessGate
-from server.engine.types import EXTRA_ARGS_KEY, GateParams, GuardParams, GuardrailStartupError
+from babelgate.gate.data import load_polyrefuse
+from babelgate.gate.estimator import GateConfig, HarmfulnessGate
+from babelgate.server.engine.types import (
+    EXTRA_ARGS_KEY,
+    GateParams,
+    GuardParams,
+    GuardrailStartupError,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -34,7 +39,7 @@ def pick(rows, lang: str, label: int, k: int) -> list[str]:
 def backend(request, embedded_model_dir: Path):
     """One engine per mode: vLLM's compiled graph (its default) and eager. It reads the two
     layers the module's gates use (the multi-layer test's gate reads both)."""
-    from server.engine.vllm_backend import VLLMBackend
+    from babelgate.server.engine.vllm_backend import VLLMBackend
 
     be = VLLMBackend(
         embedded_model_dir, dtype="float32", seed=0, read_layers=(LAYER - 4, LAYER),
@@ -57,7 +62,7 @@ def gate(backend, polyrefuse_dir: Path) -> HarmfulnessGate:
 
 @pytest.fixture(scope="module")
 def guarded(backend, gate, embedded_model_dir: Path):
-    from server.engine.offline import GuardedLLM
+    from babelgate.server.engine.offline import GuardedLLM
 
     return GuardedLLM(embedded_model_dir, gate, llm=backend.llm)
 
@@ -75,7 +80,7 @@ def test_prompts(polyrefuse_dir: Path) -> list[tuple[str, str, int]]:
 
 @pytest.fixture(scope="module")
 def hf_model(embedded_model_dir: Path):
-    from gate.hf.backend import TransformersBackend
+    from babelgate.gate.hf.backend import TransformersBackend
 
     return TransformersBackend(embedded_model_dir)
 
@@ -184,7 +189,7 @@ def test_chunked_prefill_decides_once_with_the_unchunked_score(guarded, gate, hf
 
     # The documented deviation: a harmless decision cannot ablate the chunks that ran before
     # it. Measured against the reference (which ablates every prompt position).
-    from gate.hf.reference import ReferenceRouter
+    from babelgate.gate.hf.reference import ReferenceRouter
 
     for policy in ("always-ablate", "routing"):
         guard = routing(gate, "en", policy)
@@ -245,7 +250,7 @@ def test_self_check_refuses_when_no_gate_is_loaded(guarded):
 
 
 def test_parity_with_the_transformers_reference(guarded, gate, hf_model, test_prompts):
-    from gate.hf.reference import ReferenceRouter
+    from babelgate.gate.hf.reference import ReferenceRouter
 
     texts = [t for t, _, _ in test_prompts]
     langs = [lang for _, lang, _ in test_prompts]
@@ -273,8 +278,8 @@ def test_multi_layer_gate_parity_with_the_reference(
 ):
     """A gate reading two layers: the hook sums both layers' dot products in the request's
     prefill and decides at the last; same scores and decisions as the transformers reference."""
-    from gate.hf.reference import ReferenceRouter
-    from server.engine.offline import GuardedLLM
+    from babelgate.gate.hf.reference import ReferenceRouter
+    from babelgate.server.engine.offline import GuardedLLM
 
     layers = [LAYER - 4, LAYER]
     rows = load_polyrefuse(polyrefuse_dir, languages=TRAIN_LANGS, splits=["train"])

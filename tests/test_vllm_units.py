@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.baselines.hooks import RowSpan
-from server.engine.guard_graph import GuardSpec
-from server.engine.model import decoder_layers
-from server.engine.startup import check_model_config, guarded_engine_kwargs, prepare_environment
-from server.engine.types import (
+from babelgate.evaluation.baselines.hooks import RowSpan
+from babelgate.server.engine.guard_graph import GuardSpec
+from babelgate.server.engine.model import decoder_layers
+from babelgate.server.engine.startup import (
+    check_model_config,
+    guarded_engine_kwargs,
+    prepare_environment,
+)
+from babelgate.server.engine.types import (
     INTERVENING_POLICIES,
     POLICIES,
     GateParams,
@@ -62,8 +66,10 @@ def test_guard_params_refuse_unknown_policy_and_bad_threshold():
 
 
 def test_one_policy_vocabulary_and_what_each_policy_does():
-    from gate.hf import reference  # the gate library cannot import the server: kept equal here
-    from server import settings
+    from babelgate.gate.hf import (
+        reference,  # the gate library cannot import the server: kept equal here
+    )
+    from babelgate.server import settings
 
     assert POLICIES == ("routing", "none", "shadow", "always-steer", "always-ablate")
     assert reference.POLICIES == settings.POLICIES == POLICIES
@@ -85,8 +91,8 @@ def test_verdict_round_trips_and_names_its_decision():
 
 
 def test_engine_options_carry_the_worker_and_the_guard_spec_in_both_modes():
-    from server.engine.guard_graph import graph_code_version
-    from server.engine.worker import WORKER_CLASSES
+    from babelgate.server.engine.guard_graph import graph_code_version
+    from babelgate.server.engine.worker import WORKER_CLASSES
 
     for eager in (None, True, False):  # compiled (vLLM's default) and eager alike
         kwargs = guarded_engine_kwargs({"enforce_eager": eager, "max_model_len": 512}, SPEC)
@@ -122,7 +128,7 @@ def test_the_compile_cache_key_changes_with_the_guard_spec():
 
 
 def test_cpu_engine_gets_a_fixed_kv_cache_unless_memory_is_configured():
-    from server.engine.startup import CPU_KV_CACHE_BYTES
+    from babelgate.server.engine.startup import CPU_KV_CACHE_BYTES
 
     assert guarded_engine_kwargs({}, SPEC)["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
     one_gib = {"kv_cache_memory_bytes": 1 << 30}
@@ -203,7 +209,7 @@ class FakeAsyncLLM(FakeLLM):
 def test_worker_clients_send_the_extension_methods_and_read_rank_0():
     import asyncio
 
-    from server.engine.rpc import AsyncWorkerClient, WorkerClient
+    from babelgate.server.engine.rpc import AsyncWorkerClient, WorkerClient
 
     gate = GateParams(3, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
     llm = FakeLLM()
@@ -247,10 +253,10 @@ def toy_model(folder, hidden: int = 8) -> str:
 
 
 def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_path, monkeypatch):
-    from gate.artifact import ArtifactError
-    from gate.estimator import GateConfig, HarmfulnessGate
-    from server.engine.startup import CPU_KV_CACHE_BYTES, prepare
-    from server.engine.worker import WORKER_CLASSES
+    from babelgate.gate.artifact import ArtifactError
+    from babelgate.gate.estimator import GateConfig, HarmfulnessGate
+    from babelgate.server.engine.startup import CPU_KV_CACHE_BYTES, prepare
+    from babelgate.server.engine.worker import WORKER_CLASSES
 
     model = toy_model(tmp_path / "toy")
     params = GateParams(3, unit(8, 0), 0.0, unit(8, 1), 1.0, "fp")
@@ -290,10 +296,10 @@ def test_prepare_settles_model_gate_and_engine_options_before_vllm_starts(tmp_pa
 
 
 def test_every_client_call_names_a_method_of_its_worker():
-    from evaluation.baselines.interventions import BaselineWorkerExtension
-    from evaluation.engine import BaselineWorkerClient
-    from server.engine.rpc import RPC_PREFIX, WorkerClient
-    from server.engine.worker import GuardWorkerMixin
+    from babelgate.evaluation.baselines.interventions import BaselineWorkerExtension
+    from babelgate.evaluation.engine import BaselineWorkerClient
+    from babelgate.server.engine.rpc import RPC_PREFIX, WorkerClient
+    from babelgate.server.engine.worker import GuardWorkerMixin
 
     def calls(client: type) -> set[str]:
         return {n for n in dir(client) if not n.startswith("_") and callable(getattr(client, n))}

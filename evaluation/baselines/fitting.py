@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from gate.metrics import f1_score
-from gate.threshold import threshold_candidates
+from babelgate.gate.metrics import f1_score
+from babelgate.gate.threshold import threshold_candidates
 
 ADASTEER_ALPHA_MAX = 0.1
 ADASTEER_BETA_MAX = 0.1

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import torch
 
-from server.engine.model import check_layer_indices, check_runner, decoder_layers
-from server.engine.step import batch_layout, extra_args
-from server.engine.types import GuardrailStartupError
+from babelgate.server.engine.model import check_layer_indices, check_runner, decoder_layers
+from babelgate.server.engine.step import batch_layout, extra_args
+from babelgate.server.engine.types import GuardrailStartupError
 
 
 @dataclass(frozen=True)

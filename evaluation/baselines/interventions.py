@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.baselines.hooks import BaselineHooks, Intervention, RowSpan
+from babelgate.evaluation.baselines.hooks import BaselineHooks, Intervention, RowSpan
 
 BASELINE_KEY = "babelgate_baseline"
 BASELINE_CAPTURE_KEY = "babelgate_baseline_capture"
-BASELINE_WORKER_EXTENSION = "evaluation.baselines.interventions.BaselineWorkerExtension"
+BASELINE_WORKER_EXTENSION = "babelgate.evaluation.baselines.interventions.BaselineWorkerExtension"
 MAX_FINISHED_RECORDS = 65536
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gate.activations import check_finite, check_layers
-from gate.artifact import ModelInfo, model_info_from_config
-from gate.hf.model_source import load_model_config, resolve_model
-from gate.prompt import chat_prompt_ids
+from babelgate.gate.activations import check_finite, check_layers
+from babelgate.gate.artifact import ModelInfo, model_info_from_config
+from babelgate.gate.hf.model_source import load_model_config, resolve_model
+from babelgate.gate.prompt import chat_prompt_ids
 
 
 class ChatTemplateMissingError(ValueError):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from paths import cache_root
+from babelgate.paths import cache_root
 
 _DONE_MARKER = ".babelgate-converted.json"
 

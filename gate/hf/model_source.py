@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gate.artifact import ModelInfo, model_info_from_config
-from gate.hf.embedded import embedded_model, ensure_embedded_model
+from babelgate.gate.artifact import ModelInfo, model_info_from_config
+from babelgate.gate.hf.embedded import embedded_model, ensure_embedded_model
 
 
 def resolve_model(model: str | Path | None) -> tuple[str, str]:

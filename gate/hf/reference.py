@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from gate.prompt import chat_prompt_ids
+from babelgate.gate.prompt import chat_prompt_ids
 
 # The engine's policies (``server.engine.types.POLICIES``, which this library cannot import; a
 # test keeps the two equal).

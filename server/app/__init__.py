@@ -22,13 +22,13 @@ from typing import Any, NoReturn
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import admin, chat, moderations, ops
-from server.app.admission import AdmissionControl
-from server.app.errors import install_error_handlers
-from server.app.listeners import bind, exposure_warnings, served_app
-from server.app.service import GuardrailService
-from server.metrics import ServerMetrics
-from server.settings import ServeSettings
+from babelgate.server.app import admin, chat, moderations, ops
+from babelgate.server.app.admission import AdmissionControl
+from babelgate.server.app.errors import install_error_handlers
+from babelgate.server.app.listeners import bind, exposure_warnings, served_app
+from babelgate.server.app.service import GuardrailService
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 

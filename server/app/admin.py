@@ -20,13 +20,13 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from server.app.auth import authenticated, require_admin_token
-from server.app.chat import service_of
-from server.app.errors import APIError, error_responses
-from server.app.schemas import RecalibrationRequest, ThresholdUpdate
-from server.app.service import GuardrailService, validated_language
-from server.engine.types import faults_enabled
-from server.langid import TARGET_LANGUAGES
+from babelgate.server.app.auth import authenticated, require_admin_token
+from babelgate.server.app.chat import service_of
+from babelgate.server.app.errors import APIError, error_responses
+from babelgate.server.app.schemas import RecalibrationRequest, ThresholdUpdate
+from babelgate.server.app.service import GuardrailService, validated_language
+from babelgate.server.engine.types import faults_enabled
+from babelgate.server.langid import TARGET_LANGUAGES
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.app.errors import error_body
+from babelgate.server.app.errors import error_body
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
-from server.app.errors import APIError
+from babelgate.server.app.errors import APIError
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 

@@ -22,13 +22,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gate.prompt import chat_token_ids
-from refusal.judge import is_refusal
-from server.app.auth import authenticated, require_api_key
-from server.app.errors import APIError, error_responses
-from server.app.generation import ChatRun
-from server.app.outcome import decide_outcome, guard_info, request_verdict
-from server.app.schemas import (
+from babelgate.gate.prompt import chat_token_ids
+from babelgate.refusal.judge import is_refusal
+from babelgate.server.app.auth import authenticated, require_api_key
+from babelgate.server.app.errors import APIError, error_responses
+from babelgate.server.app.generation import ChatRun
+from babelgate.server.app.outcome import decide_outcome, guard_info, request_verdict
+from babelgate.server.app.schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
@@ -38,9 +38,9 @@ from server.app.schemas import (
     ModelList,
     Usage,
 )
-from server.app.service import GuardrailService, generation_failed
-from server.metrics import ServerMetrics
-from server.settings import GateFailureMode
+from babelgate.server.app.service import GuardrailService, generation_failed
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.settings import GateFailureMode
 
 log = logging.getLogger(__name__)
 router = APIRouter(

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from server.admin_store import StoreUnavailable
+from babelgate.server.admin_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.app.outcome import Outcome
-from server.app.service import Engine
-from server.engine.types import GuardParams, Verdict
-from server.plan import GuardPlan
-from server.refusal_templates import refusal_text
+from babelgate.server.app.outcome import Outcome
+from babelgate.server.app.service import Engine
+from babelgate.server.engine.types import GuardParams, Verdict
+from babelgate.server.plan import GuardPlan
+from babelgate.server.refusal_templates import refusal_text
 
 log = logging.getLogger(__name__)
 

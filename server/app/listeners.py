@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.settings import ServeSettings
+from babelgate.server.settings import ServeSettings
 
 EVERY_INTERFACE = ("0.0.0.0", "::", "")
 

@@ -18,12 +18,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.app.auth import authenticated, require_api_key
-from server.app.chat import prompt_token_ids, service_of
-from server.app.errors import APIError, error_responses
-from server.app.schemas import GuardInfo, ModerationRequest
-from server.app.service import GuardrailService, generation_failed
-from server.langid import Detection
+from babelgate.server.app.auth import authenticated, require_api_key
+from babelgate.server.app.chat import prompt_token_ids, service_of
+from babelgate.server.app.errors import APIError, error_responses
+from babelgate.server.app.schemas import GuardInfo, ModerationRequest
+from babelgate.server.app.service import GuardrailService, generation_failed
+from babelgate.server.langid import Detection
 
 log = logging.getLogger(__name__)
 router = APIRouter(

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
-from gate.artifact import babelgate_version
-from server.app.chat import service_of
+from babelgate.gate.artifact import babelgate_version
+from babelgate.server.app.chat import service_of
 
 log = logging.getLogger(__name__)
 router = APIRouter()

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from server.app.schemas import GuardInfo
-from server.plan import GuardPlan
-from server.settings import GateFailureMode
+from babelgate.server.app.schemas import GuardInfo
+from babelgate.server.plan import GuardPlan
+from babelgate.server.settings import GateFailureMode
 
 if TYPE_CHECKING:
-    from server.engine.types import Verdict
+    from babelgate.server.engine.types import Verdict
 
 # Why the output is what it is; ``fail-closed`` / ``fail-open``: the gate gave no score.
 OutcomeKind = Literal["steer", "ablate", "refuse", "flag", "none", "fail-closed", "fail-open"]

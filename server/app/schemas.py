@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
-from server.engine.types import Policy
+from babelgate.server.engine.types import Policy
 
 # --------------------------------------------------------------------------------- requests
 

@@ -23,26 +23,26 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gate.artifact import read_manifest
-from gate.estimator import HarmfulnessGate
-from gate.hf.embedded import embedded_model
-from gate.hf.model_source import resolve_model as model_source
-from gate.languages import UnknownLanguageError, validate_language
-from paths import cache_root
-from server.admin_store import OverrideStore
-from server.app.errors import APIError
-from server.calibration import ensure_default_artifact
-from server.engine.guarded_engine import GuardedEngine
-from server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
-from server.metrics import ServerMetrics
-from server.plan import GuardPlan, language_plan, strictest_plan
-from server.settings import ServeSettings
-from server.shipped import shipped_artifact
-from server.store_url import connect_store
+from babelgate.gate.artifact import read_manifest
+from babelgate.gate.estimator import HarmfulnessGate
+from babelgate.gate.hf.embedded import embedded_model
+from babelgate.gate.hf.model_source import resolve_model as model_source
+from babelgate.gate.languages import UnknownLanguageError, validate_language
+from babelgate.paths import cache_root
+from babelgate.server.admin_store import OverrideStore
+from babelgate.server.app.errors import APIError
+from babelgate.server.calibration import ensure_default_artifact
+from babelgate.server.engine.guarded_engine import GuardedEngine
+from babelgate.server.langid import TARGET_LANGUAGES, Detection, LanguageRouter
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.plan import GuardPlan, language_plan, strictest_plan
+from babelgate.server.settings import ServeSettings
+from babelgate.server.shipped import shipped_artifact
+from babelgate.server.store_url import connect_store
 
 if TYPE_CHECKING:
-    from gate.estimator import ThresholdRecord
-    from server.engine.types import GuardParams, Verdict
+    from babelgate.gate.estimator import ThresholdRecord
+    from babelgate.server.engine.types import GuardParams, Verdict
 
 log = logging.getLogger(__name__)
 

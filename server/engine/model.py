@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from server.engine.step import RUNNER_ATTRIBUTES
-from server.engine.types import GuardrailStartupError
+from babelgate.server.engine.step import RUNNER_ATTRIBUTES
+from babelgate.server.engine.types import GuardrailStartupError
 
 # Model class -> decoder layer class, for the architectures whose residual handling we verified.
 SUPPORTED_ARCHITECTURES: dict[str, str] = {

@@ -14,21 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gate.prompt import chat_prompt_ids
-from server.engine.rpc import WorkerClient
-from server.engine.startup import (
+from babelgate.gate.prompt import chat_prompt_ids
+from babelgate.server.engine.rpc import WorkerClient
+from babelgate.server.engine.startup import (
     SELF_CHECK_PROMPT,
     prepare,
     self_check_guard,
     verify_install,
     verify_self_check,
 )
-from server.engine.types import EXTRA_ARGS_KEY, GateParams, GuardParams, Verdict
+from babelgate.server.engine.types import EXTRA_ARGS_KEY, GateParams, GuardParams, Verdict
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
 
-    from gate.estimator import HarmfulnessGate
+    from babelgate.gate.estimator import HarmfulnessGate
 
 
 @dataclass(frozen=True)

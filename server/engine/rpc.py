@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from server.engine.types import GateParams, Verdict
+from babelgate.server.engine.types import GateParams, Verdict
 
 RPC_PREFIX = "babelgate_"
 DEAD_ENGINE_POLL_S = 0.5  # how often a call waiting for the worker looks whether it died

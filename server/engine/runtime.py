@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.engine.guard_graph import (
+from babelgate.server.engine.guard_graph import (
     ACTION_CODES,
     HARMFUL,
     NO_OP_SLOT,
@@ -35,8 +35,8 @@ from server.engine.guard_graph import (
     GuardBuffers,
     GuardSpec,
 )
-from server.engine.step import batch_layout, extra_args
-from server.engine.types import (
+from babelgate.server.engine.step import batch_layout, extra_args
+from babelgate.server.engine.types import (
     EXTRA_ARGS_KEY,
     TEST_FAULTS_ENV,
     GateParams,

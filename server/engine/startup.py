@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.engine.guard_graph import GuardSpec
-from server.engine.model import SUPPORTED_ARCHITECTURES
-from server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
-from server.engine.worker import WORKER_CLASSES
+from babelgate.server.engine.guard_graph import GuardSpec
+from babelgate.server.engine.model import SUPPORTED_ARCHITECTURES
+from babelgate.server.engine.types import GateParams, GuardParams, GuardrailStartupError, Verdict
+from babelgate.server.engine.worker import WORKER_CLASSES
 
 if TYPE_CHECKING:
-    from gate.artifact import ModelInfo
-    from gate.estimator import HarmfulnessGate
+    from babelgate.gate.artifact import ModelInfo
+    from babelgate.gate.estimator import HarmfulnessGate
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class EnginePlan:
 
     @property
     def model_info(self) -> ModelInfo:
-        from gate.artifact import model_info_from_config
+        from babelgate.gate.artifact import model_info_from_config
 
         return model_info_from_config(self.model_id, self.config)
 
@@ -158,7 +158,7 @@ def prepare(
     can be loaded later) and, with ``capture_all_layers``, captures every layer's residual at
     the last prompt token (the activation backend).
     """
-    from gate.hf.model_source import load_model_config, resolve_model
+    from babelgate.gate.hf.model_source import load_model_config, resolve_model
 
     if start:
         prepare_environment()
@@ -171,8 +171,8 @@ def prepare(
     elif gate is not None:
         estimator = gate
         if isinstance(gate, str | Path):
-            from gate.artifact import model_info_from_config
-            from gate.estimator import HarmfulnessGate
+            from babelgate.gate.artifact import model_info_from_config
+            from babelgate.gate.estimator import HarmfulnessGate
 
             expect = model_info_from_config(model_id, config)
             estimator = HarmfulnessGate.load(gate, expect_model=expect)

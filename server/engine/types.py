@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 
 if TYPE_CHECKING:
-    from gate.estimator import HarmfulnessGate
+    from babelgate.gate.estimator import HarmfulnessGate
 
 # The per-request policies: the one vocabulary of the settings, the API, the worker and the eval.
 Policy = Literal["routing", "none", "shadow", "always-steer", "always-ablate"]

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from gate.activations import check_finite, check_layers
-from gate.artifact import ModelInfo
-from gate.prompt import chat_prompt_ids
-from server.engine.rpc import WorkerClient
-from server.engine.runtime import CAPTURE_KEY
-from server.engine.startup import prepare
+from babelgate.gate.activations import check_finite, check_layers
+from babelgate.gate.artifact import ModelInfo
+from babelgate.gate.prompt import chat_prompt_ids
+from babelgate.server.engine.rpc import WorkerClient
+from babelgate.server.engine.runtime import CAPTURE_KEY
+from babelgate.server.engine.startup import prepare
 
 # Enough KV cache for a calibration batch, small enough for an 8 GiB NUMA node.
 DEFAULT_KV_CACHE_BYTES = 1 << 30

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.engine.guard_graph import (
+from babelgate.server.engine.guard_graph import (
     GuardBuffers,
     GuardedDecoderLayer,
     GuardSpec,
     graph_code_version,
 )
-from server.engine.model import check_layer_indices, check_runner, decoder_layers
-from server.engine.runtime import GuardRuntime
-from server.engine.types import GateParams, GuardrailStartupError
+from babelgate.server.engine.model import check_layer_indices, check_runner, decoder_layers
+from babelgate.server.engine.runtime import GuardRuntime
+from babelgate.server.engine.types import GateParams, GuardrailStartupError
 
 WORKER_CLASSES = {
-    "cpu": "server.engine.worker.GuardedCPUWorker",
-    "gpu": "server.engine.worker.GuardedGPUWorker",
+    "cpu": "babelgate.server.engine.worker.GuardedCPUWorker",
+    "gpu": "babelgate.server.engine.worker.GuardedGPUWorker",
 }
 
 

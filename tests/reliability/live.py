@@ -30,18 +30,18 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from test_server_stream import FakeEngine
 
-from gate.artifact import read_manifest
-from gate.estimator import HarmfulnessGate
-from gate.hf.embedded import SMOLLM2, part_paths
-from gate.languages import validate_language
-from server.admin_store import ThresholdStore
-from server.app import create_app
-from server.app.errors import ERROR_TYPES
-from server.app.listeners import bind, served_app
-from server.engine.types import POLICIES, GuardParams
-from server.metrics import ServerMetrics
-from server.settings import ServeSettings
-from server.shipped import shipped_artifact
+from babelgate.gate.artifact import read_manifest
+from babelgate.gate.estimator import HarmfulnessGate
+from babelgate.gate.hf.embedded import SMOLLM2, part_paths
+from babelgate.gate.languages import validate_language
+from babelgate.server.admin_store import ThresholdStore
+from babelgate.server.app import create_app
+from babelgate.server.app.errors import ERROR_TYPES
+from babelgate.server.app.listeners import bind, served_app
+from babelgate.server.engine.types import POLICIES, GuardParams
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.settings import ServeSettings
+from babelgate.server.shipped import shipped_artifact
 
 MODEL = SMOLLM2.name
 MAX_MODEL_LEN = 2048

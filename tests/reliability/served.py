@@ -1,6 +1,6 @@
 """A real ``babelgate serve`` as a subprocess, for the slow reliability tests.
 
-``python -m cli.main serve`` on 127.0.0.1 at a free port, eager (these tests are about the
+``python -m babelgate serve`` on 127.0.0.1 at a free port, eager (these tests are about the
 server's processes and requests, not the graph; a compiled start costs minutes of compilation
 on a fresh machine), logging to a file the failures quote.
 """
@@ -20,8 +20,8 @@ import psutil
 from live import free_port, health_phase, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from gate.hf.embedded import SMOLLM2
-from server.engine.types import TEST_FAULTS_ENV
+from babelgate.gate.hf.embedded import SMOLLM2
+from babelgate.server.engine.types import TEST_FAULTS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 900  # the first use converts the model
@@ -30,7 +30,7 @@ SETTLE_S = 60  # for aborted requests to be released everywhere
 
 
 class Serve:
-    """``python -m cli.main serve`` as a subprocess, logging to a file."""
+    """``python -m babelgate serve`` as a subprocess, logging to a file."""
 
     def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None,
                  max_num_seqs: int = 4) -> None:  # fmt: skip
@@ -38,7 +38,7 @@ class Serve:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"serve-{self.port}.log"
-        command = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
+        command = [sys.executable, "-m", "babelgate", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--state-dir", str(tmp / "state"),
                    "--max-model-len", "1024", "--max-num-seqs", str(max_num_seqs),
                    "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),

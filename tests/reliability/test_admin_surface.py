@@ -12,10 +12,10 @@ import pytest
 from live import ADMIN_TOKEN, API_KEY, MODEL, LiveServer, ScoringEngine, guarded_app
 from pydantic import SecretStr, ValidationError
 
-from server.app import auth
-from server.app.listeners import exposure_warnings
-from server.engine.types import TEST_FAULTS_ENV
-from server.settings import ServeSettings
+from babelgate.server.app import auth
+from babelgate.server.app.listeners import exposure_warnings
+from babelgate.server.engine.types import TEST_FAULTS_ENV
+from babelgate.server.settings import ServeSettings
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 4}
 

@@ -13,8 +13,8 @@ import pytest
 from live import MODEL, HeldEngine, LiveServer, assert_openai_error, guarded_app, wait_for
 from pydantic import ValidationError
 
-from cli import serve
-from server.settings import ServeSettings
+from babelgate.cli import serve
+from babelgate.server.settings import ServeSettings
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hallo"}], "max_tokens": 4}
 

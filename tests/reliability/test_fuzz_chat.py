@@ -44,7 +44,7 @@ from live import (
     sse_events,
 )
 
-from gate.languages import validate_language
+from babelgate.gate.languages import validate_language
 
 EXAMPLES = {
     "chat": 300,

@@ -20,9 +20,9 @@ from live import ADMIN_TOKEN, API_KEY, LiveServer, ScoringEngine, assert_openai_
 from prometheus_client import CollectorRegistry
 from schemathesis.config import SchemathesisConfig
 
-from server.app import create_app
-from server.metrics import ServerMetrics
-from server.settings import ServeSettings
+from babelgate.server.app import create_app
+from babelgate.server.metrics import ServerMetrics
+from babelgate.server.settings import ServeSettings
 
 EXAMPLES = 25
 

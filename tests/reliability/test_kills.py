@@ -28,8 +28,8 @@ import pytest
 from live import wait_for
 from served import ADMIN_TOKEN, Serve, chat_body, fault_server, gate_failing
 
-from gate.hf.embedded import SMOLLM2
-from server.app import FAILED
+from babelgate.gate.hf.embedded import SMOLLM2
+from babelgate.server.app import FAILED
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

@@ -19,7 +19,7 @@ from conftest import polyrefuse_or_skip
 from live import wait_for
 from served import START_TIMEOUT_S, Serve
 
-from gate.hf.embedded import SMOLLM2
+from babelgate.gate.hf.embedded import SMOLLM2
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -45,7 +45,7 @@ def alive(procs: list[psutil.Process]) -> list[str]:
 
 def test_no_engine_process_outlives_a_killed_server(tmp_path, stopped_after) -> None:
     plugins = {ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert "server.engine.parent_watch:register" in plugins, (
+    assert "babelgate.server.engine.parent_watch:register" in plugins, (
         "the vllm.general_plugins entry point is not installed: run `pip install -e .` "
         "(deploy/install.sh)"
     )

@@ -28,7 +28,7 @@ GONE_WAIT_S = 30
 # pids of core and worker, and sleeps until killed.
 TREE = """
 import ctypes, multiprocessing as mp, os, sys, time
-from server.engine.parent_watch import register
+from babelgate.server.engine.parent_watch import register
 
 def worker():
     register()  # vLLM's Worker loads the general plugins (a no-op after a fork)
@@ -100,7 +100,7 @@ def test_core_and_worker_die_when_the_server_is_killed(tmp_path: Path, method: s
 # plugin does after a fork, naming the parent it had. It must exit instead of living on.
 RACE = """
 import os, sys, time
-from server.engine import parent_watch
+from babelgate.server.engine import parent_watch
 
 flag, name_parent = sys.argv[1], sys.argv[2] == "parent"
 top = os.getpid()
@@ -132,6 +132,6 @@ def test_the_plugin_is_declared_for_vllm() -> None:
     the plugin's function (an install then puts it in the package's entry points)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     plugins = project["project"]["entry-points"]["vllm.general_plugins"]
-    assert plugins == {"babelgate_parent_watch": "server.engine.parent_watch:register"}
+    assert plugins == {"babelgate_parent_watch": "babelgate.server.engine.parent_watch:register"}
     module, _, function = plugins["babelgate_parent_watch"].partition(":")
     assert callable(getattr(import_module(module), function))

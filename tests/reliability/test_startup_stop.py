@@ -17,7 +17,7 @@ from pathlib import Path
 
 from live import free_port, health_phase, wait_for
 
-from server.app import FAILED, STOPPED
+from babelgate.server.app import FAILED, STOPPED
 
 REPO = Path(__file__).resolve().parents[2]
 EXIT_WITHIN_S = 10  # the requirement (issue 17): any start-up phase, calibration included
@@ -26,7 +26,7 @@ EXIT_WITHIN_S = 10  # the requirement (issue 17): any start-up phase, calibratio
 # stand-in for a calibration), or fails.
 SERVE = """
 import sys, threading
-from server.app import service
+from babelgate.server.app import service
 
 HOW = sys.argv.pop(1)
 
@@ -36,7 +36,7 @@ def resolve_model(model):
     threading.Event().wait()
 
 service.resolve_model = resolve_model
-from cli.main import main
+from babelgate.cli.main import main
 sys.exit(main())
 """
 
