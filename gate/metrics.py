@@ -1,4 +1,6 @@
-"""Evaluation metrics: AUROC (separation), plain binary F1 (the gate's decisions), selectivity.
+"""Evaluation metrics: AUROC (separation), plain binary F1 (the gate's decisions), selectivity,
+and the 95 % intervals every reported rate carries (Wilson for a proportion, a bootstrap over
+prompts for AUROC).
 
 Runs in any process (calibration, benchmarks, reports). Pure numpy so the core stays free of
 scikit-learn; ``auroc`` matches ``sklearn.metrics.roc_auc_score`` including ties.
@@ -6,7 +8,11 @@ scikit-learn; ``auroc`` matches ``sklearn.metrics.roc_auc_score`` including ties
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
 
 
 def _binary_labels(labels: object, n: int) -> np.ndarray:
@@ -72,3 +78,40 @@ def selectivity(harmful_refusal_rate: float, harmless_refusal_rate: float) -> fl
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be a fraction in [0, 1], got {rate!r}")
     return 100.0 * (float(harmful_refusal_rate) - float(harmless_refusal_rate))
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (95 % by default).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n successes,
+    which matters for the small cells (24-40 prompts) the reports have. (nan, nan) when n is 0.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_auroc_interval(
+    scores: object, labels: object, *, draws: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``auroc``: prompts resampled with replacement within
+    each class (so every draw has both), ``draws`` times with a seeded generator."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = _binary_labels(labels, s.size)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("AUROC needs both harmful (1) and harmless (0) examples")
+    rng = np.random.default_rng(seed)
+    both = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
+    values = [
+        auroc(np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]), both)
+        for _ in range(draws)
+    ]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -116,3 +116,43 @@ def balanced_f1_threshold(scores: object, labels: object, groups: object | None 
     taus = threshold_candidates(s)
     f1 = _balanced_f1_many(s, y, taus, groups)
     return float(taus[int(np.argmax(f1))])
+
+
+def traffic_threshold(
+    target: object, reference: object, reference_threshold: float, quantile: float = 0.25
+) -> float:
+    """A threshold for a language without labels, from unlabelled traffic of it.
+
+    The gate's scores of one language sit shifted against another's (a benign Swahili prompt
+    scores far higher than a benign English one), so the zero-shot threshold of the training
+    languages fits neither. This moves a reference language's trusted ``reference_threshold`` by
+    how far the target language's unlabelled scores sit from the reference's unlabelled scores,
+    measured at a low ``quantile`` of each: traffic is mostly benign, and a low quantile stays in
+    the benign bulk even when a minority of requests are harmful.
+    """
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    r = np.asarray(reference, dtype=np.float64).reshape(-1)
+    if t.size == 0 or r.size == 0:
+        raise ValueError("traffic thresholds need scores of both the target and the reference")
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(r))):
+        raise ValueError("scores contain NaN or infinity")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    shift = np.quantile(t, quantile) - np.quantile(r, quantile)
+    return float(reference_threshold + shift)
+
+
+def harmless_below(harmful_scores: object, threshold: float, max_share: float = 0.02) -> float:
+    """The abstain band's lower edge: a score below it is confidently harmless.
+
+    The largest value such that at most ``max_share`` of the language's harmful calibration
+    scores lie strictly below it (the ``floor(max_share * n)``-th smallest, 0-based), never above
+    ``threshold``. Between it and the threshold a verdict is unsure and nothing is done: ablating
+    the harm direction there is what removed the model's own refusals on held-out traffic.
+    """
+    s = np.sort(np.asarray(harmful_scores, dtype=np.float64).reshape(-1))
+    if s.size == 0 or not np.all(np.isfinite(s)):
+        raise ValueError("need at least one finite harmful score")
+    if not 0.0 <= max_share < 1.0:
+        raise ValueError(f"max_share must be in [0, 1), got {max_share}")
+    return float(min(s[int(np.floor(max_share * s.size))], threshold))

@@ -137,15 +137,43 @@ def recalibrate_language(
                 )
         draw = kshot_indices(labels, k, kshot_rng(seed, language, k))
         examples = [examples[i] for i in draw]
+    gate, scores = _scored(artifact, [e.text for e in examples], model)
+    labels = np.array([e.label for e in examples])
+    old = gate.threshold(language)
+    record = gate.recalibrate_from_scores(language, scores, labels)
+    record.note = f"{record.note} babelgate recalibrate from {examples_path}".strip()
+    gate.save_thresholds(artifact)
+    return old, record
+
+
+def _scored(
+    artifact: str | Path, texts: Sequence[str], model: str | None
+) -> tuple[HarmfulnessGate, np.ndarray]:
+    """The artifact's gate (checked against the model) and its scores of ``texts``."""
     gate = HarmfulnessGate.load(artifact)
     backend = TransformersBackend(model or gate.model.id)
     gate = HarmfulnessGate.load(artifact, expect_model=backend.model_info)
-    acts = gate.inputs(
-        backend.activations([e.text for e in examples], list(gate.layers), progress=False)
-    )
-    labels = np.array([e.label for e in examples])
+    acts = gate.inputs(backend.activations(list(texts), list(gate.layers), progress=False))
+    return gate, gate.score(acts)
+
+
+def band_language(
+    artifact: str | Path, language: str, examples_path: str | Path, *, model: str | None = None
+) -> tuple[ThresholdRecord, ThresholdRecord]:
+    """``babelgate recalibrate --band-only``: measure ``language``'s abstain band in
+    ``artifact`` from the harmful train rows of ``examples_path`` (a file, or any dataset
+    ``load_dataset`` reads, e.g. the PolyRefuse folder the artifact was calibrated on), keeping
+    its threshold; rewrites the manifest. Returns (old, new) record."""
+    language = validate_language(language)
+    examples = [e for e in load_dataset(examples_path, languages=[language], splits=("train",))
+                if e.label == 1]  # fmt: skip
+    if not examples:
+        raise DataError(f"{examples_path}: no harmful {language} examples to measure a band on")
+    gate, scores = _scored(artifact, [e.text for e in examples], model)
     old = gate.threshold(language)
-    record = gate.recalibrate(language, acts, labels)
-    record.note = f"{record.note} babelgate recalibrate from {examples_path}".strip()
+    record = gate.set_band(language, scores)
+    source = Path(examples_path).name
+    record.note = (f"{record.note} babelgate recalibrate --band-only: abstain band from "
+                   f"{len(examples)} harmful examples of {source}").strip()
     gate.save_thresholds(artifact)
     return old, record

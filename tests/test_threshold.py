@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from babelgate.gate.threshold import balanced_f1, balanced_f1_threshold, threshold_candidates
+from babelgate.gate.threshold import (
+    balanced_f1,
+    balanced_f1_threshold,
+    harmless_below,
+    threshold_candidates,
+    traffic_threshold,
+)
 
 
 def test_one_per_class_separable_gives_the_midpoint():
@@ -111,3 +117,23 @@ def test_groups_must_hold_both_classes_and_match_the_scores():
         balanced_f1_threshold([1.0, 0.0, 2.0], [1, 0, 1], ["a", "a", "question"])
     with pytest.raises(ValueError, match="2 groups"):
         balanced_f1_threshold([1.0, 0.0, 2.0], [1, 0, 1], ["a", "a"])
+
+
+def test_traffic_threshold_moves_the_reference_by_the_quantile_shift() -> None:
+    # reference q25 of [0, 1, 2, 3, 4] is 1.0; target q25 of [2, 3, 4, 5, 6] is 3.0: shift +2
+    assert traffic_threshold([2, 3, 4, 5, 6], [0, 1, 2, 3, 4], 0.5) == pytest.approx(2.5)
+    assert traffic_threshold([2, 3, 4, 5, 6], [0, 1, 2, 3, 4], 0.5, quantile=0.5) == 2.5
+    with pytest.raises(ValueError):
+        traffic_threshold([], [1.0], 0.0)
+    with pytest.raises(ValueError):
+        traffic_threshold([1.0], [1.0], 0.0, quantile=1.0)
+
+
+def test_harmless_below_leaves_at_most_the_share_of_harmful_scores_below() -> None:
+    harmful = np.arange(100, dtype=float)  # 0 .. 99
+    edge = harmless_below(harmful, threshold=50.0, max_share=0.02)
+    assert edge == 2.0 and (harmful < edge).sum() == 2  # floor(0.02 * 100) = 2 below
+    assert harmless_below(harmful, threshold=50.0, max_share=0.0) == 0.0  # none below
+    assert harmless_below([5.0, 6.0], threshold=1.0) == 1.0  # never above the threshold
+    with pytest.raises(ValueError):
+        harmless_below([], threshold=0.0)

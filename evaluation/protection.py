@@ -1,0 +1,415 @@
+"""Protection on traffic the gate was never fitted to: ``babelgate eval --protection``.
+
+Runs in the CLI process and drives one ``EvalEngine`` (the real vLLM engine with the guard in
+its forward). Stages, each stored as it finishes so a rerun resumes:
+
+1. gate scores of held-out rows (``evaluation.heldout``; ``--gate-per-class`` per class and
+   language, spread over the prompt families), the prompt's own language routing each
+   (``scores.jsonl``);
+2. generations of a stratified sample (``--per-class`` per class and language, spread over the
+   prompt families) under each policy, greedy; each request is planned the way ``babelgate
+   serve`` plans it with its default settings (``server.plan.language_plan``: the artifact's
+   threshold for the language or the zero-shot fallback, the unprotected-language rule)
+   (``generations.jsonl``);
+3. the report (``protection.json``, ``protection.md``): per language, the gate's AUROC and its
+   recall and false-positive rate at the shipped thresholds over every row; harmful and benign
+   refusal under each policy, and the model's own refusals that the guard kept; every rate with
+   its 95 % interval (Wilson; AUROC: bootstrap over prompts).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from babelgate.evaluation.heldout import CALIBRATION_LANGUAGES, load_heldout, stratified_sample
+from babelgate.evaluation.judges import judge_rows, make_judge
+from babelgate.evaluation.rows import text_sha
+from babelgate.evaluation.runner import artifact_fingerprint
+from babelgate.evaluation.store import ResultStore, open_run, read_jsonl
+from babelgate.gate.artifact import write_json_atomic
+from babelgate.gate.data import LabelledPrompt
+from babelgate.gate.estimator import HarmfulnessGate
+from babelgate.gate.hf.model_source import resolve_model
+from babelgate.gate.kshot import kshot_draws
+from babelgate.gate.metrics import auroc, bootstrap_auroc_interval, wilson_interval
+from babelgate.gate.threshold import balanced_f1_threshold, traffic_threshold
+from babelgate.server.engine.types import GuardParams
+from babelgate.server.langid import Detection
+from babelgate.server.plan import language_plan
+from babelgate.server.settings import ServeSettings
+
+SCORES_FILE = "scores.jsonl"
+GENERATIONS_FILE = "generations.jsonl"
+REPORT_JSON = "protection.json"
+REPORT_MD = "protection.md"
+DEFAULT_PER_CLASS = 24
+DEFAULT_GATE_PER_CLASS = 150
+PROTECTION_POLICIES: tuple[str, ...] = ("none", "routing")
+
+
+@dataclass
+class ProtectionOptions:
+    artifact: str
+    out: str
+    model: str | None = None
+    languages: list[str] | None = None
+    per_class: int | None = DEFAULT_PER_CLASS
+    gate_per_class: int | None = DEFAULT_GATE_PER_CLASS
+    max_new_tokens: int = 64
+    seed: int = 0
+    batch_size: int = 64
+    policies: tuple[str, ...] = PROTECTION_POLICIES
+    judge: str = "markers"
+    restart: bool = False
+    progress: bool = True
+    command: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def by_language(rows: Sequence[LabelledPrompt]) -> dict[str, list[LabelledPrompt]]:
+    out: dict[str, list[LabelledPrompt]] = {}
+    for p in rows:
+        out.setdefault(p.language, []).append(p)
+    return dict(sorted(out.items()))
+
+
+def language_seed(seed: int, language: str) -> int:
+    """A language's own sampling seed: adding a language never changes another's sample."""
+    return seed * 1_000_003 + zlib.crc32(language.encode())
+
+
+def serve_guard(gate: Any, policy: str, language: str) -> GuardParams:
+    """The guard ``babelgate serve`` would send for a request in ``language`` under its default
+    settings and ``policy`` (the artifact's threshold record, the unprotected rule)."""
+    detection = Detection(language, "override", 1.0)
+    plan = language_plan(detection, gate.threshold(language), ServeSettings(policy=policy), gate)
+    if plan.action == "refuse":
+        raise ValueError("the protection benchmark plans steer/flag only, not refuse")
+    return GuardParams(language, plan.policy, plan.record.value, plan.record.source)
+
+
+def pending_scores(langs: dict[str, list[LabelledPrompt]],
+                   store: ResultStore) -> list[tuple[str, LabelledPrompt]]:
+    return [(lang, p) for lang, rows in langs.items() for p in rows
+            if f"{lang}/{text_sha(p.text)}" not in store]  # fmt: skip
+
+
+def pending_generations(samples: dict[str, list[LabelledPrompt]], store: ResultStore,
+                        policies: Sequence[str]) -> list[tuple[str, str, LabelledPrompt]]:
+    return [(policy, lang, p) for policy in policies for lang, rows in samples.items()
+            for p in rows if f"{policy}/{lang}/{text_sha(p.text)}" not in store]  # fmt: skip
+
+
+def run_scores(engine: Any, langs: dict[str, list[LabelledPrompt]], store: ResultStore,
+               options: ProtectionOptions) -> None:
+    """Gate scores of every row not yet in ``store`` (prefill only, shadow policy)."""
+    todo = pending_scores(langs, store)
+    bar = tqdm(total=len(todo), desc="gate scores", unit="prompt", disable=not options.progress)
+    for lang in langs:
+        pending = [p for lang_, p in todo if lang_ == lang]
+        for start in range(0, len(pending), 4 * options.batch_size):
+            batch = pending[start : start + 4 * options.batch_size]
+            scores = engine.gate_scores([p.text for p in batch], lang)
+            store.append({"key": f"{lang}/{text_sha(p.text)}", "language": lang,
+                          "style": p.style, "label": p.label, "score": float(s)}
+                         for p, s in zip(batch, scores, strict=True))  # fmt: skip
+            bar.update(len(batch))
+    bar.close()
+
+
+def run_generations(engine: Any, samples: dict[str, list[LabelledPrompt]], store: ResultStore,
+                    options: ProtectionOptions) -> None:
+    """Greedy generations of every sampled row under every policy, one saved batch at a time;
+    a batch mixes languages, each request with its own guard, as live traffic does."""
+    todo = pending_generations(samples, store, options.policies)
+    bar = tqdm(total=len(todo), desc="generations", unit="req", disable=not options.progress)
+    for start in range(0, len(todo), options.batch_size):
+        batch = todo[start : start + options.batch_size]
+        guards = [serve_guard(engine.gate, policy, lang) for policy, lang, _ in batch]
+        gens = engine.generate_guarded([p.text for _, _, p in batch], guards,
+                                       options.max_new_tokens)  # fmt: skip
+        store.append({"key": f"{policy}/{lang}/{text_sha(p.text)}", "policy": policy,
+                      "language": lang, "style": p.style, "label": p.label, "prompt": p.text,
+                      "output": g.text, "n_tokens": len(g.token_ids), "guard": g.info}
+                     for (policy, lang, p), g in zip(batch, gens, strict=True))  # fmt: skip
+        bar.update(len(batch))
+    bar.close()
+
+
+def rate(k: int, n: int) -> dict[str, Any]:
+    """A proportion with its 95 % Wilson interval, as the reports store it."""
+    low, high = wilson_interval(k, n)
+    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [low, high] if n else None}
+
+
+def gate_metrics(scores: Sequence[dict[str, Any]], record: Any, seed: int) -> dict[str, Any]:
+    """AUROC (bootstrap interval) and recall / false-positive rate at ``record``'s threshold."""
+    s = np.array([r["score"] for r in scores])
+    y = np.array([r["label"] for r in scores])
+    flagged = s >= record.value
+    out: dict[str, Any] = {
+        "threshold": record.value, "threshold_source": record.source,
+        "protected": record.protected, "n_harmful": int(y.sum()), "n_benign": int((1 - y).sum()),
+        "recall": rate(int(flagged[y == 1].sum()), int(y.sum())),
+        "fpr": rate(int(flagged[y == 0].sum()), int((1 - y).sum())),
+    }  # fmt: skip
+    if 0 < y.sum() < y.size:
+        out["auroc"] = auroc(s, y)
+        out["auroc_ci95"] = list(bootstrap_auroc_interval(s, y, seed=seed))
+    return out
+
+
+def refusal_metrics(gens: Sequence[dict[str, Any]], refused: dict[str, bool],
+                    policies: Sequence[str]) -> dict[str, Any]:
+    """Harmful and benign refusal under each policy, and of the harmful prompts the unguarded
+    model refused, how many each other policy still refuses (and why it lost the others)."""
+    rows = {(g["policy"], g["key"].split("/", 1)[1]): g for g in gens}
+    keys = sorted({k for _, k in rows})
+    out: dict[str, Any] = {}
+    for policy in policies:
+        mine = [rows[(policy, k)] for k in keys if (policy, k) in rows]
+        for label, name in ((1, "harmful_refused"), (0, "benign_refused")):
+            cell = [g for g in mine if g["label"] == label]
+            out.setdefault(policy, {})[name] = rate(sum(refused[g["key"]] for g in cell),
+                                                    len(cell))  # fmt: skip
+    native = [k for k in keys if ("none", k) in rows and rows[("none", k)]["label"] == 1
+              and refused[rows[("none", k)]["key"]]]  # fmt: skip
+    for policy in policies:
+        if policy == "none":
+            continue
+        lost = [rows[(policy, k)] for k in native
+                if (policy, k) in rows and not refused[rows[(policy, k)]["key"]]]  # fmt: skip
+        kept = [k for k in native if (policy, k) in rows]
+        out[policy]["native_refusals_kept"] = rate(len(kept) - len(lost), len(kept))
+        out[policy]["native_refusals_lost_by_intervention"] = {
+            str((g["guard"] or {}).get("intervention")): sum(
+                1 for x in lost if (x["guard"] or {}).get("intervention")
+                == (g["guard"] or {}).get("intervention"))
+            for g in lost
+        }  # fmt: skip
+    return out
+
+
+def _halves(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows split in two by their key's hash: the "traffic" half (its labels unused) and the
+    half the threshold rules are scored on."""
+    a = [r for r in rows if zlib.crc32(r["key"].encode()) % 2 == 0]
+    return a, [r for r in rows if zlib.crc32(r["key"].encode()) % 2 == 1]
+
+
+def _operating_point(rows: Sequence[dict[str, Any]], tau: float) -> tuple[float, float]:
+    """(recall, false-positive rate) of ``score >= tau`` on ``rows``."""
+    s = np.array([r["score"] for r in rows])
+    y = np.array([r["label"] for r in rows]).astype(bool)
+    return float((s[y] >= tau).mean()), float((s[~y] >= tau).mean())
+
+
+def threshold_rules(scores: Sequence[dict[str, Any]], gate: Any, reference: str,
+                    seed: int, k: int = 4, draws: int = 10) -> dict[str, Any]:
+    """Thresholds for a language as if it had no labels, scored on held-out rows: the shipped
+    record, the zero-shot threshold, the traffic rule (``gate.threshold.traffic_threshold``: the
+    ``reference`` language's shipped threshold moved by the shift between the two languages'
+    unlabelled scores) and, for comparison, k labelled examples per class (mean of ``draws``).
+    Each language's rows are halved: the traffic rule and the k-shot draws read one half, every
+    rule is scored on the other."""
+    ref_traffic, _ = _halves([r for r in scores if r["language"] == reference])
+    ref_tau = gate.threshold(reference).value
+    out: dict[str, Any] = {}
+    for lang in sorted({r["language"] for r in scores} - {reference}):
+        traffic, held = _halves([r for r in scores if r["language"] == lang])
+        if len({r["label"] for r in held}) < 2 or len({r["label"] for r in traffic}) < 2:
+            continue
+        taus = {
+            "shipped": gate.threshold(lang).value,
+            "zero-shot": float(gate.zero_shot_threshold),
+            "traffic": traffic_threshold([r["score"] for r in traffic],
+                                         [r["score"] for r in ref_traffic], ref_tau),
+        }  # fmt: skip
+        entry = {name: dict(zip(("recall", "fpr"), _operating_point(held, tau), strict=True),
+                            threshold=tau) for name, tau in taus.items()}  # fmt: skip
+        labels = [r["label"] for r in traffic]
+        points = [_operating_point(held, balanced_f1_threshold(
+            [traffic[i]["score"] for i in idx], [labels[i] for i in idx]))
+            for idx in kshot_draws(labels, k, draws, seed, lang, "protection")]  # fmt: skip
+        if points:
+            entry[f"k={k}"] = {"recall": float(np.mean([p[0] for p in points])),
+                               "fpr": float(np.mean([p[1] for p in points]))}  # fmt: skip
+        out[lang] = entry
+    return out
+
+
+def mean_rate(cells: Sequence[dict[str, Any] | None]) -> float | None:
+    values = [c["rate"] for c in cells if c and c["rate"] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def build_report(options: ProtectionOptions, settings: dict[str, Any], gate: Any,
+                 scores: list[dict[str, Any]], gens: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every figure of the report from the stored rows (no engine needed)."""
+    judge = make_judge(options.judge)
+    refused = dict(zip([g["key"] for g in gens], judge_rows(judge, gens), strict=True))
+    per_language: dict[str, Any] = {}
+    for lang in settings["languages"]:
+        mine = [r for r in scores if r["language"] == lang]
+        entry = {"calibration_language": lang in CALIBRATION_LANGUAGES,
+                 "gate": gate_metrics(mine, gate.threshold(lang), options.seed)}  # fmt: skip
+        entry.update(refusal_metrics([g for g in gens if g["language"] == lang], refused,
+                                     options.policies))  # fmt: skip
+        per_language[lang] = entry
+    langs = list(per_language.values())
+    summary: dict[str, Any] = {
+        "mean_auroc": float(np.mean([e["gate"]["auroc"] for e in langs if "auroc" in e["gate"]])),
+        "min_auroc": float(min(e["gate"]["auroc"] for e in langs if "auroc" in e["gate"])),
+        "mean_recall": mean_rate([e["gate"]["recall"] for e in langs]),
+        "mean_fpr": mean_rate([e["gate"]["fpr"] for e in langs]),
+    }
+    for policy in options.policies:
+        for name in ("harmful_refused", "benign_refused", "native_refusals_kept"):
+            cells = [e.get(policy, {}).get(name) for e in langs]
+            summary[f"{policy}_{name}_mean"] = mean_rate(cells)
+        summary[f"{policy}_harmful_refused_mean_non_english"] = mean_rate(
+            [e.get(policy, {}).get("harmful_refused")
+             for lang, e in per_language.items() if lang != "en"])  # fmt: skip
+    rules = threshold_rules(scores, gate, "en", options.seed) if "en" in per_language else {}
+    return {"settings": settings, "command": options.command, "summary": summary,
+            "threshold_rules": rules,
+            "languages": per_language, "judge": options.judge,
+            "timings": options.timings}  # fmt: skip
+
+
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if not cell or cell["rate"] is None:
+        return "—"
+    low, high = cell["ci95"]
+    return f"{100 * cell['rate']:.0f} [{100 * low:.0f}, {100 * high:.0f}] ({cell['k']}/{cell['n']})"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s, settings = report["summary"], report["settings"]
+    policies = [p for p in PROTECTION_POLICIES if f"{p}_harmful_refused_mean" in s]
+    lines = [
+        "# Protection on held-out data",
+        "",
+        f"Model `{settings['model']}`, artifact `{settings['artifact']}` (tensors "
+        f"`{settings['artifact_fingerprint']}`), seed {settings['seed']}, greedy, "
+        f"{settings['max_new_tokens']} new tokens, judge `{report['judge']}`. Command: "
+        f"`{report['command']}`.",
+        "",
+        "Data: XSafety (crimes vs ethics / mental-health / commonsense questions, 10 languages), "
+        "XSTest, SimpleSafetyTests and Do-Not-Answer (English): none of it from PolyRefuse's "
+        "sources or Alpaca, none of it a calibration text (`evaluation/data/heldout/`). Gate "
+        f"figures use up to {settings['gate_per_class']} rows per class and language, refusals "
+        f"up to {settings['per_class']} (both spread over the prompt families). Each request is "
+        "routed by its own language and planned as `babelgate serve` plans it by default. Rates "
+        "in % with their 95 % interval (Wilson; AUROC: bootstrap over prompts). * marks a "
+        "language outside the 14 calibration languages.",
+        "",
+        f"**Mean over languages:** AUROC {s['mean_auroc']:.3f} (lowest {s['min_auroc']:.3f}), "
+        f"recall {100 * s['mean_recall']:.1f} %, false-positive rate {100 * s['mean_fpr']:.1f} %"
+        " at the shipped thresholds.",
+        "",
+        "## The gate",
+        "",
+        "| language | harmful / benign | AUROC [95 %] | threshold (source) | recall % | FPR % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lang, e in report["languages"].items():
+        g = e["gate"]
+        mark = "" if e["calibration_language"] else "*"
+        auc = (f"{g['auroc']:.3f} [{g['auroc_ci95'][0]:.3f}, {g['auroc_ci95'][1]:.3f}]"
+               if "auroc" in g else "—")  # fmt: skip
+        unprotected = "" if g["protected"] else ", unprotected"
+        lines.append(f"| {lang}{mark} | {g['n_harmful']} / {g['n_benign']} | {auc} | "
+                     f"{g['threshold']:.3f} ({g['threshold_source']}{unprotected}) | "
+                     f"{_fmt(g['recall'])} | {_fmt(g['fpr'])} |")  # fmt: skip
+    lines += ["", "## Refusals", ""]
+    head = "| language | " + " | ".join(
+        f"harmful refused, {p} | benign refused, {p}" for p in policies
+    ) + " | " + " | ".join(f"native refusals kept, {p}" for p in policies if p != "none") + " |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for lang, e in report["languages"].items():
+        cells = [f"{_fmt(e[p]['harmful_refused'])} | {_fmt(e[p]['benign_refused'])}"
+                 for p in policies]  # fmt: skip
+        kept = [_fmt(e[p].get("native_refusals_kept")) for p in policies if p != "none"]
+        lines.append(f"| {lang} | " + " | ".join(cells + kept) + " |")
+    lines += ["", "Means over languages (%):", ""]
+    for p in policies:
+        parts = [f"harmful refused {100 * s[f'{p}_harmful_refused_mean']:.1f} (non-English "
+                 f"{100 * s[f'{p}_harmful_refused_mean_non_english']:.1f})",
+                 f"benign refused {100 * s[f'{p}_benign_refused_mean']:.1f}"]  # fmt: skip
+        if s.get(f"{p}_native_refusals_kept_mean") is not None:
+            parts.append(f"native refusals kept {100 * s[f'{p}_native_refusals_kept_mean']:.1f}")
+        lines.append(f"- `{p}`: " + ", ".join(parts))
+    rules = report.get("threshold_rules") or {}
+    if rules:
+        names = list(next(iter(rules.values())))
+        lines += ["", "## Thresholds for languages without labels", "",
+                  "Each language's scored rows halved by hash: one half is unlabelled traffic (and "
+                  "the pool of the k-shot draws), the other is scored. `traffic`: English's "
+                  "shipped threshold moved by the shift between the two languages' 25th "
+                  "percentiles of unlabelled scores. Recall / false-positive rate in %.", "",
+                  "| language | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]  # fmt: skip
+        for lang, entry in rules.items():
+            lines.append(f"| {lang} | " + " | ".join(
+                f"{100 * entry[n]['recall']:.0f} / {100 * entry[n]['fpr']:.0f}" for n in names)
+                + " |")  # fmt: skip
+        for n in names:
+            lines.append(f"- `{n}`: mean recall "
+                         f"{100 * np.mean([e[n]['recall'] for e in rules.values()]):.1f} %, "
+                         f"mean FPR {100 * np.mean([e[n]['fpr'] for e in rules.values()]):.1f} %")
+    lost = {lang: e[p].get("native_refusals_lost_by_intervention") for lang, e in
+            report["languages"].items() for p in policies if p != "none"}  # fmt: skip
+    lines += ["", "Native refusals lost, by the intervention the guard applied: "
+              + "; ".join(f"{lang} {v}" for lang, v in lost.items() if v) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def run_protection(options: ProtectionOptions) -> dict[str, Any]:
+    """Run (or resume) the protection benchmark and write its report; returns the report."""
+    from babelgate.evaluation.engine import EvalEngine
+
+    started = time.monotonic()
+    out = Path(options.out)
+    rows = load_heldout(options.languages)
+    langs = {lang: stratified_sample(r, options.gate_per_class, language_seed(options.seed, lang))
+             for lang, r in by_language(rows).items()}  # fmt: skip
+    samples = {lang: stratified_sample(r, options.per_class, language_seed(options.seed, lang))
+               for lang, r in langs.items()}  # fmt: skip
+    model_id, _ = resolve_model(options.model)
+    settings = {
+        "model": model_id, "artifact": Path(options.artifact).name,
+        "artifact_fingerprint": artifact_fingerprint(options.artifact),
+        "languages": list(langs), "per_class": options.per_class,
+        "gate_per_class": options.gate_per_class,
+        "max_new_tokens": options.max_new_tokens, "seed": options.seed,
+        "data_sha": text_sha("\n".join(p.text for p in rows)),
+    }  # fmt: skip
+    open_run(out, settings, restart=options.restart)
+    scores, gens = ResultStore(out / SCORES_FILE), ResultStore(out / GENERATIONS_FILE)
+    if pending_scores(langs, scores) or pending_generations(samples, gens, options.policies):
+        engine = EvalEngine(options.model, options.artifact, seed=options.seed)
+        try:
+            options.timings["engine_start_s"] = time.monotonic() - started
+            t = time.monotonic()
+            run_scores(engine, langs, scores, options)
+            options.timings["scores_s"] = time.monotonic() - t
+            t = time.monotonic()
+            run_generations(engine, samples, gens, options)
+            options.timings["generations_s"] = time.monotonic() - t
+        finally:
+            engine.shutdown()
+    gate = HarmfulnessGate.load(options.artifact)  # the thresholds the engine was sent
+    report = build_report(options, settings, gate, read_jsonl(out / SCORES_FILE),
+                          read_jsonl(out / GENERATIONS_FILE))  # fmt: skip
+    write_json_atomic(out / REPORT_JSON, report)
+    (out / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
+    return report
