@@ -29,7 +29,7 @@ from babelgate.evaluation.rows import text_sha
 from babelgate.evaluation.store import ResultStore
 from babelgate.gate.artifact import write_json_atomic
 from babelgate.gate.languages import tier
-from babelgate.gate.metrics import auroc, selectivity
+from babelgate.gate.metrics import auroc, selectivity, wilson_interval
 from babelgate.gate.plot import png, pyplot
 from babelgate.server.refusal_templates import refusal_text
 
@@ -102,12 +102,16 @@ def refusal_table(
             harmless = _rate(cells.get((spec.name, lang, 0), []))
             if harmful is None or harmless is None:
                 continue
+            n_harmful, n_harmless = (len(cells[(spec.name, lang, c)]) for c in (1, 0))
             per[lang] = {
                 "harmful_refusal": harmful,
                 "harmless_refusal": harmless,
+                "harmful_refusal_ci95": wilson_interval(round(harmful * n_harmful), n_harmful),
+                "harmless_refusal_ci95": wilson_interval(round(harmless * n_harmless),
+                                                         n_harmless),
                 "selectivity": selectivity(harmful, harmless),
-                "n_harmful": len(cells[(spec.name, lang, 1)]),
-                "n_harmless": len(cells[(spec.name, lang, 0)]),
+                "n_harmful": n_harmful,
+                "n_harmless": n_harmless,
                 "intervened_rate": _rate(intervened.get((spec.name, lang), [])),
             }
         groups = (("lrl", [x for x in per if tier(x) == "low"]),
@@ -259,9 +263,22 @@ def _md_refusal(report: dict[str, Any]) -> list[str]:
                   f"{JUDGE_AGREEMENT_BAR:.0%} of this language's labelled outputs: "
                   + ", ".join(f"{x} {a:.2f}" for x, a in weak_judge.items())
                   + " (see Judge agreement below); read its refusal rates with that in mind."]
+    lines += ["", "95 % intervals (Wilson) of the same cells: harmful refusal [low, high] / "
+              "harmless refusal [low, high], in %.",
+              "", "| policy | " + " | ".join(langs) + " |", "|---" * (len(langs) + 1) + "|"]
+    for name, per in report["refusal"].items():
+        cells = [_interval_cell(per.get(lang)) for lang in langs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Policies:", ""]
     lines += [f"- `{p['name']}`: {p['description']}" for p in report["policies"]]
     return lines
+
+
+def _interval_cell(cell: dict[str, Any] | None) -> str:
+    if cell is None or "harmful_refusal_ci95" not in cell:
+        return "–"
+    (a, b), (c, d) = cell["harmful_refusal_ci95"], cell["harmless_refusal_ci95"]
+    return f"[{100 * a:.0f}, {100 * b:.0f}] / [{100 * c:.0f}, {100 * d:.0f}]"
 
 
 def _md_gate_quality(report: dict[str, Any]) -> list[str]:
