@@ -50,8 +50,8 @@ SCORES_FILE = "scores.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
 REPORT_JSON = "protection.json"
 REPORT_MD = "protection.md"
-DEFAULT_PER_CLASS = 24
-DEFAULT_GATE_PER_CLASS = 150
+DEFAULT_PER_CLASS = 16
+DEFAULT_GATE_PER_CLASS = 80
 PROTECTION_POLICIES: tuple[str, ...] = ("none", "routing")
 
 

@@ -20,12 +20,13 @@ happens once the verdict is back is ``server.app.outcome``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from babelgate.server.langid import Detection
-from babelgate.server.settings import Action, Policy, ServeSettings
+from babelgate.server.settings import Ablation, Action, Policy, ServeSettings
 
 if TYPE_CHECKING:
     from babelgate.gate.estimator import HarmfulnessGate, ThresholdRecord
@@ -43,6 +44,9 @@ class GuardPlan:
     action: Action  # what a harmful verdict triggers: steer / refuse / flag
     policy: Policy  # the engine policy sent with the request
     weak_families: tuple[str, ...] = ()  # prompt families the gate was measured weak on here
+    # Below this score a harmless verdict ablates; between it and the threshold the verdict is
+    # unsure and nothing is done. None: at the threshold (every harmless verdict ablates).
+    harmless_threshold: float | None = None
 
     @property
     def protected(self) -> bool:
@@ -58,6 +62,7 @@ def plan_request(
     unprotected_action: Action,
     zero_shot_threshold: float,
     weak_families: Sequence[str] = (),
+    ablation: Ablation = "always",
 ) -> GuardPlan:
     """Threshold, action and engine policy for a request routed to ``detection.language``.
 
@@ -82,7 +87,20 @@ def plan_request(
         policy = "shadow"
     if action == "steer" and policy == "shadow":
         action = "flag"
-    return GuardPlan(detection, record, action, policy, tuple(weak_families))
+    return GuardPlan(detection, record, action, policy, tuple(weak_families),
+                     harmless_threshold(record, ablation))  # fmt: skip
+
+
+def harmless_threshold(record: ThresholdRecord, ablation: Ablation) -> float | None:
+    """The score below which a harmless verdict ablates, by ``--ablation``: ``always`` the
+    threshold itself (None), ``band`` the record's measured edge (no edge: never), ``never``
+    minus infinity. Ablating a prompt the gate wrongly called harmless removes the model's own
+    refusal, so outside a measured band the guard leaves harmless verdicts alone."""
+    if ablation == "always":
+        return None
+    if ablation == "band" and record.harmless_below is not None:
+        return float(record.harmless_below)
+    return -math.inf
 
 
 def language_plan(
@@ -99,6 +117,7 @@ def language_plan(
         unprotected_action=settings.unprotected_action,
         zero_shot_threshold=float(gate.zero_shot_threshold),
         weak_families=gate.weak_families(lang),
+        ablation=settings.ablation,
     )
 
 

@@ -30,6 +30,7 @@ from babelgate.server.langid import TARGET_LANGUAGES
 from babelgate.server.store_url import check_state_url, sqlite_url
 
 Action = Literal["steer", "refuse", "flag"]
+Ablation = Literal["band", "always", "never"]
 GateFailureMode = Literal["closed", "open"]
 
 ACTIONS: tuple[str, ...] = ("steer", "refuse", "flag")
@@ -107,6 +108,12 @@ class ServeSettings(BaseSettings):
         "routing", GUARDRAIL, "engine policy (routing: steer harmful, ablate harmless)"
     )
     action: Action = setting("steer", GUARDRAIL, "what a harmful verdict triggers")
+    ablation: Ablation = setting(
+        "band", GUARDRAIL, "when a harmless verdict ablates the harm direction: band = only when "
+        "the score is below the language's harmless_below edge (measured at calibration; between "
+        "it and the threshold the verdict is unsure and nothing is done; no edge: never); "
+        "always = every harmless verdict (the paper's routing); never",
+    )  # fmt: skip
     language_actions: dict[str, Action] = setting(
         {}, GUARDRAIL, "per-language action, e.g. yo=refuse (repeatable)",
         flag="--language-action", metavar="LANG=ACTION",
