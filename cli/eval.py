@@ -22,6 +22,7 @@ from babelgate.evaluation.policies import POLICY_NAMES
 from babelgate.evaluation.protection import (
     DEFAULT_GATE_PER_CLASS,
     DEFAULT_PER_CLASS,
+    PROTECTION_POLICIES,
     REPORT_MD,
     ProtectionOptions,
     run_protection,
@@ -85,6 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_GATE_PER_CLASS,
         help=f"--protection: prompts per class and language scored by the gate (default "
         f"{DEFAULT_GATE_PER_CLASS}; 0: every row)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(PROTECTION_POLICIES),
+        help="--protection: comma-separated ways of serving to compare, of: "
+        f"{', '.join(PROTECTION_POLICIES)} (default: all)",
     )
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument(
@@ -207,6 +214,7 @@ def run_protection_cli(args: argparse.Namespace, artifact: str) -> int:
         model=args.model,
         languages=_csv(args.languages),
         per_class=args.per_class or None,
+        policies=tuple(_csv(args.variants) or PROTECTION_POLICIES),
         gate_per_class=args.gate_per_class or None,
         max_new_tokens=args.max_new_tokens or 64,
         seed=args.seed,

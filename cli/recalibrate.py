@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from babelgate.server.calibration import band_language, recalibrate_language
+from babelgate.server.calibration import band_languages, recalibrate_language
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--artifact", required=True, help="artifact directory (from calibrate)")
-    p.add_argument("--language", required=True, help="language code, e.g. sw")
+    p.add_argument(
+        "--language", required=True, help="language code, e.g. sw (--band-only: a comma list)"
+    )
     p.add_argument("--examples", required=True, help="JSONL/JSON/CSV with text and label")
     p.add_argument("--k", type=int, default=None, help="use k examples per class (default: all)")
     p.add_argument("--seed", type=int, default=0, help="which k examples are drawn")
@@ -38,9 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.band_only:
-        _, record = band_language(args.artifact, args.language, args.examples, model=args.model)
-        print(f"{record.language}: threshold {record.value:.4f} kept, harmless below "
-              f"{record.harmless_below:.4f}")  # fmt: skip
+        languages = [x.strip() for x in args.language.split(",") if x.strip()]
+        for _, record in band_languages(args.artifact, languages, args.examples,
+                                        model=args.model):  # fmt: skip
+            print(f"{record.language}: threshold {record.value:.4f} kept, harmless below "
+                  f"{record.harmless_below:.4f}")  # fmt: skip
         return 0
     old, record = recalibrate_language(
         args.artifact, args.language, args.examples, k=args.k, seed=args.seed, model=args.model

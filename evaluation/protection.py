@@ -44,6 +44,7 @@ from babelgate.gate.threshold import balanced_f1_threshold, traffic_threshold
 from babelgate.server.engine.types import GuardParams
 from babelgate.server.langid import Detection
 from babelgate.server.plan import language_plan
+from babelgate.server.refusal_templates import refusal_text
 from babelgate.server.settings import ServeSettings
 
 SCORES_FILE = "scores.jsonl"
@@ -52,7 +53,31 @@ REPORT_JSON = "protection.json"
 REPORT_MD = "protection.md"
 DEFAULT_PER_CLASS = 16
 DEFAULT_GATE_PER_CLASS = 80
-PROTECTION_POLICIES: tuple[str, ...] = ("none", "routing")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of serving compared by the benchmark: ``babelgate serve``'s ``--policy``,
+    ``--ablation`` and ``--action``. A ``refuse`` variant generates nothing of its own: its rows
+    are its ``steer`` twin's (same engine behaviour) with the templated refusal in place of the
+    output wherever the verdict was harmful, as the server answers."""
+
+    policy: str
+    ablation: str = "always"
+    action: str = "steer"
+
+    @property
+    def generates(self) -> bool:
+        return self.action != "refuse"
+
+
+VARIANTS: dict[str, Variant] = {
+    "none": Variant("none"),
+    "routing": Variant("routing", "always"),  # the paper's: every harmless verdict ablates
+    "routing-band": Variant("routing", "band"),  # ablate only below the abstain band
+    "routing-band-refuse": Variant("routing", "band", "refuse"),
+}
+PROTECTION_POLICIES: tuple[str, ...] = tuple(VARIANTS)
 
 
 @dataclass
@@ -73,6 +98,11 @@ class ProtectionOptions:
     command: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.policies if v not in VARIANTS]
+        if unknown or not self.policies:
+            raise ValueError(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+
 
 def by_language(rows: Sequence[LabelledPrompt]) -> dict[str, list[LabelledPrompt]]:
     out: dict[str, list[LabelledPrompt]] = {}
@@ -86,14 +116,38 @@ def language_seed(seed: int, language: str) -> int:
     return seed * 1_000_003 + zlib.crc32(language.encode())
 
 
-def serve_guard(gate: Any, policy: str, language: str) -> GuardParams:
-    """The guard ``babelgate serve`` would send for a request in ``language`` under its default
-    settings and ``policy`` (the artifact's threshold record, the unprotected rule)."""
-    detection = Detection(language, "override", 1.0)
-    plan = language_plan(detection, gate.threshold(language), ServeSettings(policy=policy), gate)
-    if plan.action == "refuse":
-        raise ValueError("the protection benchmark plans steer/flag only, not refuse")
-    return GuardParams(language, plan.policy, plan.record.value, plan.record.source)
+def serve_guard(gate: Any, variant: str, language: str) -> GuardParams:
+    """The guard ``babelgate serve`` would send for a request in ``language`` with the
+    ``variant``'s settings (the artifact's threshold record, the unprotected rule, the band)."""
+    v = VARIANTS[variant]
+    settings = ServeSettings(policy=v.policy, ablation=v.ablation, action=v.action)
+    plan = language_plan(Detection(language, "override", 1.0), gate.threshold(language),
+                         settings, gate)  # fmt: skip
+    band = {} if plan.harmless_threshold is None else {
+        "harmless_threshold": plan.harmless_threshold}  # fmt: skip
+    return GuardParams(language, plan.policy, plan.record.value, plan.record.source, **band)
+
+
+def steer_twin(variant: str) -> str:
+    """The generating variant whose rows a ``refuse`` variant reuses."""
+    v = VARIANTS[variant]
+    return next(name for name, w in VARIANTS.items()
+                if w.generates and (w.policy, w.ablation) == (v.policy, v.ablation))  # fmt: skip
+
+
+def refused_by_template(gens: Sequence[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
+    """``variant``'s rows (a ``refuse`` one) from its steer twin's: the templated refusal in the
+    request's language wherever the verdict was harmful, the twin's output elsewhere."""
+    twin = steer_twin(variant)
+    out = []
+    for g in gens:
+        if g["policy"] != twin:
+            continue
+        row = {**g, "policy": variant, "key": variant + g["key"][len(twin):]}
+        if (g["guard"] or {}).get("decision") == "harmful":
+            row["output"] = refusal_text(g["language"])
+        out.append(row)
+    return out
 
 
 def pending_scores(langs: dict[str, list[LabelledPrompt]],
@@ -103,9 +157,12 @@ def pending_scores(langs: dict[str, list[LabelledPrompt]],
 
 
 def pending_generations(samples: dict[str, list[LabelledPrompt]], store: ResultStore,
-                        policies: Sequence[str]) -> list[tuple[str, str, LabelledPrompt]]:
-    return [(policy, lang, p) for policy in policies for lang, rows in samples.items()
-            for p in rows if f"{policy}/{lang}/{text_sha(p.text)}" not in store]  # fmt: skip
+                        variants: Sequence[str]) -> list[tuple[str, str, LabelledPrompt]]:
+    """Rows still to generate: every sampled prompt under every generating variant asked for
+    (a ``refuse`` variant asks for its steer twin)."""
+    wanted = list(dict.fromkeys(steer_twin(v) for v in variants))
+    return [(v, lang, p) for v in wanted for lang, rows in samples.items()
+            for p in rows if f"{v}/{lang}/{text_sha(p.text)}" not in store]  # fmt: skip
 
 
 def run_scores(engine: Any, langs: dict[str, list[LabelledPrompt]], store: ResultStore,
@@ -254,6 +311,9 @@ def mean_rate(cells: Sequence[dict[str, Any] | None]) -> float | None:
 def build_report(options: ProtectionOptions, settings: dict[str, Any], gate: Any,
                  scores: list[dict[str, Any]], gens: list[dict[str, Any]]) -> dict[str, Any]:
     """Every figure of the report from the stored rows (no engine needed)."""
+    derived = [row for v in options.policies if not VARIANTS[v].generates
+               for row in refused_by_template(gens, v)]  # fmt: skip
+    gens = [g for g in gens if g["policy"] in options.policies] + derived
     judge = make_judge(options.judge)
     refused = dict(zip([g["key"] for g in gens], judge_rows(judge, gens), strict=True))
     per_language: dict[str, Any] = {}

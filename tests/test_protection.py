@@ -16,11 +16,18 @@ from babelgate.evaluation.heldout import (
     load_heldout,
     stratified_sample,
 )
-from babelgate.evaluation.protection import refusal_metrics, serve_guard, threshold_rules
+from babelgate.evaluation.protection import (
+    ProtectionOptions,
+    refusal_metrics,
+    refused_by_template,
+    serve_guard,
+    threshold_rules,
+)
 from babelgate.gate.data import LabelledPrompt, load_dataset
 from babelgate.gate.estimator import HarmfulnessGate
 from babelgate.gate.hf.embedded import SMOLLM2
 from babelgate.paths import style_prompts_dir
+from babelgate.server.refusal_templates import refusal_text
 from babelgate.server.shipped import shipped_artifact
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +85,20 @@ def test_refusal_metrics_count_the_native_refusals_routing_kept() -> None:
     kept = out["routing"]["native_refusals_kept"]
     assert (kept["k"], kept["n"]) == (1, 3)  # of 0, 1, 2 only 0 is still refused
     assert out["routing"]["native_refusals_lost_by_intervention"] == {"ablate": 2}
+
+
+def test_a_refuse_variant_is_its_steer_twin_with_the_template_on_harmful_verdicts() -> None:
+    gens = [{**_gen("routing-band", 0, 1, "steer"), "language": "de", "output": "Sicher!",
+             "guard": {"decision": "harmful", "intervention": "steer"}},
+            {**_gen("routing-band", 1, 0), "language": "de", "output": "Gern.",
+             "guard": {"decision": "unsure", "intervention": "none"}},
+            {**_gen("none", 0, 1), "language": "de", "output": "x"}]  # fmt: skip
+    rows = refused_by_template(gens, "routing-band-refuse")
+    assert [r["key"] for r in rows] == ["routing-band-refuse/en/0", "routing-band-refuse/en/1"]
+    assert rows[0]["output"] == refusal_text("de") != "Sicher!"
+    assert rows[1]["output"] == "Gern."
+    with pytest.raises(ValueError, match="unknown variant"):
+        ProtectionOptions(artifact="a", out="o", policies=("routing", "always-refuse"))
 
 
 def test_requests_are_planned_as_serve_plans_them() -> None:
