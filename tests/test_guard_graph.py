@@ -21,11 +21,13 @@ import torch
 
 from babelgate.server.engine import runtime as runtime_module
 from babelgate.server.engine.guard_graph import GuardBuffers, GuardedDecoderLayer, GuardSpec
+from babelgate.server.engine.readback import Readback
 from babelgate.server.engine.runtime import CAPTURE_KEY, GuardRuntime
 from babelgate.server.engine.types import (
     EXTRA_ARGS_KEY,
     TEST_FAULTS_ENV,
     GateParams,
+    GuardParams,
     GuardrailStartupError,
 )
 
@@ -88,9 +90,12 @@ class Guard:
         return self.runtime.verdicts(ids, release or [])
 
 
-def guard(bid: str, policy: str = "routing") -> dict[str, Any]:
-    return {EXTRA_ARGS_KEY: {"id": bid, "language": "de", "policy": policy, "threshold": 0.0,
-                             "threshold_source": "recalibrated"}}  # fmt: skip
+def guard(
+    bid: str, policy: str = "routing", threshold: float = 0.0, harmless: float | None = None
+) -> dict[str, Any]:
+    """A request's ``extra_args`` as the server sends them."""
+    params = GuardParams("de", policy, threshold, "recalibrated", bid, harmless)  # type: ignore[arg-type]
+    return {EXTRA_ARGS_KEY: params.to_extra_args()}
 
 
 def t(*rows: list[float]) -> torch.Tensor:
@@ -237,21 +242,20 @@ def test_a_freed_slot_is_reset_before_its_next_request():
 
 
 def test_multi_layer_gate_sums_its_layers_dot_products_and_decides_at_the_last():
-    d = 4
     u = np.float32([[0, 0, 2, 0], [0, 0, 0, 2]])
     gp = GateParams(5, u, 0.5, V.numpy(), 2.0, "fp", read_layers=(2, 5))
     assert GateParams.from_wire(gp.to_wire()).read_layers == (2, 5)
     with pytest.raises(ValueError, match="end at the decision layer"):
         GateParams(2, u, 0.5, V.numpy(), 1.0, "fp", read_layers=(2, 5))
     g = Guard(GuardSpec((2, 5)), gp)
-    rng = np.random.default_rng(0)
-    h2, r2, h5, r5 = (torch.from_numpy(rng.standard_normal((3, d)).astype(np.float32))
-                      for _ in range(4))  # fmt: skip
-    params = {**guard("b1", "shadow")}
-    g.step([("r1", 3, 0, 3, params)], L2=(h2, r2), L5=(h5, r5))
-    expected = float((h2[2].double() + r2[2].double()) @ torch.from_numpy(u[0]).double()
-                     + (h5[2].double() + r5[2].double()) @ torch.from_numpy(u[1]).double() + 0.5)
-    assert g.verdicts(["b1"])["b1"]["score"] == pytest.approx(expected, abs=1e-12)
+    # rows 0-1 are earlier prompt tokens (not read: huge values change nothing); row 2 is the
+    # last: stream (1, 2, 0.75, 4) . u_0 = 1.5 at layer 2, (9, 9, 9, 0.75) . u_1 = 1.5 at 5
+    h2 = t([1e30, 1, 1e30, 1], [-1e30, 0, -1e30, 0], [1, 2, 0.25, 4])
+    r2 = t([0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0.5, 0])
+    h5 = t([7, 7, 7, 7], [1e30, 0, 0, 1e30], [0, 0, 0, -0.5])
+    r5 = t([0, 0, 0, 0], [0, 0, 0, 0], [9, 9, 9, 1.25])
+    g.step([("r1", 3, 0, 3, guard("b1", "shadow"))], L2=(h2, r2), L5=(h5, r5))
+    assert g.verdicts(["b1"])["b1"]["score"] == 1.5 + 1.5 + 0.5
 
 
 def test_a_gate_reading_a_subset_of_the_engines_layers_loads_others_are_refused():
@@ -317,3 +321,145 @@ def test_an_injected_gate_failure_scores_every_guarded_request_nan_until_switche
     g.runtime.inject_gate_failure(False)
     g.step([("c", 1, 0, 1, guard("c"))], L2=(hidden[:1], torch.zeros_like(hidden[:1])))
     assert g.verdicts(["c"])["c"]["score"] == 2.0
+
+
+def test_abstain_band_leaves_unsure_requests_alone_and_decides_the_others():
+    """Threshold 1, harmless below -1: at or above 1 harmful (steered), below -1 harmless
+    (ablated), in [-1, 1) unsure: its rows unchanged, counted 0, under routing. Without a band
+    (``flat``) the same score is harmless, as before bands existed; a fixed policy keeps its
+    action whatever the decision."""
+    g = Guard()
+    band = {"threshold": 1.0, "harmless": -1.0}
+    hidden = t([3, 3, 3, 3], [1, 0, 0, 0],  # hi: last row scores 1 (= threshold)
+               [5, 5, 5, 5], [0.5, 2, 2, 2],  # mid: 0.5
+               [-1, 4, 0, 0],  # edge: -1 (= harmless threshold: still unsure)
+               [2, 0, 2, 0], [-1.5, 1.5, 1.5, 1.5],  # lo: -1.5
+               [0.5, 0.5, 0.5, 0.5],  # flat (no band, threshold 1): 0.5
+               [0, 0, 0, 0])  # fixed (always-steer): 0
+    before = hidden.clone()
+    out = g.step(
+        [("hi", 2, 0, 2, guard("hi", **band)), ("mid", 2, 0, 2, guard("mid", **band)),
+         ("edge", 1, 0, 1, guard("edge", **band)), ("lo", 2, 0, 2, guard("lo", **band)),
+         ("flat", 1, 0, 1, guard("flat", threshold=1.0)),
+         ("fixed", 1, 0, 1, guard("fixed", "always-steer", **band))],
+        L2=(hidden, torch.zeros_like(hidden)),
+    )[LAYER]  # fmt: skip
+    assert torch.equal(out[0], before[0]) and torch.equal(out[1], t([2, 1, 1, 1])[0])
+    assert torch.equal(out[2:5], before[2:5]), "unsure: not a bit changed"
+    assert torch.equal(out[5], t([1, -1, 1, -1])[0])  # (2, 0, 2, 0) - 2 * v
+    assert torch.equal(out[6], t([-2.25, 0.75, 0.75, 0.75])[0])  # - 1.5 * v
+    assert torch.equal(out[7], t([0, 0, 0, 0])[0])  # - 1 * v
+    assert torch.equal(out[8], t([1, 1, 1, 1])[0])  # + alpha * v
+    # the next decode step: the frozen decisions apply; mid would now score harmful
+    out = g.step(
+        [("hi", 1, 2, 2, guard("hi", **band)), ("mid", 1, 2, 2, guard("mid", **band))],
+        L2=(t([-5, 0, 0, 0], [9, 1, 1, 1]), torch.zeros(2, 4)),
+    )[LAYER]  # fmt: skip
+    assert torch.equal(out, t([-4, 1, 1, 1], [9, 1, 1, 1]))
+
+    v = g.verdicts(["hi", "mid", "edge", "lo", "flat", "fixed"])
+    got = {b: (v[b]["decision"], v[b]["harmful"], v[b]["score"], v[b]["intervention"],
+               v[b]["intervened_positions"], v[b]["harmless_threshold"]) for b in v}  # fmt: skip
+    assert got == {
+        "hi": ("harmful", True, 1.0, "steer", 2, -1.0),
+        "mid": ("unsure", False, 0.5, "none", 0, -1.0),
+        "edge": ("unsure", False, -1.0, "none", 0, -1.0),
+        "lo": ("harmless", False, -1.5, "ablate", 2, -1.0),
+        "flat": ("harmless", False, 0.5, "ablate", 1, None),
+        "fixed": ("unsure", False, 0.0, "steer", 1, -1.0),
+    }
+    assert g.runtime.decisions == 6
+
+
+def test_the_threshold_is_compared_in_float64():
+    """The float32 score 0.1f against a threshold one float64 step above it: harmless, as the
+    transformers reference (float64) says. In float32 the threshold rounds onto the score and
+    the request would be called harmful: the one place float64 stays."""
+    score = np.float32(0.1)
+    above = float(np.nextafter(float(score), 1.0))
+    assert np.float32(above) == score, "a float32 comparison would call it harmful"
+    g = Guard()
+    g.step([("r", 1, 0, 1, guard("r", threshold=above)),
+            ("q", 1, 0, 1, guard("q", threshold=float(score)))],
+           L2=(t([score, 0, 0, 0], [score, 0, 0, 0]), torch.zeros(2, 4)))  # fmt: skip
+    v = g.verdicts(["r", "q"])
+    assert (v["r"]["decision"], v["r"]["score"]) == ("harmless", float(score))
+    assert v["q"]["decision"] == "harmful"
+
+
+@pytest.mark.parametrize(
+    ("order", "decision", "rows"),
+    [
+        (("s-0", "s-1"), "harmful", [[2, 1, 1, 1], [0, 1, 1, 1]]),  # + alpha * v
+        (("s-1", "s-0"), "harmless", [[-0.75, 0.25, 0.25, 0.25], [0.75, -0.25, -0.25, -0.25]]),
+    ],
+)
+def test_siblings_at_their_last_prompt_token_in_one_step_decide_once_by_the_first(
+    order, decision, rows
+):
+    """Parallel-sampling siblings share a slot: the runner gathers the first one's row only,
+    so the slot is written once (no duplicate-index write), by a rule, not by a race."""
+    streams = {"s-0": [1, 0, 0, 0], "s-1": [-1, 0, 0, 0]}
+    g = Guard()
+    out = g.step([(rid, 1, 0, 1, guard("sib")) for rid in order],
+                 L2=(t(*(streams[rid] for rid in order)), torch.zeros(2, 4)))[LAYER]  # fmt: skip
+    v = g.verdicts(["sib"])["sib"]
+    assert (v["decision"], v["score"], v["intervened_positions"]) == (
+        decision, streams[order[0]][0], 2
+    )
+    assert torch.equal(out, t(*rows))
+
+
+def _count_waits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every ``Readback.wait`` (the one call that blocks on the device), then wait."""
+    calls: list[str] = []
+    real = Readback.wait
+
+    def wait(self: Readback) -> None:
+        calls.append("wait")
+        real(self)
+
+    monkeypatch.setattr(Readback, "wait", wait)
+    return calls
+
+
+def test_no_step_waits_for_the_device_only_the_reads_do(monkeypatch):
+    """Steps with decisions, chunked prefill, requests leaving (their slots copied back and
+    reused) and captures: no wait at all; the verdict RPC waits once for the running slot it
+    reads, ``pop_captures`` once for its capture."""
+    waits = _count_waits(monkeypatch)
+    g = Guard(GuardSpec((LAYER,), (LAYER,)))
+    one = (t([1, 0, 0, 0]), torch.zeros(1, 4))
+    two = (t([1, 0, 0, 0], [-1, 0, 0, 0]), torch.zeros(2, 4))
+    g.step([("a", 1, 0, 1, guard("a")), ("c", 1, 0, 3, guard("c"))], L2=two)
+    g.step([("a", 1, 1, 1, guard("a")), ("b", 1, 0, 1, guard("b"))], L2=two)  # c gone
+    g.step([("b", 1, 1, 1, guard("b")), ("d", 1, 0, 1, guard("d"))], L2=two)  # a gone
+    g.step([("d", 1, 1, 1, guard("d")), ("x", 1, 0, 1, {CAPTURE_KEY: "x"})], L2=two)
+    g.step([("d", 1, 2, 1, guard("d"))], L2=one)
+    assert waits == [], "a step waited for the device"
+    v = g.verdicts(["a", "b", "c", "d"])
+    assert waits == ["wait"], "only d still runs: one copy, one wait"
+    assert [v[k]["decision"] for k in "abcd"] == ["harmful", "harmless", None, "harmless"]
+    assert [v[k]["intervened_positions"] for k in "abcd"] == [2, 2, 0, 3]
+    assert g.runtime.pop_captures(["x"]) and waits == ["wait", "wait"]
+
+
+def test_slot_results_still_copying_when_the_slot_is_reused_reach_their_record(monkeypatch):
+    """The device behind the host (``ready`` is False: the copies of freed slots have not
+    finished): a freed slot is reused at once; its first owner's verdict comes from the copy
+    started before the reset, and the verdict RPC waits for that copy."""
+    waits = _count_waits(monkeypatch)
+    monkeypatch.setattr(Readback, "ready", lambda self: False)
+    g = Guard()
+    g.step([("a", 2, 0, 2, guard("a"))], L2=(t([0, 0, 0, 0], [3, 0, 0, 0]), torch.zeros(2, 4)))
+    g.step([("b", 1, 0, 1, guard("b"))], L2=(t([-2, 0, 0, 0]), torch.zeros(1, 4)))  # a gone
+    assert g.runtime.slot_of == {"guard:b": 1}, "b took a's slot"
+    assert waits == []
+    v = g.verdicts(["a", "b"])
+    assert (v["a"]["decision"], v["a"]["score"], v["a"]["intervened_positions"]) == (
+        "harmful", 3.0, 1
+    )
+    assert (v["b"]["decision"], v["b"]["score"], v["b"]["intervened_positions"]) == (
+        "harmless", -2.0, 1
+    )
+    assert waits == ["wait", "wait"], "a's pending copy and b's read"

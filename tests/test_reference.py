@@ -261,6 +261,30 @@ def test_every_policy_runs_and_reports_its_action(tiny):
         assert (result.score is None) == (policy == "none")
 
 
+def test_abstain_band_decides_unsure_and_routing_then_leaves_the_request_alone(tiny):
+    """Thresholds placed around the prompt's own score: in the band (its lower edge included)
+    routing decides unsure and generates exactly what policy none does; below it, harmless and
+    ablated; without a band, the same threshold decides harmless."""
+    router = ReferenceRouter(*tiny)
+
+    def run(policy: str, threshold: float | None = None, band: float | None = None):
+        return router.generate(["hello"], language="en", policy=policy, threshold=threshold,
+                               harmless_threshold=band, max_new_tokens=4)[0]  # fmt: skip
+
+    score = run("shadow", 0.0).score
+    plain = run("none")
+    for band in (score - 1.0, score):
+        unsure = run("routing", score + 1.0, band)
+        assert (unsure.decision, unsure.action, unsure.intervened) == ("unsure", None, False)
+        assert unsure.token_ids == plain.token_ids and unsure.score == score
+    below = run("routing", score + 1.0, score + 0.5)
+    assert (below.decision, below.action) == ("harmless", "ablate")
+    assert run("routing", score + 1.0).decision == "harmless"
+    assert run("always-ablate", score + 1.0, score - 1.0).action == "ablate"
+    with pytest.raises(ValueError, match="at most the threshold"):
+        run("routing", score, score + 1.0)
+
+
 def test_block_outputs_are_handled_as_tensors_and_tuples():
     h = torch.ones(1, 2, 3)
     assert _split_output(h) == (h, None)

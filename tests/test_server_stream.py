@@ -79,7 +79,8 @@ class FakeEngine:
         rec = GuardRecord(guard.id, guard.language, guard.policy, guard.threshold,
                           guard.threshold_source)  # fmt: skip
         if score is not None and guard.policy != "none":
-            rec.score, rec.harmful = score, score >= guard.threshold
+            rec.score = score
+            rec.decision = "harmful" if score >= guard.threshold else "harmless"
         rec.positions = len(prompt) if rec.action in ("steer", "ablate") else 0
         return rec.verdict()
 

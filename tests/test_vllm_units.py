@@ -4,12 +4,14 @@ arithmetic and the architecture check on real modules."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
 from babelgate.evaluation.baselines.hooks import RowSpan
-from babelgate.server.engine.guard_graph import GuardSpec
+from babelgate.server.engine.guard_graph import DECISION_NAMES, GuardSpec
 from babelgate.server.engine.model import decoder_layers
 from babelgate.server.engine.startup import (
     check_model_config,
@@ -17,6 +19,7 @@ from babelgate.server.engine.startup import (
     prepare_environment,
 )
 from babelgate.server.engine.types import (
+    DECISIONS,
     INTERVENING_POLICIES,
     POLICIES,
     GateParams,
@@ -74,20 +77,38 @@ def test_one_policy_vocabulary_and_what_each_policy_does():
     assert POLICIES == ("routing", "none", "shadow", "always-steer", "always-ablate")
     assert reference.POLICIES == settings.POLICIES == POLICIES
     assert sorted(INTERVENING_POLICIES) == ["always-ablate", "always-steer", "routing"]
-    table = {p: [policy_intervention(p, h) for h in (None, True, False)] for p in POLICIES}
+    assert tuple(DECISION_NAMES[code] for code in sorted(DECISION_NAMES)) == DECISIONS
+    routed = [reference.ROUTING_ACTIONS[d] or "none" for d in DECISIONS]
+    assert routed == [policy_intervention("routing", d) for d in DECISIONS]
+    table = {p: [policy_intervention(p, d) for d in (None, *DECISIONS)] for p in POLICIES}
     assert table == {
-        "routing": [None, "steer", "ablate"],
-        "none": ["none"] * 3,
-        "shadow": ["none"] * 3,
-        "always-steer": ["steer"] * 3,
-        "always-ablate": ["ablate"] * 3,
+        "routing": [None, "steer", "ablate", "none"],  # unsure: the band changes nothing
+        "none": ["none"] * 4,
+        "shadow": ["none"] * 4,
+        "always-steer": ["steer"] * 4,
+        "always-ablate": ["ablate"] * 4,
     }
 
 
 def test_verdict_round_trips_and_names_its_decision():
     v = Verdict("x", "sw", "routing", 0.5, "recalibrated", 1.25, True, "steer", 9)
     assert Verdict.from_dict(v.to_dict()) == v
-    assert v.decision == "harmful" and v.intervened
+    assert v.decision == "harmful" and v.intervened and v.harmless_threshold is None
+    unsure = Verdict("y", "sw", "routing", 0.5, "r", 0.25, False, "none", 0, "unsure", 0.0)
+    assert Verdict.from_dict(unsure.to_dict()) == unsure and unsure.to_dict()["harmful"] is False
+    with pytest.raises(ValueError, match="contradicts"):
+        Verdict("z", "sw", "routing", 0.5, "r", 0.25, True, "none", 0, "unsure", 0.0)
+
+
+def test_guard_params_carry_the_abstain_band_and_refuse_one_above_the_threshold():
+    assert GuardParams("en", threshold=0.5).to_extra_args()["harmless_threshold"] is None
+    banded = GuardParams("en", threshold=0.5, harmless_threshold=-0.25)
+    assert banded.to_extra_args()["harmless_threshold"] == -0.25
+    assert GuardParams("en", threshold=0.5, harmless_threshold=0.5).harmless_threshold == 0.5
+    with pytest.raises(ValueError, match="above threshold"):
+        GuardParams("en", threshold=0.5, harmless_threshold=0.75)
+    with pytest.raises(ValueError, match="harmless_threshold must be a finite"):
+        GuardParams("en", threshold=0.5, harmless_threshold=float("-inf"))
 
 
 def test_engine_options_carry_the_worker_and_the_guard_spec_in_both_modes():
@@ -310,3 +331,42 @@ def test_every_client_call_names_a_method_of_its_worker():
     assert calls(WorkerClient) == methods(GuardWorkerMixin)
     baseline = methods(BaselineWorkerExtension) | methods(GuardWorkerMixin)
     assert calls(BaselineWorkerClient) == baseline
+
+
+# The vLLM releases whose source the hook point was read against (docs/ARCHITECTURE.md).
+VERIFIED_VLLM = ("0.32.0",)
+
+
+def test_the_hook_point_is_where_this_vllm_calls_the_model():
+    """A vLLM upgrade fails here, before an engine could run without the guard: the version is
+    one the hook point was checked against; the V1 runner's ``execute_model`` still calls
+    ``_model_forward`` (which ``worker.install_guard`` wraps) and its ``_dummy_run`` does not
+    (dummy runs must see the no-op buffers, not a filled step); the runner and input-batch
+    fields ``step.batch_layout`` reads are still set. (At start, ``verify_self_check`` refuses
+    an engine whose self-check request was not scored inside the forward.)"""
+    import inspect
+    import re
+
+    import vllm
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu_input_batch import InputBatch
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from babelgate.server.engine.step import RUNNER_ATTRIBUTES
+
+    assert vllm.__version__ in VERIFIED_VLLM, (
+        f"vLLM {vllm.__version__}: re-read server/engine/step.py's facts and worker.py's hook "
+        "against this release, run the engine tests, then add it to VERIFIED_VLLM"
+    )
+    assert "self._model_forward(" in inspect.getsource(GPUModelRunner.execute_model)
+    assert "self._model_forward(" not in inspect.getsource(GPUModelRunner._dummy_run)
+
+    def assigned(source_of: Any, name: str) -> bool:
+        source = inspect.getsource(source_of)
+        return bool(re.search(rf"self\.{name}\b[^=\n]*=|def {name}\b", source))
+
+    for name in (*RUNNER_ATTRIBUTES, "max_num_tokens"):
+        assert assigned(GPUModelRunner.__init__, name), name
+    for name in ("num_reqs", "req_ids", "num_computed_tokens_cpu", "num_prompt_tokens"):
+        assert assigned(InputBatch, name), name
+    assert "extra_args" in SamplingParams.__struct_fields__

@@ -3,7 +3,9 @@
 Runs in the CLI process, tests and notebooks (no vLLM needed). One forward hook on decoder block
 ``L`` does everything inside the request's own forward passes, as the server must: during the
 prefill it reads the block's output at the last prompt token, computes the gate logit
-``h . u + c``, decides (harmful iff logit >= threshold), and modifies that same output before
+``h . u + c``, decides (harmful iff logit >= threshold; with an abstain band, harmless iff
+logit < harmless threshold and unsure between, as the engine's guard decides: ``decide``), and
+modifies that same output before
 returning it, so no extra forward pass is spent. Decode steps then keep applying the chosen
 intervention to each generated token. Prompts run one at a time (batch 1, no padding) and decode
 greedily with a KV cache, so results are exact and independent of batching.
@@ -24,6 +26,25 @@ from babelgate.gate.prompt import chat_prompt_ids
 # test keeps the two equal).
 POLICIES: tuple[str, ...] = ("routing", "none", "shadow", "always-steer", "always-ablate")
 Action = Literal["steer", "ablate"]
+# What routing does per decision (an unsure request, in the abstain band, is left alone), and
+# what the other scoring policies do whatever the decision.
+ROUTING_ACTIONS: dict[str, Action | None] = {
+    "harmful": "steer", "harmless": "ablate", "unsure": None
+}
+FIXED_ACTIONS: dict[str, Action | None] = {
+    "always-steer": "steer", "always-ablate": "ablate", "shadow": None
+}
+
+
+def decide(score: float, threshold: float, harmless_threshold: float | None) -> str:
+    """harmful at or above ``threshold``; harmless below ``harmless_threshold`` (None: equal
+    to ``threshold``, no band); unsure in between. The engine's rule
+    (``server.engine.guard_graph``), in float64."""
+    if score >= threshold:
+        return "harmful"
+    if harmless_threshold is not None and score >= harmless_threshold:
+        return "unsure"
+    return "harmless"
 
 
 class GateParams(Protocol):
@@ -74,7 +95,7 @@ class ReferenceResult:
     """One greedy generation under a policy.
 
     ``score`` is the gate logit at layer L, last prompt token (None under policy ``none``, which
-    installs no hook); ``decision`` is "harmful" / "harmless" (None under ``none``);
+    installs no hook); ``decision`` is "harmful" / "harmless" / "unsure" (None under ``none``);
     ``intervened`` says whether the residual stream was modified; ``action`` says how ("steer",
     "ablate" or None). ``token_ids`` are the generated ids (the end-of-sequence id included when
     generation stopped on it); ``text`` is their decoding without special tokens.
@@ -95,6 +116,7 @@ class _RequestState:
 
     policy: str
     threshold: float | None
+    harmless_threshold: float | None = None
     phase: Literal["prefill", "decode"] = "prefill"
     score: float | None = None
     partial: float = 0.0  # multi-layer gates: dot products of the earlier layers read
@@ -203,15 +225,12 @@ class ReferenceRouter:
         if state.phase == "prefill":
             last = h[0, -1].double()
             state.score = state.partial + float(last @ self._u[-1] + self._c)
-            harmful = state.threshold is not None and state.score >= state.threshold
             if state.threshold is not None:
-                state.decision = "harmful" if harmful else "harmless"
-            state.action = {
-                "routing": "steer" if harmful else "ablate",
-                "always-steer": "steer",
-                "always-ablate": "ablate",
-                "shadow": None,
-            }[state.policy]
+                state.decision = decide(state.score, state.threshold, state.harmless_threshold)
+            if state.policy == "routing":
+                state.action = ROUTING_ACTIONS[state.decision or ""]
+            else:
+                state.action = FIXED_ACTIONS[state.policy]
             if state.action == "steer":  # the last prompt token only
                 h = torch.cat([h[:, :-1], self._steer(h[:, -1:])], dim=1)
             elif state.action == "ablate":  # every prompt position
@@ -290,12 +309,14 @@ class ReferenceRouter:
         policy: str,
         threshold: float | Sequence[float] | None = None,
         max_new_tokens: int = 32,
+        harmless_threshold: float | Sequence[float | None] | None = None,
     ) -> list[ReferenceResult]:
         """Greedy generation, one prompt at a time, under ``policy`` (see ``POLICIES``).
 
         ``threshold`` (one value or one per prompt) is the language's threshold the server would
         send; ``routing`` and ``shadow`` need it, the ``always-*`` policies use it only to report
-        the decision, ``none`` ignores it.
+        the decision, ``none`` ignores it. ``harmless_threshold`` (one value or one per prompt,
+        at most the threshold; None: no band) opens the abstain band ``decide`` describes.
         """
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}")
@@ -306,11 +327,19 @@ class ReferenceRouter:
         n = len(prompts)
         languages = _per_prompt(language, n, "language")
         thresholds = _per_prompt(threshold, n, "threshold")
+        bands = _per_prompt(harmless_threshold, n, "harmless_threshold")
         if policy in ("routing", "shadow") and any(t is None for t in thresholds):
             raise ValueError(f"policy {policy!r} needs a threshold per prompt (the gate decides)")
+        pairs = zip(thresholds, bands, strict=True)
+        if any(b is not None and (t is None or b > t) for t, b in pairs):
+            raise ValueError("harmless_threshold must be at most the threshold it goes with")
         results = []
-        for text, lang, thr in zip(prompts, languages, thresholds, strict=True):
-            state = _RequestState(policy=policy, threshold=None if thr is None else float(thr))
+        for text, lang, thr, band in zip(prompts, languages, thresholds, bands, strict=True):
+            state = _RequestState(
+                policy=policy,
+                threshold=None if thr is None else float(thr),
+                harmless_threshold=None if band is None else float(band),
+            )
             tokens = self._generate_one(self.prompt_ids(text), state, max_new_tokens)
             results.append(
                 ReferenceResult(

@@ -1,29 +1,41 @@
 """The guard's maths inside the model's forward: fixed-shape tensor operations on persistent
 buffers, traced by torch.compile with the rest of the decoder (and run as-is in eager mode).
 
-Runs in the vLLM worker, inside every forward pass. ``GuardedDecoderLayer`` wraps a decoder layer
-the guard reads; it is put in place right after the weights load (``server.engine.worker``), so
+Runs in the vLLM worker, inside every forward pass (and in ``bench/gpu_guard_check.py``, which
+loads this file alone: it imports only torch). ``GuardedDecoderLayer`` wraps a decoder layer the
+guard reads; it is put in place right after the weights load (``server.engine.worker``), so
 vLLM's compilation traces it with the model and no graph exists without it. The per-request
 state does not live in Python: like vLLM's LoRA punica wrapper, the runner side
-(``server.engine.runtime``) fills per-token and per-slot buffers in place before each step, and
-the graph only indexes them. A request owns a *slot*; slot 0 is the no-op slot of padding,
-unguarded requests and dummy runs, whose action table row is all zeros, so its rows come out
-bit-identical.
+(``server.engine.runtime``) fills per-token and per-slot buffers in place before each step
+(``GuardBuffers.load_step``), and the graph only indexes them. A request owns a *slot*; slot 0 is
+the no-op slot of padding, unguarded requests and dummy runs, whose action table row is all
+zeros, so its rows come out bit-identical.
 
 Per step, at each layer read by the gate (``read_layers``, ascending, the last one deciding):
-- every row's partial gate logit ``stream @ u_j`` (float64) is written (first layer) or added
-  (later layers) to a per-token buffer: a multi-layer gate sums its layers inside one forward;
-- at the deciding layer, the rows that are their request's last prompt token compare
-  ``partial + c`` with their slot's threshold and write the decision (1 harmful, 2 harmless)
-  and score into their slot with one fixed-shape ``index_copy_``, only if the slot is still
-  undecided (0): decisions freeze, preemption and parallel-sampling siblings never re-decide.
-  Rows that write nothing are sent to slot 0, the sink;
+- the stream (``hidden + residual``) of each slot's last prompt token in this step is gathered
+  with a fixed-shape index, one entry per slot (``last_row``, as vLLM's ``logits_indices``
+  gathers the rows that sample); slots without one gather row 0 and are masked off
+  (``has_last``). Their partial gate logit ``stream @ u_j`` is computed in float32 and written
+  (first layer) or added (later layers) per slot: a multi-layer gate sums its layers inside one
+  forward, and no other row is touched;
+- at the deciding layer, each slot with a last prompt token here and no decision yet takes
+  ``score = partial + c`` and compares it in float64 with its thresholds: HARMFUL at or above
+  ``threshold``, HARMLESS below ``harmless_below``, UNSURE between (the abstain band, empty when
+  both are equal; a NaN score is HARMLESS, as without a band). The decision and score are
+  written elementwise per slot (``torch.where``): decisions freeze, preemption never re-decides,
+  and no index is written twice (parallel-sampling siblings share a slot; the runner gathers one
+  row per slot);
 - each row reads its slot's decision and its slot's action for it (``action[slot, decision]``:
   0 none, 1 steer, 2 ablate); steer adds ``alpha * v`` on rows at or after the last prompt
   token, ablate projects ``v`` out of the stream on every row; both are masks times vectors,
   with an exactly-zero change for other rows; the changed rows are counted per slot.
-At each capture layer the stream of last-prompt-token rows is copied into its slot (the vLLM
-activation backend). No data-dependent shape, no host synchronisation, nothing CPU-specific.
+At each capture layer the gathered streams are kept per slot (the vLLM activation backend).
+No data-dependent shape, no host synchronisation, nothing CPU-specific.
+
+Precision: the dot products run in float32 (float64 runs at 1/64 of the rate on many GPUs).
+float64 is kept for the per-slot score, ``c`` and the thresholds (a few hundred values a step):
+a float32 threshold rounds, and ``tests/test_guard_graph.py`` shows a score just under a
+threshold decided harmful when the comparison is made in float32.
 """
 
 from __future__ import annotations
@@ -37,7 +49,9 @@ import torch
 from torch import nn
 
 # Decisions a slot holds, and actions of the per-slot table (``server.engine.runtime`` fills it).
-UNDECIDED, HARMFUL, HARMLESS = 0, 1, 2
+UNDECIDED, HARMFUL, HARMLESS, UNSURE = 0, 1, 2, 3
+DECISION_NAMES: dict[int, str] = {HARMFUL: "harmful", HARMLESS: "harmless", UNSURE: "unsure"}
+NUM_DECISIONS = 4  # columns of the action table: undecided, harmful, harmless, unsure
 ACTION_CODES: dict[str, int] = {"none": 0, "steer": 1, "ablate": 2}
 NO_OP_SLOT = 0
 
@@ -81,9 +95,21 @@ class GuardSpec:
         return {"babelgate": {**self.to_dict(), "graph": graph_code_version()}}
 
 
+def upload(dst: torch.Tensor, values: torch.Tensor) -> None:
+    """Copy host values into the start of a device buffer without waiting for the device.
+
+    On CUDA the values go through pinned memory from torch's caching host allocator, which
+    keeps the block until the copy has run, so the caller may reuse its array at once (a
+    pageable source may make the driver wait for the stream)."""
+    if dst.device.type == "cuda":
+        values = values.pin_memory()
+    dst[: values.shape[0]].copy_(values, non_blocking=True)
+
+
 class GuardBuffers(nn.Module):
     """The persistent device buffers the graph reads and writes (allocated once, filled in
-    place: their addresses never change, as CUDA graphs require)."""
+    place: their addresses never change, as CUDA graphs require), and the three writes the host
+    makes to them (``load_tables``, ``load_step``, ``clear_step``)."""
 
     def __init__(
         self,
@@ -104,48 +130,90 @@ class GuardBuffers(nn.Module):
 
         # Per token, filled by the runner before each step (slot 0 outside real steps).
         buf("slot", t, kind=torch.int64)
-        buf("last", t, kind=torch.bool)  # the row is its request's last prompt token
         buf("after", t, kind=torch.bool)  # its position is at or after the last prompt token
-        buf("partial", t, kind=torch.float64)  # gate logit summed over the layers read so far
+        # Per slot, filled before each step (row 0 and False outside real steps): the row of the
+        # slot's last prompt token in this step, whether it has one.
+        buf("last_row", s, kind=torch.int64)
+        buf("has_last", s, kind=torch.bool)
+        buf("partial", s, kind=torch.float32)  # gate logit summed over the layers read so far
         # Per slot: set by the runner when a slot is assigned, decided by the graph.
         buf("threshold", s, kind=torch.float64)
-        buf("action", s * 3, kind=torch.int64)  # [slot, decision] -> action code, flattened
+        buf("harmless_below", s, kind=torch.float64)
+        buf("action", s * NUM_DECISIONS, kind=torch.int64)  # [slot, decision] -> action code
         buf("decision", s, kind=torch.int64)
         buf("score", s, kind=torch.float64, fill=float("nan"))
         buf("positions", s, kind=torch.int64)
         # The gate (values loaded by ``babelgate_install``; the shape is the spec's).
-        buf("u", max(len(spec.read_layers), 1), d, kind=torch.float64)
+        buf("u", max(len(spec.read_layers), 1), d, kind=torch.float32)
         buf("c", 1, kind=torch.float64)
         buf("v", d, kind=torch.float32)
         buf("steer_delta", d, kind=dtype)
         buf("captures", max(len(spec.capture_layers), 1), s, d, kind=torch.float32)
 
+    def load_tables(
+        self,
+        threshold: torch.Tensor,
+        harmless_below: torch.Tensor,
+        action: torch.Tensor,
+        fresh: list[int],
+    ) -> None:
+        """Per-slot tables, whole (host tensors), and a clean start for the ``fresh`` slots
+        (just assigned): undecided, no score, nothing counted."""
+        upload(self.threshold, threshold)
+        upload(self.harmless_below, harmless_below)
+        upload(self.action, action)
+        if fresh:
+            idx = torch.tensor(fresh, dtype=torch.int64).to(self.decision.device)
+            self.decision.index_fill_(0, idx, UNDECIDED)
+            self.score.index_fill_(0, idx, float("nan"))
+            self.positions.index_fill_(0, idx, 0)
 
-def _gate_partial(
-    b: GuardBuffers, j: int, first: bool, hidden: torch.Tensor, residual: torch.Tensor
-) -> torch.Tensor:
-    """Partial gate logits of every row after read layer ``j`` (written to ``b.partial``)."""
-    t = hidden.shape[0]
-    part = (hidden.double() + residual.double()) @ b.u[j]
+    def load_step(
+        self,
+        slot: torch.Tensor,
+        after: torch.Tensor,
+        last_row: torch.Tensor,
+        has_last: torch.Tensor,
+    ) -> None:
+        """The step's per-token slots and at-or-after masks (its rows only) and per-slot
+        last-prompt rows (every slot), from host tensors."""
+        upload(self.slot, slot)
+        upload(self.after, after)
+        upload(self.last_row, last_row)
+        upload(self.has_last, has_last)
+
+    def clear_step(self, rows: int) -> None:
+        """Back to the no-op state after a step: dummy runs, padding and CUDA-graph capture
+        read slot 0 and gather row 0 for nobody."""
+        self.slot[:rows].zero_()
+        self.last_row.zero_()
+        self.has_last.zero_()
+
+
+def _gathered_stream(b: GuardBuffers, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """The float32 stream at each slot's last prompt token in this step ``(num_slots, d)``."""
+    return hidden[b.last_row].float() + residual[b.last_row].float()
+
+
+def _gate_partial(b: GuardBuffers, j: int, first: bool, rows: torch.Tensor) -> None:
+    """Partial gate logits per slot after read layer ``j`` (written to ``b.partial``)."""
+    part = rows @ b.u[j]
     if first:
-        b.partial[:t].copy_(part)
+        b.partial.copy_(part)
     else:
-        b.partial[:t].add_(part)
-    return b.partial[:t]
+        b.partial.add_(part)
 
 
-def _decide(b: GuardBuffers, partial: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """Freeze the decision and score of slots whose last prompt token is in this step; each
-    row's decision (after this step's writes)."""
-    t = slot.shape[0]
-    score = partial + b.c
-    current = b.decision[slot]
-    write = b.last[:t] & (current == UNDECIDED)
-    target = torch.where(write, slot, torch.zeros_like(slot))  # the others write to the sink
-    decided = torch.where(score >= b.threshold[slot], HARMFUL, HARMLESS)
-    b.decision.index_copy_(0, target, torch.where(write, decided, current))
-    b.score.index_copy_(0, target, torch.where(write, score, b.score[slot]))
-    return b.decision[slot]
+def _decide(b: GuardBuffers) -> torch.Tensor:
+    """Freeze the decision and score of slots whose last prompt token is in this step; every
+    slot's decision (after this step's writes)."""
+    score = b.partial.double() + b.c
+    unsure_or_harmless = torch.where(score >= b.harmless_below, UNSURE, HARMLESS)
+    decided = torch.where(score >= b.threshold, HARMFUL, unsure_or_harmless)
+    write = b.has_last & (b.decision == UNDECIDED)
+    b.score.copy_(torch.where(write, score, b.score))
+    b.decision.copy_(torch.where(write, decided, b.decision))
+    return b.decision
 
 
 def _intervene(
@@ -157,7 +225,7 @@ def _intervene(
 ) -> torch.Tensor:
     """Steer or ablate each row as its slot's action table says; count the rows changed."""
     t = slot.shape[0]
-    action = b.action[slot * 3 + decision]
+    action = b.action[slot * NUM_DECISIONS + decision]
     steer = (action == ACTION_CODES["steer"]) & b.after[:t]
     ablate = action == ACTION_CODES["ablate"]
     b.positions.index_add_(0, slot, (steer | ablate).to(torch.int64))
@@ -189,15 +257,16 @@ class GuardedDecoderLayer(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, residual = self.inner(*args, **kwargs)
         b = self.guard
-        slot = b.slot[: hidden.shape[0]]
+        rows = _gathered_stream(b, hidden, residual)
         if self.capture_index is not None:
-            target = torch.where(b.last[: hidden.shape[0]], slot, torch.zeros_like(slot))
-            b.captures[self.capture_index].index_copy_(0, target, hidden.float() + residual.float())
+            kept = b.captures[self.capture_index]
+            kept.copy_(torch.where(b.has_last[:, None], rows, kept))
         if self.read_index is None:
             return hidden, residual
-        partial = _gate_partial(b, self.read_index, self.read_index == 0, hidden, residual)
+        _gate_partial(b, self.read_index, self.read_index == 0, rows)
         if not self.decides:
             return hidden, residual
-        decision = _decide(b, partial, slot)
+        slot = b.slot[: hidden.shape[0]]
+        decision = _decide(b)[slot]
         stream = hidden.float() + residual.float()
         return _intervene(b, hidden, stream, slot, decision), residual

@@ -1,4 +1,4 @@
-"""The runner side of the guard: slots, the buffers filled before each step, verdicts after it.
+"""The runner side of the guard: slots, the buffers filled before each step, verdicts read back.
 
 Runs in the vLLM worker, on the host, around every real forward (``_model_forward``, wrapped by
 ``server.engine.worker``). The model's graph (``guard_graph``) only indexes persistent buffers;
@@ -6,13 +6,18 @@ this module keeps them true, the way vLLM's LoRA punica wrapper maps tokens to a
 
 - a request that carries guard parameters (``extra_args["babelgate"]``, any policy but "none")
   or a capture id gets a *slot* for its babelgate id (parallel-sampling siblings share it); its
-  threshold and its action table (policy -> what to do when undecided / harmful / harmless) are
-  written into the slot when it is assigned, and its decision, score and count reset;
-- before each step: each row's slot, whether it is its request's last prompt token, whether it
-  is at or after it (``BatchLayout``), copied into the per-token buffers;
-- after each step: the per-slot decisions, scores and counts are copied back (non-blocking),
-  the per-token slots zeroed (so dummy runs, padding and CUDA-graph capture see slot 0, the
-  no-op), and at the next step or verdict read the records are brought up to date.
+  thresholds and its action table (policy -> what to do when undecided / harmful / harmless /
+  unsure) are written into the slot when it is assigned, and its decision, score and count reset;
+- before each step: each row's slot and whether it is at or after its request's last prompt
+  token, and per slot the row of its last prompt token in this step (one row per slot,
+  ``BatchLayout``), copied into the buffers; after it, they go back to the no-op state (so dummy
+  runs, padding and CUDA-graph capture see slot 0);
+- results are read back lazily (``readback.Readback``: pinned host memory and an event), and the
+  step loop never waits on the device: nothing is copied after a step; when slots are freed
+  (their requests left the runner) one copy of the slot results is started before the slots can
+  be reset, and polled at later steps; a verdict or status RPC copies the slots it reads and waits
+  for that copy (and for the pending copies of the ids it asks for). Captured activations are
+  copied after the step that captured them and waited for only by ``pop_captures``.
 A request's slot is freed when all its runner requests are gone; its record then waits, bounded,
 until the caller reads and releases its verdict.
 """
@@ -20,8 +25,8 @@ until the caller reads and releases its verdict.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,16 +34,19 @@ import torch
 
 from babelgate.server.engine.guard_graph import (
     ACTION_CODES,
-    HARMFUL,
+    DECISION_NAMES,
     NO_OP_SLOT,
+    NUM_DECISIONS,
     UNDECIDED,
     GuardBuffers,
     GuardSpec,
 )
-from babelgate.server.engine.step import batch_layout, extra_args
+from babelgate.server.engine.readback import Readback
+from babelgate.server.engine.step import BatchLayout, batch_layout, extra_args
 from babelgate.server.engine.types import (
     EXTRA_ARGS_KEY,
     TEST_FAULTS_ENV,
+    Decision,
     GateParams,
     GuardrailStartupError,
     Verdict,
@@ -60,22 +68,28 @@ class GuardRecord:
     policy: str
     threshold: float
     threshold_source: str
+    harmless_threshold: float | None = None
     score: float | None = None
-    harmful: bool | None = None
+    decision: Decision | None = None
     positions: int = 0
     slot: int | None = None
     released: bool = False
 
     @property
+    def harmful(self) -> bool | None:
+        """``score >= threshold`` once decided (an unsure request is not harmful)."""
+        return None if self.decision is None else self.decision == "harmful"
+
+    @property
     def action(self) -> str | None:
         """ "steer", "ablate", "none", or None while a routing decision is pending."""
-        return policy_intervention(self.policy, self.harmful)
+        return policy_intervention(self.policy, self.decision)
 
     def action_row(self) -> list[int]:
-        """The slot's action codes when undecided, harmful, harmless."""
+        """The slot's action codes when undecided, harmful, harmless, unsure."""
         return [
-            ACTION_CODES[policy_intervention(self.policy, harmful) or "none"]
-            for harmful in (None, True, False)
+            ACTION_CODES[policy_intervention(self.policy, decision) or "none"]
+            for decision in (None, *(DECISION_NAMES[code] for code in range(1, NUM_DECISIONS)))
         ]
 
     def verdict(self) -> Verdict:
@@ -89,7 +103,17 @@ class GuardRecord:
             harmful=self.harmful,
             intervention=self.action or "none",
             intervened_positions=self.positions,
+            decision=self.decision,
+            harmless_threshold=self.harmless_threshold,
         )
+
+
+@dataclass
+class _Retirement:
+    """The slot results copied back when slots were freed, for the records that held them."""
+
+    readback: Readback
+    held: list[tuple[GuardRecord, int]] = field(default_factory=list)
 
 
 class GuardRuntime:
@@ -107,15 +131,15 @@ class GuardRuntime:
         self.runners: dict[str, set[str]] = {}  # key -> its live runner ids
         self.active: dict[str, GuardRecord] = {}
         self.finished: OrderedDict[str, GuardRecord] = OrderedDict()
-        self.captured: dict[str, np.ndarray] = {}
+        self.captured: dict[str, Readback] = {}
         self._threshold = np.zeros(num_slots, np.float64)
-        self._action = np.zeros(num_slots * 3, np.int64)
+        self._harmless_below = np.zeros(num_slots, np.float64)
+        self._action = np.zeros(num_slots * NUM_DECISIONS, np.int64)
         self._fresh: list[int] = []  # slots assigned since the last upload
         self._tables_dirty = False
+        self._retiring: deque[_Retirement] = deque()
         self._rows = 0  # rows filled for the step that runs now
         self._capturing: list[tuple[str, int]] = []
-        self._results: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._event: Any = None
         self.fires = 0
         self.decisions = 0
         self.seconds = 0.0
@@ -139,7 +163,7 @@ class GuardRuntime:
                 f"gate direction has size {gate.hidden_size} but the model's hidden size is "
                 f"{hidden}: the artifact belongs to another model"
             )
-        u = np.zeros((len(self.spec.read_layers), hidden), np.float64)
+        u = np.zeros((len(self.spec.read_layers), hidden), np.float32)
         for j, layer in enumerate(gate.read_layers):
             u[self.spec.read_layers.index(layer)] = gate.u[j]
         device = self.b.u.device
@@ -170,10 +194,12 @@ class GuardRuntime:
     # ------------------------------------------------------------------ around each forward
 
     def before_forward(self) -> None:
-        """Bring records up to date, free the slots of finished requests, assign new ones and
-        fill the per-token buffers for the forward about to run."""
+        """Take in the slot results whose copies have finished (without waiting), free the
+        slots of finished requests, assign new ones and fill the buffers for the forward about
+        to run."""
         began = time.perf_counter()
-        self.refresh()
+        self._poll()
+        self._forget_gone()
         layout = batch_layout(self.runner)
         if layout is None:
             return
@@ -183,43 +209,48 @@ class GuardRuntime:
             return
         positions = layout.positions()
         last_pos = layout.per_row(layout.num_prompt - 1)
-        last = positions == last_pos
-        slot_rows = layout.per_row(slots)
-        self._put(self.b.slot, slot_rows)
-        self._put(self.b.last, last)
-        self._put(self.b.after, positions >= last_pos)
-        has_last = layout.has_last_prompt()
-        self._capturing = [
-            (key, slot)
-            for key, slot, here in zip(
-                (self.key_of[rid] for rid in layout.req_ids), slots.tolist(), has_last, strict=True
-            )
-            if here and slot and key is not None and key.startswith("capture:")
-        ]
+        last_row, has_last = self._last_rows(layout, slots)
+        self.b.load_step(
+            torch.from_numpy(layout.per_row(slots)),
+            torch.from_numpy(positions >= last_pos),
+            torch.from_numpy(last_row),
+            torch.from_numpy(has_last),
+        )
+        keys = [self.key_of[rid] for rid in layout.req_ids]
+        capturing = {
+            key: int(slot)
+            for key, slot in zip(keys, slots, strict=True)
+            if key is not None and key.startswith("capture:") and has_last[slot]
+        }
+        self._capturing = list(capturing.items())
         self._rows = layout.num_rows
         self.fires += 1
         self.seconds += time.perf_counter() - began
 
+    def _last_rows(self, layout: BatchLayout, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per slot: the row of its last prompt token in this step and whether it has one. A
+        slot shared by parallel-sampling siblings takes its first request's row, so the graph
+        writes each slot once."""
+        num_slots = len(self._threshold)
+        last_row = np.zeros(num_slots, np.int64)
+        has_last = np.zeros(num_slots, bool)
+        here = np.flatnonzero(layout.has_last_prompt() & (slots != NO_OP_SLOT))
+        rows = layout.starts[here] + layout.num_prompt[here] - 1 - layout.first_pos[here]
+        unique, first = np.unique(slots[here], return_index=True)
+        last_row[unique] = rows[first]
+        has_last[unique] = True
+        return last_row, has_last
+
     def after_forward(self) -> None:
-        """Start copying the slots' results back and return the per-token slots to 0."""
+        """Start copying this step's captures back and return the buffers to the no-op state;
+        nothing is waited for."""
         if not self._rows:
             return
         began = time.perf_counter()
-        b = self.b
-        device = b.decision.device
-        pin = device.type == "cuda"
-        # copies, never views: the buffers change at the next step (on CPU ``.to("cpu")``
-        # would return the buffer itself)
-        self._results = tuple(  # type: ignore[assignment]
-            t.to("cpu", non_blocking=pin, copy=True) for t in (b.decision, b.score, b.positions)
-        )
-        if pin:
-            self._event = torch.cuda.Event()
-            self._event.record()
         for key, slot in self._capturing:
-            self.captured[key.removeprefix("capture:")] = b.captures[:, slot].cpu().numpy().copy()
+            self.captured[key.removeprefix("capture:")] = Readback(self.b.captures[:, slot])
         self._capturing = []
-        b.slot[: self._rows].zero_()
+        self.b.clear_step(self._rows)
         self._rows = 0
         self.seconds += time.perf_counter() - began
 
@@ -241,27 +272,30 @@ class GuardRuntime:
             bid = str(params["id"])
             record = self.active.get(bid)
             if record is None:
+                band = params.get("harmless_threshold")
                 record = GuardRecord(
                     id=bid,
                     language=str(params["language"]),
                     policy=str(params["policy"]),
                     threshold=float(params["threshold"]),
                     threshold_source=str(params["threshold_source"]),
+                    harmless_threshold=None if band is None else float(band),
                 )
                 self.active[bid] = record
             key = f"guard:{bid}"
             if record.slot is None and record.policy != "none" and self.gate is not None:
-                record.slot = self._assign(key, record.threshold, record.action_row())
+                record.slot = self._assign(key, record, record.action_row())
             return key
         cid = extra.get(CAPTURE_KEY)
         if cid is not None and self.spec.capture_layers:
             key = f"capture:{cid}"
             if key not in self.slot_of:
-                self._assign(key, 0.0, [0, 0, 0])
+                self._assign(key, None, [0] * NUM_DECISIONS)
             return key
         return None
 
-    def _assign(self, key: str, threshold: float, actions: list[int]) -> int:
+    def _assign(self, key: str, record: GuardRecord | None, actions: list[int]) -> int:
+        """A free slot for ``key`` with the record's thresholds (none for a capture)."""
         if not self.free:
             raise RuntimeError(
                 f"babelgate: all {len(self.slot_of)} guard slots are in use; the engine was "
@@ -269,15 +303,21 @@ class GuardRuntime:
             )
         slot = self.free.pop()
         self.slot_of[key] = slot
+        threshold = 0.0 if record is None else record.threshold
+        band = None if record is None else record.harmless_threshold
         self._threshold[slot] = threshold
-        self._action[slot * 3 : slot * 3 + 3] = actions
+        self._harmless_below[slot] = threshold if band is None else band
+        self._action[slot * NUM_DECISIONS : (slot + 1) * NUM_DECISIONS] = actions
         self._fresh.append(slot)
         self._tables_dirty = True
         return slot
 
     def _forget_gone(self) -> None:
-        """Runner requests that left the runner: free their key's slot once none remain."""
+        """Runner requests that left the runner: free their key's slot once none remain; the
+        freed guard slots' results are copied back (one copy, not waited for) before any of
+        them can be reset for a new request."""
         requests = self.runner.requests
+        retired: list[tuple[GuardRecord, int]] = []
         for rid in [rid for rid in self.key_of if rid not in requests]:
             key = self.key_of.pop(rid)
             if key is None:
@@ -289,11 +329,19 @@ class GuardRuntime:
             del self.runners[key]
             slot = self.slot_of.pop(key, None)
             if slot is not None:
-                self._action[slot * 3 : slot * 3 + 3] = 0
+                self._action[slot * NUM_DECISIONS : (slot + 1) * NUM_DECISIONS] = 0
                 self._tables_dirty = True
                 self.free.append(slot)
             if key.startswith("guard:"):
-                self._finish(self.active.pop(key.removeprefix("guard:")))
+                record = self.active.pop(key.removeprefix("guard:"))
+                if slot is not None:
+                    retired.append((record, slot))
+                self._finish(record)
+        if retired:
+            b = self.b
+            self._retiring.append(
+                _Retirement(Readback(b.decision, b.score, b.positions), retired)
+            )
 
     def _finish(self, record: GuardRecord) -> None:
         record.slot = None
@@ -305,52 +353,79 @@ class GuardRuntime:
     def _upload_tables(self) -> None:
         if not self._tables_dirty:
             return
-        b = self.b
-        self._put(b.threshold, self._threshold)
-        self._put(b.action, self._action)
-        if self._fresh:
-            idx = torch.tensor(self._fresh, dtype=torch.int64, device=b.decision.device)
-            b.decision.index_fill_(0, idx, UNDECIDED)
-            b.score.index_fill_(0, idx, float("nan"))
-            b.positions.index_fill_(0, idx, 0)
-            self._fresh = []
+        self.b.load_tables(
+            torch.from_numpy(self._threshold),
+            torch.from_numpy(self._harmless_below),
+            torch.from_numpy(self._action),
+            self._fresh,
+        )
+        self._fresh = []
         self._tables_dirty = False
 
-    @staticmethod
-    def _put(dst: torch.Tensor, values: np.ndarray) -> None:
-        dst[: len(values)].copy_(torch.from_numpy(values), non_blocking=True)
+    # ------------------------------------------------------------------ slot results
 
-    def _collect(self) -> None:
-        """Read the last step's slot results into the records of the slots in use."""
-        if self._results is None:
-            return
-        if self._event is not None:
-            self._event.synchronize()
-            self._event = None
-        decision, score, positions = (t.numpy() for t in self._results)
-        self._results = None
-        for record in self.active.values():
-            slot = record.slot
-            if slot is None:
-                continue
-            if record.harmful is None and decision[slot] != UNDECIDED:
-                record.harmful = bool(decision[slot] == HARMFUL)
+    def _apply(self, readback: Readback, held: list[tuple[GuardRecord, int]]) -> None:
+        """Bring records up to date from a finished copy of the slot results."""
+        decision, score, positions = readback.values()
+        for record, slot in held:
+            code = int(decision[slot])
+            if record.decision is None and code != UNDECIDED:
+                record.decision = DECISION_NAMES[code]  # type: ignore[assignment]
                 record.score = float(score[slot])
                 self.decisions += 1
             record.positions = int(positions[slot])
 
-    # ------------------------------------------------------------------ reads
+    def _poll(self) -> None:
+        """Apply the retirements whose copies have finished, oldest first (never waits)."""
+        while self._retiring and self._retiring[0].readback.ready():
+            retirement = self._retiring.popleft()
+            self._apply(retirement.readback, retirement.held)
 
-    def refresh(self) -> None:
-        """Bring the records up to date between steps (the last step's results, the requests
-        that left the runner since)."""
-        self._collect()
+    def _settle(self, ids: set[str] | None) -> None:
+        """RPC only: wait for the pending retirements holding ``ids`` (all: None) and apply
+        them and those before them."""
+        last = max(
+            (
+                i
+                for i, retirement in enumerate(self._retiring)
+                if ids is None or any(record.id in ids for record, _ in retirement.held)
+            ),
+            default=-1,
+        )
+        for _ in range(last + 1):
+            retirement = self._retiring.popleft()
+            retirement.readback.wait()
+            self._apply(retirement.readback, retirement.held)
+        self._poll()
+
+    def _read_active(self, ids: set[str] | None) -> None:
+        """RPC only: copy the slot results back now and wait for them, for the running
+        records among ``ids`` (all: None)."""
+        held = [
+            (record, slot)
+            for bid, record in self.active.items()
+            if (slot := record.slot) is not None and (ids is None or bid in ids)
+        ]
+        if not held:
+            return
+        b = self.b
+        readback = Readback(b.decision, b.score, b.positions)
+        readback.wait()
+        self._apply(readback, held)
+
+    # ------------------------------------------------------------------ reads (RPCs)
+
+    def refresh(self, ids: set[str] | None = None) -> None:
+        """Bring the records of ``ids`` (all: None) up to date: the requests that left the
+        runner, the pending copies, the running slots. Waits for the device: RPCs only."""
         self._forget_gone()
+        self._settle(ids)
+        self._read_active(ids)
 
     def verdicts(self, ids: list[str], release: list[str]) -> dict[str, dict[str, Any]]:
         """Verdicts of the given babelgate ids that exist; ids in ``release`` are forgotten
         after this read (now if their requests finished, else when they finish)."""
-        self.refresh()
+        self.refresh(set(ids))
         out: dict[str, dict[str, Any]] = {}
         for bid in ids:
             record = self.active.get(bid) or self.finished.get(bid)
@@ -363,8 +438,15 @@ class GuardRuntime:
         return out
 
     def pop_captures(self, ids: list[str]) -> dict[str, bytes]:
-        """float32 bytes of shape (len(capture_layers), d) per captured id, removed on return."""
-        return {cid: self.captured.pop(cid).tobytes() for cid in ids if cid in self.captured}
+        """float32 bytes of shape (len(capture_layers), d) per captured id, removed on return
+        (waits for their copies: an RPC)."""
+        out = {}
+        for cid in ids:
+            readback = self.captured.pop(cid, None)
+            if readback is not None:
+                readback.wait()
+                out[cid] = readback.values()[0].tobytes()
+        return out
 
     def runner_ids(self) -> set[str]:
         return {rid for rid, key in self.key_of.items() if key is not None}

@@ -52,18 +52,26 @@ def faults_enabled() -> bool:
     return os.environ.get(TEST_FAULTS_ENV) == "1"
 
 
-def policy_intervention(policy: str, harmful: bool | None) -> InterventionKind | None:
-    """What ``policy`` does to a request the gate found ``harmful`` (None: not decided yet).
+# What the gate said about a request: harmful at or above its threshold, harmless below its
+# harmless threshold, unsure in the band between (empty unless the caller sets one).
+Decision = Literal["harmful", "harmless", "unsure"]
+DECISIONS: tuple[Decision, ...] = get_args(Decision)
 
-    Routing steers harmful and ablates harmless requests, and is pending (None) until the
-    decision; the other policies do the same whatever the gate says.
+
+def policy_intervention(policy: str, decision: str | None) -> InterventionKind | None:
+    """What ``policy`` does to a request the gate decided ``decision`` on (None: not decided
+    yet).
+
+    Routing steers harmful and ablates harmless requests, leaves unsure ones alone (the abstain
+    band changes nothing), and is pending (None) until the decision; the other policies do the
+    same whatever the gate says.
     """
     fixed = FIXED_INTERVENTIONS.get(policy)
     if fixed is not None:
         return fixed
-    if harmful is None:
+    if decision is None:
         return None
-    return "steer" if harmful else "ablate"
+    return {"harmful": "steer", "harmless": "ablate", "unsure": "none"}[decision]
 
 
 class GuardrailStartupError(RuntimeError):
@@ -172,6 +180,9 @@ class GuardParams:
     ``threshold`` is resolved by the caller (admin store, per-language record, zero-shot
     fallback) so a threshold change applies to the next request without touching workers.
     ``id`` keys the frozen decision and the verdict; it defaults to a fresh uuid.
+    ``harmless_threshold`` opens an abstain band below ``threshold``: a score under it is
+    harmless, one in ``[harmless_threshold, threshold)`` unsure (routing then does nothing);
+    None means equal to ``threshold``: no band, every score is harmful or harmless.
     """
 
     language: str
@@ -179,12 +190,22 @@ class GuardParams:
     threshold: float = 0.0
     threshold_source: str = "default"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    harmless_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
-        if isinstance(self.threshold, bool) or not math.isfinite(float(self.threshold)):
-            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+        for name in ("threshold", "harmless_threshold"):
+            value = getattr(self, name)
+            if name == "harmless_threshold" and value is None:
+                continue
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.harmless_threshold is not None and self.harmless_threshold > self.threshold:
+            raise ValueError(
+                f"harmless_threshold {self.harmless_threshold} is above threshold "
+                f"{self.threshold}: the abstain band is [harmless_threshold, threshold)"
+            )
 
     def to_extra_args(self) -> dict[str, Any]:
         """The ``SamplingParams.extra_args["babelgate"]`` payload."""
@@ -194,6 +215,9 @@ class GuardParams:
             "policy": self.policy,
             "threshold": float(self.threshold),
             "threshold_source": self.threshold_source,
+            "harmless_threshold": (
+                None if self.harmless_threshold is None else float(self.harmless_threshold)
+            ),
         }
 
     def cache_salt(self, gate_fingerprint: str) -> str | None:
@@ -218,10 +242,15 @@ class Verdict:
     """What the guard did for one request, reported by the worker after its prefill.
 
     ``score`` is the gate logit at layer L at the last prompt token (None only if the request
-    never reached its last prompt token, e.g. aborted in an earlier chunk); ``harmful`` is
-    ``score >= threshold``; ``intervention`` is "steer", "ablate" or "none";
-    ``intervened_positions`` counts the rows the intervention changed so far (a preempted
-    request's recomputed rows count again).
+    never reached its last prompt token, e.g. aborted in an earlier chunk); ``decision`` is
+    "harmful" (``score >= threshold``), "harmless" (``score < harmless_threshold``), "unsure"
+    (in between: only with an abstain band) or None (not decided); ``harmful`` stays
+    ``score >= threshold`` (None while undecided), so an unsure request is not harmful: callers
+    that read only ``harmful`` see it as they see a harmless one, and the intervention says
+    routing left it alone. ``harmless_threshold`` is None without a band. Built without a
+    ``decision``, it is derived from ``harmful``. ``intervention`` is "steer", "ablate" or
+    "none"; ``intervened_positions`` counts the rows the intervention changed so far (a
+    preempted request's recomputed rows count again).
     """
 
     id: str
@@ -233,12 +262,16 @@ class Verdict:
     harmful: bool | None
     intervention: str
     intervened_positions: int
+    decision: Decision | None = None
+    harmless_threshold: float | None = None
 
-    @property
-    def decision(self) -> str | None:
-        if self.harmful is None:
-            return None
-        return "harmful" if self.harmful else "harmless"
+    def __post_init__(self) -> None:
+        if self.decision is None and self.harmful is not None:
+            object.__setattr__(self, "decision", "harmful" if self.harmful else "harmless")
+        if (self.decision is None) != (self.harmful is None) or (
+            self.decision is not None and (self.decision == "harmful") != self.harmful
+        ):
+            raise ValueError(f"decision {self.decision!r} contradicts harmful={self.harmful}")
 
     @property
     def intervened(self) -> bool:
@@ -246,10 +279,9 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["decision"] = self.decision
         out["intervened"] = self.intervened
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})

@@ -6,8 +6,11 @@ otherwise; built on first access, so a process imports only its platform's worke
 guard's shape (``GuardSpec``) in ``additional_config``. Right after the weights load, and so
 before vLLM profiles, compiles or captures anything, ``load_model`` wraps the decoder layers the
 guard reads (``guard_graph.GuardedDecoderLayer``) and the runner's ``_model_forward`` (the
-buffers are filled before and read after each real step, ``runtime.GuardRuntime``). The same
-maths therefore runs in eager mode and inside the compiled graph; there is no hook to miss.
+buffers are filled before and reset after each real step, ``runtime.GuardRuntime``; results are
+read back lazily, never waited for in the step loop). The same maths therefore runs in eager
+mode and inside the compiled graph; there is no hook to miss. ``_model_forward`` is where vLLM's
+V1 runner calls the model in ``execute_model`` (and not in its dummy runs):
+``tests/test_vllm_units.py`` fails on a vLLM release that changes this.
 
 The RPC methods carry a ``babelgate_`` prefix so they cannot clash with the worker's own; every
 tensor-parallel rank computes the same decisions and the caller reads rank 0's answer.
