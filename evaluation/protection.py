@@ -124,9 +124,8 @@ def serve_guard(gate: Any, variant: str, language: str) -> GuardParams:
     settings = ServeSettings(policy=v.policy, ablation=v.ablation, action=v.action)
     plan = language_plan(Detection(language, "override", 1.0), gate.threshold(language),
                          settings, gate)  # fmt: skip
-    band = {} if plan.harmless_threshold is None else {
-        "harmless_threshold": plan.harmless_threshold}  # fmt: skip
-    return GuardParams(language, plan.policy, plan.record.value, plan.record.source, **band)
+    return GuardParams(language, plan.policy, plan.record.value, plan.record.source,
+                       harmless_threshold=plan.harmless_threshold)
 
 
 def steer_twin(variant: str) -> str:

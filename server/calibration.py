@@ -157,23 +157,32 @@ def _scored(
     return gate, gate.score(acts)
 
 
-def band_language(
-    artifact: str | Path, language: str, examples_path: str | Path, *, model: str | None = None
-) -> tuple[ThresholdRecord, ThresholdRecord]:
-    """``babelgate recalibrate --band-only``: measure ``language``'s abstain band in
+def band_languages(
+    artifact: str | Path,
+    languages: Sequence[str],
+    examples_path: str | Path,
+    *,
+    model: str | None = None,
+) -> list[tuple[ThresholdRecord, ThresholdRecord]]:
+    """``babelgate recalibrate --band-only``: measure each language's abstain band in
     ``artifact`` from the harmful train rows of ``examples_path`` (a file, or any dataset
     ``load_dataset`` reads, e.g. the PolyRefuse folder the artifact was calibrated on), keeping
-    its threshold; rewrites the manifest. Returns (old, new) record."""
-    language = validate_language(language)
-    examples = [e for e in load_dataset(examples_path, languages=[language], splits=("train",))
-                if e.label == 1]  # fmt: skip
-    if not examples:
-        raise DataError(f"{examples_path}: no harmful {language} examples to measure a band on")
-    gate, scores = _scored(artifact, [e.text for e in examples], model)
-    old = gate.threshold(language)
-    record = gate.set_band(language, scores)
-    source = Path(examples_path).name
-    record.note = (f"{record.note} babelgate recalibrate --band-only: abstain band from "
-                   f"{len(examples)} harmful examples of {source}").strip()
+    its threshold; rewrites the manifest once. Returns (old, new) record per language."""
+    wanted = [validate_language(x) for x in languages]
+    rows = [e for e in load_dataset(examples_path, languages=wanted, splits=("train",))
+            if e.label == 1]  # fmt: skip
+    by_language = {lang: [e.text for e in rows if e.language == lang] for lang in wanted}
+    empty = [lang for lang, texts in by_language.items() if not texts]
+    if empty:
+        raise DataError(f"{examples_path}: no harmful train examples for {', '.join(empty)}")
+    gate, scores = _scored(artifact, [t for texts in by_language.values() for t in texts], model)
+    out, start = [], 0
+    for lang, texts in by_language.items():
+        old = gate.threshold(lang)
+        record = gate.set_band(lang, scores[start : start + len(texts)])
+        start += len(texts)
+        record.note = (f"{record.note} babelgate recalibrate --band-only: abstain band from "
+                       f"{len(texts)} harmful train examples").strip()  # fmt: skip
+        out.append((old, record))
     gate.save_thresholds(artifact)
-    return old, record
+    return out

@@ -47,6 +47,7 @@ class GuardPlan:
     # Below this score a harmless verdict ablates; between it and the threshold the verdict is
     # unsure and nothing is done. None: at the threshold (every harmless verdict ablates).
     harmless_threshold: float | None = None
+    ablation: Ablation = "always"  # the --ablation rule that set it
 
     @property
     def protected(self) -> bool:
@@ -88,7 +89,7 @@ def plan_request(
     if action == "steer" and policy == "shadow":
         action = "flag"
     return GuardPlan(detection, record, action, policy, tuple(weak_families),
-                     harmless_threshold(record, ablation))  # fmt: skip
+                     harmless_threshold(record, ablation), ablation)  # fmt: skip
 
 
 def harmless_threshold(record: ThresholdRecord, ablation: Ablation) -> float | None:

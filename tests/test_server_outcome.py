@@ -8,10 +8,19 @@ score, decision and the intervention it made), written out by hand.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
 from babelgate.gate.estimator import ThresholdRecord
-from babelgate.server.app.outcome import Outcome, decide_outcome, guard_info, request_verdict
+from babelgate.server.app.outcome import (
+    Outcome,
+    band_edge,
+    decide_outcome,
+    guard_info,
+    request_verdict,
+)
 from babelgate.server.engine.types import Verdict
 from babelgate.server.langid import Detection
 from babelgate.server.plan import GuardPlan, plan_request
@@ -187,14 +196,28 @@ def test_guard_info_reports_plan_verdict_and_outcome():
     assert info.model_dump() == {
         "language": "de", "language_source": "override", "language_confidence": 1.0,
         "languages": ["de"], "gate_score": 1.5, "threshold": ZERO_SHOT,
-        "threshold_source": "zero-shot", "decision": "harmful", "policy": "routing",
-        "action": "refuse", "intervened": True, "gate_failure": False, "protected": False,
-        "weak_families": ["question"],
+        "threshold_source": "zero-shot", "harmless_below": ZERO_SHOT, "ablation": "always",
+        "decision": "harmful", "policy": "routing", "action": "refuse", "intervened": True,
+        "gate_failure": False, "protected": False, "weak_families": ["question"],
     }  # fmt: skip
     failed = guard_info(p, None, decide_outcome(p, None, "open"))
     assert (failed.gate_score, failed.decision, failed.action, failed.gate_failure) == (
         None, None, "none", True
     )
+
+
+@pytest.mark.parametrize(
+    ("ablation", "band", "sent", "shown"),
+    [("always", -1.0, None, 0.5), ("band", -1.0, -1.0, -1.0), ("band", None, -math.inf, None),
+     ("never", -1.0, -math.inf, None)],
+)
+def test_the_ablation_rule_sets_the_band_sent_and_shown(ablation, band, sent, shown) -> None:
+    """--ablation: always = the paper (ablate below the threshold), band = below the record's
+    measured edge only (none measured: never), never = no harmless verdict ablates."""
+    own = dataclasses.replace(record(0.5), harmless_below=band)
+    p = plan_request(DETECTION, own, "steer", policy="routing", unprotected_action="flag",
+                     zero_shot_threshold=ZERO_SHOT, ablation=ablation)  # fmt: skip
+    assert p.harmless_threshold == sent and band_edge(p) == shown
 
 
 @pytest.mark.parametrize("policy", ["routing", "shadow", "always-steer", "always-ablate"])

@@ -107,8 +107,11 @@ def test_guard_params_carry_the_abstain_band_and_refuse_one_above_the_threshold(
     assert GuardParams("en", threshold=0.5, harmless_threshold=0.5).harmless_threshold == 0.5
     with pytest.raises(ValueError, match="above threshold"):
         GuardParams("en", threshold=0.5, harmless_threshold=0.75)
-    with pytest.raises(ValueError, match="harmless_threshold must be a finite"):
-        GuardParams("en", threshold=0.5, harmless_threshold=float("-inf"))
+    never = GuardParams("en", threshold=0.5, harmless_threshold=float("-inf"))  # never ablate
+    assert never.to_extra_args()["harmless_threshold"] == float("-inf")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="harmless_threshold must be a number or -inf"):
+            GuardParams("en", threshold=0.5, harmless_threshold=bad)
 
 
 def test_engine_options_carry_the_worker_and_the_guard_spec_in_both_modes():

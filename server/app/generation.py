@@ -82,6 +82,7 @@ class ChatRun:
             threshold=float(record.value),
             threshold_source=record.source,
             id=request_id,
+            harmless_threshold=self.plan.harmless_threshold,
         )
 
     async def open(self) -> list[Verdict | None]:

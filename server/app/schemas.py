@@ -191,7 +191,12 @@ class GuardInfo(BaseModel):
     gate_score: float | None
     threshold: float
     threshold_source: str
-    decision: str | None
+    # Below this score a harmless verdict ablates (the abstain band's lower edge; the threshold
+    # itself under --ablation always); None: no verdict ablates (--ablation never, or band
+    # without a measured edge). Between it and the threshold the decision is "unsure".
+    harmless_below: float | None = None
+    ablation: str = "always"
+    decision: str | None  # harmful / harmless / unsure (in the band: nothing done)
     policy: Policy
     action: str
     intervened: bool
@@ -214,8 +219,8 @@ class GuardInfo(BaseModel):
             return str(value)
 
         names = ("language", "language_source", "languages", "gate_score", "threshold",
-                 "threshold_source", "decision", "policy", "action", "intervened", "protected",
-                 "weak_families")  # fmt: skip
+                 "threshold_source", "harmless_below", "decision", "policy", "action",
+                 "intervened", "protected", "weak_families")  # fmt: skip
         return {f"x-babelgate-{n.replace('_', '-')}": fmt(getattr(self, n)) for n in names}
 
 

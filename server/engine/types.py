@@ -182,7 +182,8 @@ class GuardParams:
     ``id`` keys the frozen decision and the verdict; it defaults to a fresh uuid.
     ``harmless_threshold`` opens an abstain band below ``threshold``: a score under it is
     harmless, one in ``[harmless_threshold, threshold)`` unsure (routing then does nothing);
-    None means equal to ``threshold``: no band, every score is harmful or harmless.
+    None means equal to ``threshold``: no band, every score is harmful or harmless; -inf: no
+    score is harmless (routing never ablates).
     """
 
     language: str
@@ -195,12 +196,14 @@ class GuardParams:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
-        for name in ("threshold", "harmless_threshold"):
-            value = getattr(self, name)
-            if name == "harmless_threshold" and value is None:
-                continue
-            if isinstance(value, bool) or not math.isfinite(float(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if isinstance(self.threshold, bool) or not math.isfinite(float(self.threshold)):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+        band = self.harmless_threshold
+        if band is not None and (isinstance(band, bool) or math.isnan(float(band))
+                                 or float(band) == math.inf):  # fmt: skip
+            raise ValueError(
+                f"harmless_threshold must be a number or -inf (never harmless), got {band!r}"
+            )
         if self.harmless_threshold is not None and self.harmless_threshold > self.threshold:
             raise ValueError(
                 f"harmless_threshold {self.harmless_threshold} is above threshold "
