@@ -172,8 +172,8 @@ def run_scores(engine: Any, langs: dict[str, list[LabelledPrompt]], store: Resul
     bar = tqdm(total=len(todo), desc="gate scores", unit="prompt", disable=not options.progress)
     for lang in langs:
         pending = [p for lang_, p in todo if lang_ == lang]
-        for start in range(0, len(pending), 4 * options.batch_size):
-            batch = pending[start : start + 4 * options.batch_size]
+        for start in range(0, len(pending), options.batch_size):
+            batch = pending[start : start + options.batch_size]
             scores = engine.gate_scores([p.text for p in batch], lang)
             store.append({"key": f"{lang}/{text_sha(p.text)}", "language": lang,
                           "style": p.style, "label": p.label, "score": float(s)}
