@@ -92,6 +92,16 @@ def plan_request(
                      harmless_threshold(record, ablation), ablation)  # fmt: skip
 
 
+def ablates_below(record: ThresholdRecord, ablation: Ablation) -> float | None:
+    """The score below which a harmless verdict ablates, as JSON can carry it (the verdict,
+    the admin API): the threshold under ``always``, the measured edge under ``band``, None when
+    no verdict would."""
+    edge = harmless_threshold(record, ablation)
+    if edge is None:
+        return record.value
+    return edge if math.isfinite(edge) else None
+
+
 def harmless_threshold(record: ThresholdRecord, ablation: Ablation) -> float | None:
     """The score below which a harmless verdict ablates, by ``--ablation``: ``always`` the
     threshold itself (None), ``band`` the record's measured edge (no edge: never), ``never``

@@ -16,14 +16,13 @@ import pytest
 from babelgate.gate.estimator import ThresholdRecord
 from babelgate.server.app.outcome import (
     Outcome,
-    band_edge,
     decide_outcome,
     guard_info,
     request_verdict,
 )
 from babelgate.server.engine.types import Verdict
 from babelgate.server.langid import Detection
-from babelgate.server.plan import GuardPlan, plan_request
+from babelgate.server.plan import GuardPlan, ablates_below, plan_request
 
 DETECTION = Detection("de", "override", 1.0)
 ZERO_SHOT = 0.25
@@ -217,7 +216,7 @@ def test_the_ablation_rule_sets_the_band_sent_and_shown(ablation, band, sent, sh
     own = dataclasses.replace(record(0.5), harmless_below=band)
     p = plan_request(DETECTION, own, "steer", policy="routing", unprotected_action="flag",
                      zero_shot_threshold=ZERO_SHOT, ablation=ablation)  # fmt: skip
-    assert p.harmless_threshold == sent and band_edge(p) == shown
+    assert p.harmless_threshold == sent and ablates_below(own, ablation) == shown
 
 
 @pytest.mark.parametrize("policy", ["routing", "shadow", "always-steer", "always-ablate"])

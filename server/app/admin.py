@@ -27,6 +27,7 @@ from babelgate.server.app.schemas import RecalibrationRequest, ThresholdUpdate
 from babelgate.server.app.service import GuardrailService, validated_language
 from babelgate.server.engine.types import faults_enabled
 from babelgate.server.langid import TARGET_LANGUAGES
+from babelgate.server.plan import ablates_below
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def _view(svc: GuardrailService, language: str) -> dict[str, Any]:
     record = svc.threshold(language)
     return {
         **record.to_dict(),
+        # under --ablation, a harmless verdict ablates below this (None: never); from there to
+        # the threshold the verdict is unsure and the request is left alone
+        "ablates_below": ablates_below(record, svc.settings.ablation),
         "origin": svc.origin(language),
         "family_auroc": svc.gate.family_auroc(language),
         "weak_families": svc.gate.weak_families(language),
@@ -79,6 +83,7 @@ async def list_thresholds(request: Request) -> dict[str, Any]:
         "gate_layers": list(svc.gate.layers),
         "unprotected_languages": [v["language"] for v in views if not v["protected"]],
         "unprotected_action": svc.settings.unprotected_action,
+        "ablation": svc.settings.ablation,
         "weak_languages": {v["language"]: v["weak_families"] for v in views if v["weak_families"]},
         "weak_family_auroc": svc.gate.metadata.get("weak_family_auroc"),
         "thresholds": views,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from babelgate.server.app.schemas import GuardInfo
-from babelgate.server.plan import GuardPlan
+from babelgate.server.plan import GuardPlan, ablates_below
 from babelgate.server.settings import GateFailureMode
 
 if TYPE_CHECKING:
@@ -135,13 +135,6 @@ def _intervention(name: str) -> Literal["steer", "ablate", "none"]:
     return "steer" if name == "steer" else "ablate" if name == "ablate" else "none"
 
 
-def band_edge(plan: GuardPlan) -> float | None:
-    """The score below which this request would have been ablated, as JSON can carry it."""
-    if plan.harmless_threshold is None:
-        return plan.record.value
-    return plan.harmless_threshold if math.isfinite(plan.harmless_threshold) else None
-
-
 def guard_info(plan: GuardPlan, verdict: Verdict | None, outcome: Outcome) -> GuardInfo:
     """The verdict the client sees (``babelgate`` object and ``x-babelgate-*`` headers)."""
     return GuardInfo(
@@ -153,7 +146,7 @@ def guard_info(plan: GuardPlan, verdict: Verdict | None, outcome: Outcome) -> Gu
         gate_score=verdict.score if scored(verdict) else None,
         threshold=plan.record.value,
         threshold_source=plan.record.source,
-        harmless_below=band_edge(plan),
+        harmless_below=ablates_below(plan.record, plan.ablation),
         ablation=plan.ablation,
         decision=outcome.decision,
         policy=plan.policy,
