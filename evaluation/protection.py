@@ -52,8 +52,8 @@ SCORES_FILE = "scores.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
 REPORT_JSON = "protection.json"
 REPORT_MD = "protection.md"
-DEFAULT_PER_CLASS = 16
-DEFAULT_GATE_PER_CLASS = 80
+DEFAULT_PER_CLASS = 12
+DEFAULT_GATE_PER_CLASS = 40
 
 
 @dataclass(frozen=True)
@@ -495,8 +495,15 @@ def run_protection(options: ProtectionOptions) -> dict[str, Any]:
         finally:
             engine.shutdown()
     gate = HarmfulnessGate.load(options.artifact)  # the thresholds the engine was sent
-    report = build_report(options, settings, gate, read_jsonl(out / SCORES_FILE),
-                          read_jsonl(out / GENERATIONS_FILE))  # fmt: skip
+    # Only the rows of this run's samples: a folder reused with smaller sizes keeps rows the
+    # current samples no longer hold, and they must not widen one language's cells.
+    scored = {f"{lang}/{text_sha(p.text)}" for lang, rows in langs.items() for p in rows}
+    sampled = {f"{lang}/{text_sha(p.text)}" for lang, rows in samples.items() for p in rows}
+    report = build_report(
+        options, settings, gate,
+        [r for r in read_jsonl(out / SCORES_FILE) if r["key"] in scored],
+        [g for g in read_jsonl(out / GENERATIONS_FILE) if g["key"].split("/", 1)[1] in sampled],
+    )  # fmt: skip
     write_json_atomic(out / REPORT_JSON, report)
     (out / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
     return report
