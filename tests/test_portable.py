@@ -46,4 +46,7 @@ def test_a_rewritten_run_file_matches_the_current_settings_and_resumes(tmp_path,
 
 
 def test_committed_reports_hold_no_machine_path():
-    assert rewrite_tree([ROOT / "docs"], check=True) == []
+    """The generated reports and bench records (docs/eval, docs/bench); the hand-written pages
+    beside them name URL routes (/v1/moderations) and example paths (/models/...) on purpose."""
+    reports = [p for p in (ROOT / "docs" / "eval", ROOT / "docs" / "bench") if p.is_dir()]
+    assert reports and rewrite_tree(reports, check=True) == []
