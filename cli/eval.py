@@ -93,6 +93,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="--protection: comma-separated ways of serving to compare, of: "
         f"{', '.join(PROTECTION_POLICIES)} (default: all)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="--protection: write the report from the rows stored in --out so far (no engine)",
+    )
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument(
         "--data",
@@ -221,6 +226,7 @@ def run_protection_cli(args: argparse.Namespace, artifact: str) -> int:
         batch_size=args.batch_size,
         judge=args.judge,
         restart=args.restart,
+        report_only=args.report_only,
         progress=not args.no_progress,
         command="babelgate " + " ".join(sys.argv[1:]) if sys.argv else "",
     )

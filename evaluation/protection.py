@@ -96,6 +96,7 @@ class ProtectionOptions:
     judge: str = "markers"
     restart: bool = False
     progress: bool = True
+    report_only: bool = False  # write the report from the rows stored so far, start no engine
     command: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -287,6 +288,8 @@ def threshold_rules(scores: Sequence[dict[str, Any]], gate: Any, reference: str,
     ref_traffic, _ = _halves([r for r in scores if r["language"] == reference])
     ref_tau = gate.threshold(reference).value
     out: dict[str, Any] = {}
+    if not ref_traffic:
+        return out
     for lang in sorted({r["language"] for r in scores} - {reference}):
         traffic, held = _halves([r for r in scores if r["language"] == lang])
         if len({r["label"] for r in held}) < 2 or len({r["label"] for r in traffic}) < 2:
@@ -332,9 +335,10 @@ def build_report(options: ProtectionOptions, settings: dict[str, Any], gate: Any
                                      options.policies))  # fmt: skip
         per_language[lang] = entry
     langs = list(per_language.values())
+    aurocs = [e["gate"]["auroc"] for e in langs if "auroc" in e["gate"]]
     summary: dict[str, Any] = {
-        "mean_auroc": float(np.mean([e["gate"]["auroc"] for e in langs if "auroc" in e["gate"]])),
-        "min_auroc": float(min(e["gate"]["auroc"] for e in langs if "auroc" in e["gate"])),
+        "mean_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "min_auroc": float(min(aurocs)) if aurocs else None,
         "mean_recall": mean_rate([e["gate"]["recall"] for e in langs]),
         "mean_fpr": mean_rate([e["gate"]["fpr"] for e in langs]),
     }
@@ -351,6 +355,14 @@ def build_report(options: ProtectionOptions, settings: dict[str, Any], gate: Any
             "threshold_rules": rules,
             "languages": per_language, "judge": options.judge,
             "timings": options.timings}  # fmt: skip
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
 
 
 def _fmt(cell: dict[str, Any] | None) -> str:
@@ -380,9 +392,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "in % with their 95 % interval (Wilson; AUROC: bootstrap over prompts). * marks a "
         "language outside the 14 calibration languages.",
         "",
-        f"**Mean over languages:** AUROC {s['mean_auroc']:.3f} (lowest {s['min_auroc']:.3f}), "
-        f"recall {100 * s['mean_recall']:.1f} %, false-positive rate {100 * s['mean_fpr']:.1f} %"
-        " at the shipped thresholds.",
+        *(["**Partial run**: written with `--report-only` before every row was done; cells "
+           "count what was stored.", ""] if settings.get("partial") else []),
+        f"**Mean over languages:** AUROC {_num(s['mean_auroc'])} (lowest "
+        f"{_num(s['min_auroc'])}), recall {_pct(s['mean_recall'])} %, false-positive rate "
+        f"{_pct(s['mean_fpr'])} % at the shipped thresholds.",
         "",
         "## The gate",
         "",
@@ -409,30 +423,27 @@ def render_markdown(report: dict[str, Any]) -> str:
         kept = [_fmt(e[p].get("native_refusals_kept")) for p in policies if p != "none"]
         lines.append(f"| {lang} | " + " | ".join(cells + kept) + " |")
     acting = [p for p in policies if p != "none"]
+    head = "| language | degenerate, none | " + " | ".join(
+        f"clean refusal of harmful verdicts, {p} | degenerate, {p}" for p in acting) + " |"
     lines += ["", "Harmful verdicts that ended in a refusal that is not degenerate (repetition, "
               "or a script other than the language's and Latin: `refusal/degenerate.py`), and "
-              "degenerate outputs among all of the variant's outputs:", "",
-              "| language | " + " | ".join(f"clean refusal of harmful verdicts, {p} | "
-                                           f"degenerate, {p}" for p in ["none", *acting]
-                                           if p in acting or p == "none") + " |"]  # fmt: skip
-    lines[-1] = lines[-1].replace("clean refusal of harmful verdicts, none | ", "")
-    lines.append("|" + "---|" * (lines[-1].count("|") - 1))
+              "degenerate outputs among all of the variant's outputs:", "", head,
+              "|" + "---|" * (head.count("|") - 1)]  # fmt: skip
     for lang, e in report["languages"].items():
-        cells = [_fmt(e["none"]["degenerate"])] if "none" in e else []
+        cells = [_fmt(e.get("none", {}).get("degenerate"))]
         for p in acting:
             cells += [_fmt(e[p]["harmful_verdict_clean_refusal"]), _fmt(e[p]["degenerate"])]
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
     lines += ["", "Means over languages (%):", ""]
     for p in policies:
-        parts = [f"harmful refused {100 * s[f'{p}_harmful_refused_mean']:.1f} (non-English "
-                 f"{100 * s[f'{p}_harmful_refused_mean_non_english']:.1f})",
-                 f"benign refused {100 * s[f'{p}_benign_refused_mean']:.1f}"]  # fmt: skip
-        if s.get(f"{p}_native_refusals_kept_mean") is not None:
-            parts.append(f"native refusals kept {100 * s[f'{p}_native_refusals_kept_mean']:.1f}")
-        if s.get(f"{p}_harmful_verdict_clean_refusal_mean") is not None:
-            parts.append("harmful verdicts ending in a non-degenerate refusal "
-                         f"{100 * s[f'{p}_harmful_verdict_clean_refusal_mean']:.1f}")
-        parts.append(f"degenerate outputs {100 * s[f'{p}_degenerate_mean']:.1f}")
+        parts = [f"harmful refused {_pct(s[f'{p}_harmful_refused_mean'])} (non-English "
+                 f"{_pct(s[f'{p}_harmful_refused_mean_non_english'])})",
+                 f"benign refused {_pct(s[f'{p}_benign_refused_mean'])}"]  # fmt: skip
+        if p != "none":
+            parts += [f"native refusals kept {_pct(s[f'{p}_native_refusals_kept_mean'])}",
+                      "harmful verdicts ending in a non-degenerate refusal "
+                      f"{_pct(s[f'{p}_harmful_verdict_clean_refusal_mean'])}"]  # fmt: skip
+        parts.append(f"degenerate outputs {_pct(s[f'{p}_degenerate_mean'])}")
         lines.append(f"- `{p}`: " + ", ".join(parts))
     rules = report.get("threshold_rules") or {}
     if rules:
@@ -482,7 +493,8 @@ def run_protection(options: ProtectionOptions) -> dict[str, Any]:
     }  # fmt: skip
     open_run(out, settings, restart=options.restart)
     scores, gens = ResultStore(out / SCORES_FILE), ResultStore(out / GENERATIONS_FILE)
-    if pending_scores(langs, scores) or pending_generations(samples, gens, options.policies):
+    pending = pending_scores(langs, scores) or pending_generations(samples, gens, options.policies)
+    if pending and not options.report_only:
         engine = EvalEngine(options.model, options.artifact, seed=options.seed)
         try:
             options.timings["engine_start_s"] = time.monotonic() - started
@@ -500,7 +512,7 @@ def run_protection(options: ProtectionOptions) -> dict[str, Any]:
     scored = {f"{lang}/{text_sha(p.text)}" for lang, rows in langs.items() for p in rows}
     sampled = {f"{lang}/{text_sha(p.text)}" for lang, rows in samples.items() for p in rows}
     report = build_report(
-        options, settings, gate,
+        options, settings | {"partial": bool(pending) and options.report_only}, gate,
         [r for r in read_jsonl(out / SCORES_FILE) if r["key"] in scored],
         [g for g in read_jsonl(out / GENERATIONS_FILE) if g["key"].split("/", 1)[1] in sampled],
     )  # fmt: skip
