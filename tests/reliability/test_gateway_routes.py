@@ -5,7 +5,7 @@ The real app, router, tokenizer, chat template and shipped SmolLM2 gate (its thr
 is far stricter than German, Thai is unprotected and only flagged); the engine's gate score is
 set by each test, and what the engine was asked to score (token ids, language) is checked
 against what a chat request with the same messages is planned as. The real LiteLLM proxy is in
-``test_litellm_gateway.py``.
+``test_gateways.py``.
 """
 
 from __future__ import annotations
