@@ -76,9 +76,9 @@ class ServerMetrics:
         self.gateway_checks = Counter(
             "babelgate_gateway_checks",
             "Guardrail calls from a gateway (LiteLLM's generic guardrail API, Portkey's "
-            "webhook) by gateway, routed language, gate decision and answer: block, allow, or "
+            "webhook) by gateway, routed language, gate decision and answer: block, allow, "
             "unavailable (no gate score: answered 503, the gateway's fail-open or fail-closed "
-            "setting decides).",
+            "setting decides) or invalid (a conversation that cannot be judged: 400).",
             ["gateway", "language", "decision", "answer"],
             registry=registry,
         )

@@ -44,12 +44,18 @@ class GatewayVerdict:
     info: GuardInfo
     blocked: bool
 
+    @property
+    def score(self) -> float:
+        """The gate score (always there: a conversation without one is answered 503)."""
+        assert self.info.gate_score is not None
+        return self.info.gate_score
+
     def reason(self) -> str:
         """One line for the gateway's error and logs: the verdict and the numbers behind it."""
         i = self.info
         seen = ",".join(i.languages) or i.language
         return (
-            f"babelgate: {i.decision} (language {i.language}, gate score {i.gate_score:.4g} "
+            f"babelgate: {i.decision} (language {i.language}, gate score {self.score:.4g} "
             f"{'>=' if i.decision == 'harmful' else '<'} threshold {i.threshold:.4g} "
             f"[{i.threshold_source}], languages seen {seen}, action {i.action})"
         )
@@ -94,14 +100,13 @@ async def judge(
         svc.metrics.in_flight.dec()
     failed = [v for v in verdicts if isinstance(v, BaseException)]
     if failed:
+        answer = "unavailable" if getattr(failed[0], "status", None) == 503 else "invalid"
         svc.metrics.gateway_checks.labels(
-            gateway, plans[0].detection.language, "error", "unavailable"
+            gateway, plans[0].detection.language, "error", answer
         ).inc()
         raise failed[0]
     ok = [v for v in verdicts if isinstance(v, GatewayVerdict)]
-    chosen = next((v for v in ok if v.blocked), None) or max(
-        ok, key=lambda v: v.info.gate_score or -math.inf
-    )
+    chosen = next((v for v in ok if v.blocked), None) or max(ok, key=lambda v: v.score)
     info = chosen.info
     answer = "block" if chosen.blocked else "allow"
     svc.metrics.gateway_checks.labels(gateway, info.language, info.decision, answer).inc()

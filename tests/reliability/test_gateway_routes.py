@@ -171,6 +171,15 @@ def test_litellm_gate_failure_is_503_for_the_gateway_to_decide(live) -> None:
     assert checks(svc, "litellm", "unavailable") == before + 1
 
 
+def test_litellm_conversation_beyond_the_context_is_400_and_counted(live) -> None:
+    svc = service(live)
+    before = checks(svc, "litellm", "invalid")
+    long = " ".join([SW_BENIGN] * 200)  # far beyond the 2,048 tokens of the live server
+    r = post(live, LITELLM, litellm_body([{"role": "user", "content": long}]), 0.0)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert checks(svc, "litellm", "invalid") == before + 1
+
+
 def test_litellm_nothing_to_judge_passes(live) -> None:
     r = post(live, LITELLM, litellm_body([], texts=[" "]), 1e6)
     assert r.json() == {"action": "NONE", "blocked_reason": None, "babelgate": None}
