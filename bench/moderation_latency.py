@@ -123,11 +123,12 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """HEAD, with ``-dirty`` when the work tree has changes."""
+    """HEAD, with ``-dirty`` when tracked files have changes."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
 
-    return git("rev-parse", "HEAD").strip() + ("-dirty" if git("status", "--porcelain") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "HEAD").strip() + ("-dirty" if changed else "")
 
 
 def main() -> int:
@@ -144,7 +145,7 @@ def main() -> int:
     args = parser.parse_args()
 
     record: dict[str, Any] = {
-        "command": [sys.executable, *sys.argv], "git_commit": git_commit(),
+        "command": ["python", *sys.argv], "git_commit": git_commit(),
         "machine": machine(), "load_average_before": os.getloadavg(),
     }  # fmt: skip
     bind_cpu_threads()
