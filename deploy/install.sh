@@ -12,12 +12,16 @@
 #  - --test-tools (make test, make test-fast, .ci/run) also installs, from Debian's packages when
 #    absent, what the tests run for real: postgresql (a throwaway cluster backs the shared
 #    threshold store's tests) and prometheus (promtool checks deploy/prometheus/). It needs root
-#    and apt-get; the images and `make run` do not take it.
+#    and apt-get; the images and `make run` do not take it. With npm present it also installs
+#    Portkey's open-source gateway (@portkey-ai/gateway, pinned) into $VENV/portkey for the
+#    gateway test (tests/reliability/test_gateways.py); LiteLLM comes with `dev`.
 # Idempotent: a second run only re-checks. VENV overrides the location (default: ./.venv).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+test_tools=0
 if [[ "${1:-}" == "--test-tools" ]]; then
+  test_tools=1
   need=()
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
     || need+=(postgresql)
@@ -47,6 +51,12 @@ if [[ ! -x "$venv/bin/python" ]]; then
   "$py" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip)
+portkey="$venv/portkey"
+if ((test_tools)) && command -v npm >/dev/null \
+    && [[ ! -f "$portkey/node_modules/@portkey-ai/gateway/build/start-server.js" ]]; then
+  echo "[install] installing Portkey's gateway (npm) into $portkey"
+  npm install --silent --no-audit --no-fund --prefix "$portkey" @portkey-ai/gateway@1.15.2
+fi
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   # Dependencies unchanged: only (re)link this checkout, which is cheap.
   "${pip[@]}" install -q --no-deps --no-build-isolation -e "$here" >/dev/null

@@ -73,6 +73,15 @@ class ServerMetrics:
             ["language"],
             registry=registry,
         )
+        self.gateway_checks = Counter(
+            "babelgate_gateway_checks",
+            "Guardrail calls from a gateway (LiteLLM's generic guardrail API, Portkey's "
+            "webhook) by gateway, routed language, gate decision and answer: block, allow, "
+            "unavailable (no gate score: answered 503, the gateway's fail-open or fail-closed "
+            "setting decides) or invalid (a conversation that cannot be judged: 400).",
+            ["gateway", "language", "decision", "answer"],
+            registry=registry,
+        )
         self.output_refusals = Counter(
             "babelgate_output_refusals",
             "Completions the refusal judge calls refusals, by language and gate decision.",

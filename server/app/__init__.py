@@ -22,7 +22,14 @@ from typing import Any, NoReturn
 import uvicorn
 from fastapi import FastAPI
 
-from babelgate.server.app import admin, chat, moderations, ops
+from babelgate.server.app import (
+    admin,
+    chat,
+    litellm_guardrail,
+    moderations,
+    ops,
+    portkey_webhook,
+)
 from babelgate.server.app.admission import AdmissionControl
 from babelgate.server.app.errors import install_error_handlers
 from babelgate.server.app.listeners import bind, exposure_warnings, served_app
@@ -58,7 +65,7 @@ def create_app(settings: ServeSettings, metrics: ServerMetrics | None = None) ->
     app.add_middleware(
         AdmissionControl, limit=settings.max_queue_depth, rejected=service.metrics.rejected
     )
-    for module in (chat, moderations, ops):
+    for module in (chat, moderations, litellm_guardrail, portkey_webhook, ops):
         app.include_router(module.router)
     if settings.admin_port is None:
         # In the public OpenAPI document only when it is enabled (an admin token is set).

@@ -1,12 +1,13 @@
 """Admission control: beyond ``--max-queue-depth`` requests in flight, answer 429 at once.
 
 Runs in the API-server process, as ASGI middleware around the routes that put work on the
-engine (chat completions and moderations). vLLM queues every request it is given and a client
-of an overloaded server would wait until it times out; here a request that would make the queue
-deeper than the limit is answered immediately with 429, ``Retry-After`` and OpenAI's error body
-(the official client retries it after that many seconds), and counted. A request holds its
-place from arrival until its response has been sent, the last streamed chunk included, or its
-client has gone. One event loop serves every request, so the count needs no lock.
+engine (chat completions, moderations and the gateways' guardrail calls). vLLM queues every
+request it is given and a client of an overloaded server would wait until it times out; here a
+request that would make the queue deeper than the limit is answered immediately with 429,
+``Retry-After`` and OpenAI's error body (the official client retries it after that many
+seconds), and counted. A request holds its place from arrival until its response has been sent,
+the last streamed chunk included, or its client has gone. One event loop serves every request,
+so the count needs no lock.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from babelgate.server.app.errors import error_body
 log = logging.getLogger(__name__)
 
 # Routes that queue work on the engine (the admin API is the operator's and is not limited).
-ADMITTED_PATHS = frozenset({"/v1/chat/completions", "/v1/moderations"})
+ADMITTED_PATHS = frozenset({
+    "/v1/chat/completions", "/v1/moderations", "/beta/litellm_basic_guardrail_api",
+    "/portkey/webhook",
+})  # fmt: skip
 RETRY_AFTER_S = 1
 
 

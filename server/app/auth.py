@@ -47,11 +47,21 @@ def tokens_match(token: str, expected: SecretStr) -> bool:
     return hmac.compare_digest(given, wanted)
 
 
-def check_api_key(request: Request, api_key: SecretStr | None) -> None:
+def gateway_token(request: Request) -> str | None:
+    """A gateway's token: bearer, else the ``x-api-key`` header, which is how LiteLLM's generic
+    guardrail sends the ``api_key`` of its config."""
+    return bearer_token(request) or request.headers.get("x-api-key")
+
+
+def check_api_key(
+    request: Request,
+    api_key: SecretStr | None,
+    token_of: Callable[[Request], str | None] = bearer_token,
+) -> None:
     """401 unless the request carries the configured API key (no key configured: open)."""
     if api_key is None:
         return
-    token = bearer_token(request)
+    token = token_of(request)
     if token is None or not tokens_match(token, api_key):
         raise APIError(
             401,
@@ -83,6 +93,11 @@ def authenticated(check: Callable[[Request], None]) -> type[APIRoute]:
 def require_api_key(request: Request) -> None:
     """The ``/v1`` routes' check: the API key the server was started with."""
     check_api_key(request, request.app.state.service.settings.api_key)
+
+
+def require_gateway_key(request: Request) -> None:
+    """The gateway routes' check: the same API key, as a bearer token or ``x-api-key``."""
+    check_api_key(request, request.app.state.service.settings.api_key, gateway_token)
 
 
 def require_admin_token(request: Request) -> None:

@@ -37,6 +37,7 @@ from babelgate.server.app.schemas import (
     ModelCard,
     ModelList,
     Usage,
+    template_messages,
 )
 from babelgate.server.app.service import GuardrailService, generation_failed
 from babelgate.server.metrics import ServerMetrics
@@ -71,11 +72,8 @@ async def list_models(request: Request) -> ModelList:
 
 
 def chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
-    """Messages as the chat template wants them (``developer`` is OpenAI's new ``system``)."""
-    return [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in body.messages
-    ]
+    """Messages as the chat template wants them (``schemas.template_messages``)."""
+    return template_messages(body.messages)
 
 
 def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

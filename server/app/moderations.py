@@ -6,6 +6,8 @@ threshold (for text of several languages, the language whose plan is the stricte
 chat request). The gate detects harmfulness as a whole, not OpenAI's categories, so its verdict is
 the extra category ``harmful`` (score: sigmoid(gate logit - threshold), 0.5 at the threshold);
 OpenAI's named categories are present, as the client expects, and never set by the gate.
+OpenAI's moderation model names (``omni-moderation-latest``, ...) name the gate too, so a client
+or gateway written for OpenAI's endpoint (LiteLLM's ``openai_moderation`` guardrail) works as is.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ OPENAI_CATEGORIES: tuple[str, ...] = (
     "sexual/minors", "violence", "violence/graphic",
 )  # fmt: skip
 GATE_CATEGORY = "harmful"
+# OpenAI's moderation model names: clients and gateways (LiteLLM's ``openai_moderation``
+# guardrail, which sends ``omni-moderation-latest``) name one of these, and the gate answers.
+OPENAI_MODERATION_MODELS: frozenset[str] = frozenset({
+    "omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
+    "text-moderation-stable",
+})  # fmt: skip
 
 
 def _sigmoid(x: float) -> float:
@@ -47,7 +55,7 @@ def _sigmoid(x: float) -> float:
 async def moderations(body: ModerationRequest, request: Request) -> JSONResponse:
     svc = service_of(request)
     engine = svc.require_engine()
-    model = svc.check_model(body.model)
+    model = moderation_model(svc, body.model)
     texts = body.inputs()
     if len(texts) > svc.settings.max_moderation_inputs:
         raise APIError(
@@ -82,6 +90,13 @@ async def moderations(body: ModerationRequest, request: Request) -> JSONResponse
     return JSONResponse(
         {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": results}
     )
+
+
+def moderation_model(svc: GuardrailService, name: str | None) -> str:
+    """The model name a moderation answers with: an OpenAI moderation model's name as asked
+    (the gate answers for it, so a client written for OpenAI works unchanged), else a served
+    name (``check_model``: omitted is the first one, an unknown one is 404)."""
+    return name if name in OPENAI_MODERATION_MODELS else svc.check_model(name)
 
 
 async def _scores(

@@ -8,6 +8,7 @@ guardrail verdict in an extra ``babelgate`` object, which the client exposes as 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
@@ -141,6 +142,59 @@ class ModerationRequest(BaseModel):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
+def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template wants them (``developer`` is OpenAI's new ``system``):
+    how a chat request's messages, and a gateway's, are read."""
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in messages
+    ]
+
+
+class LiteLLMGuardrailRequest(BaseModel):
+    """``POST /beta/litellm_basic_guardrail_api``: what LiteLLM's generic guardrail sends
+    (``GenericGuardrailAPIRequest``, litellm 1.108). ``structured_messages`` are read like a
+    chat request's messages (roles system, developer, user, assistant; text parts); the fields
+    babelgate does not read (images, tools, user metadata, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    input_type: Literal["request", "response"]
+    texts: list[str] | None = None
+    structured_messages: list[ChatMessage] | None = None
+    # Inbound headers LiteLLM forwards (values only for its allowlist and ``extra_headers``).
+    request_headers: dict[str, str] | None = None
+    litellm_call_id: str | None = None
+    litellm_trace_id: str | None = None
+
+    @field_validator("texts")
+    @classmethod
+    def _unicode(cls, texts: list[str] | None) -> list[str] | None:
+        return None if texts is None else [unicode_text(t) for t in texts]
+
+
+class PortkeyPayload(BaseModel):
+    """One side (request or response) of Portkey's hook context."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    body: dict[str, Any] | None = Field(None, alias="json")
+    text: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return None if value is None else unicode_text(value)
+
+
+class PortkeyWebhookRequest(BaseModel):
+    """``POST /portkey/webhook``: the context Portkey's ``default.webhook`` check posts
+    (``@portkey-ai/gateway`` 1.15): request and response, and which hook runs."""
+
+    model_config = ConfigDict(extra="allow")
+    request: PortkeyPayload
+    response: PortkeyPayload | None = None
+    eventType: Literal["beforeRequestHook", "afterRequestHook"]  # Portkey's field name
+
+
 class ThresholdUpdate(BaseModel):
     """``PUT /admin/thresholds/{lang}``: pin a value (a JSON number, finite)."""
 
@@ -222,6 +276,25 @@ class GuardInfo(BaseModel):
                  "threshold_source", "harmless_below", "decision", "policy", "action",
                  "intervened", "protected", "weak_families")  # fmt: skip
         return {f"x-babelgate-{n.replace('_', '-')}": fmt(getattr(self, n)) for n in names}
+
+
+class LiteLLMGuardrailResponse(BaseModel):
+    """LiteLLM's generic guardrail answer: ``BLOCKED`` (LiteLLM raises its guardrail error with
+    ``blocked_reason``, which its logs keep) or ``NONE``; babelgate never rewrites text, so
+    never ``GUARDRAIL_INTERVENED``. ``babelgate`` (None when nothing was judged) is for other
+    callers: LiteLLM reads only ``action`` and ``blocked_reason``."""
+
+    action: Literal["BLOCKED", "NONE"]
+    blocked_reason: str | None = None
+    babelgate: GuardInfo | None = None
+
+
+class PortkeyWebhookResponse(BaseModel):
+    """Portkey's webhook answer: ``verdict`` false fails the check (a hook with ``deny``
+    answers 446); ``data`` is kept in Portkey's hook results and logs."""
+
+    verdict: bool
+    data: GuardInfo | None = None
 
 
 class Usage(BaseModel):

@@ -198,7 +198,11 @@ class GuardedEngine:
             yield output, verdict
 
     async def _final_verdict(
-        self, prompt: str, sampling_params: SamplingParams, guard: GuardParams, request_id: str
+        self,
+        prompt: str | Sequence[int],
+        sampling_params: SamplingParams,
+        guard: GuardParams,
+        request_id: str,
     ) -> Verdict | None:
         """Run one request to the end; its last verdict."""
         verdict = None
@@ -214,17 +218,21 @@ class GuardedEngine:
     async def abort(self, request_id: str) -> None:
         await self.engine.abort(request_id)
 
-    async def gate_scores(self, prompts: Sequence[str], language: str) -> list[float]:
-        """Gate logits of the prompts: prefill-only shadow requests (max_tokens=1), concurrent."""
+    async def gate_scores(
+        self, prompts: Sequence[str | Sequence[int]], language: str
+    ) -> list[float]:
+        """Gate logits of the prompts: prefill-only shadow requests (max_tokens=1), concurrent.
+        A text is one user turn; token ids are a whole conversation already rendered with the
+        chat template (the gateway routes judge conversations the way a chat request is)."""
         from vllm import SamplingParams
 
-        async def one(text: str) -> float:
+        async def one(prompt: str | Sequence[int]) -> float:
             guard = GuardParams(language=language, policy="shadow", threshold_source="scoring")
             verdict = await self._final_verdict(
-                text, SamplingParams(max_tokens=1), guard, f"babelgate-score-{guard.id}"
+                prompt, SamplingParams(max_tokens=1), guard, f"babelgate-score-{guard.id}"
             )
             if verdict is None or verdict.score is None:
-                raise RuntimeError(f"no gate score came back for prompt {text[:60]!r}")
+                raise RuntimeError(f"no gate score came back for prompt {prompt[:60]!r}")
             return verdict.score
 
         return list(await asyncio.gather(*(one(p) for p in prompts)))
