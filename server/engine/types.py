@@ -173,6 +173,12 @@ class GateParams:
         )
 
 
+def _require_finite(name: str, value: float) -> None:
+    """A threshold must be a real, finite number (a bool is not one)."""
+    if isinstance(value, bool) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class GuardParams:
     """What a caller asks of the guard for one request.
@@ -195,13 +201,11 @@ class GuardParams:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
-        for name in ("threshold", "harmless_threshold"):
-            value = getattr(self, name)
-            if name == "harmless_threshold" and value is None:
-                continue
-            if isinstance(value, bool) or not math.isfinite(float(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.harmless_threshold is not None and self.harmless_threshold > self.threshold:
+        _require_finite("threshold", self.threshold)
+        if self.harmless_threshold is None:
+            return
+        _require_finite("harmless_threshold", self.harmless_threshold)
+        if self.harmless_threshold > self.threshold:
             raise ValueError(
                 f"harmless_threshold {self.harmless_threshold} is above threshold "
                 f"{self.threshold}: the abstain band is [harmless_threshold, threshold)"
