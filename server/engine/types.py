@@ -173,6 +173,12 @@ class GateParams:
         )
 
 
+def _require_finite(name: str, value: float) -> None:
+    """A threshold must be a real, finite number (a bool is not one)."""
+    if isinstance(value, bool) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class GuardParams:
     """What a caller asks of the guard for one request.
@@ -196,15 +202,15 @@ class GuardParams:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy {self.policy!r} is not one of {', '.join(POLICIES)}")
-        if isinstance(self.threshold, bool) or not math.isfinite(float(self.threshold)):
-            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+        _require_finite("threshold", self.threshold)
         band = self.harmless_threshold
-        if band is not None and (isinstance(band, bool) or math.isnan(float(band))
-                                 or float(band) == math.inf):  # fmt: skip
+        if band is None:
+            return
+        if isinstance(band, bool) or math.isnan(float(band)) or float(band) == math.inf:
             raise ValueError(
                 f"harmless_threshold must be a number or -inf (never harmless), got {band!r}"
             )
-        if self.harmless_threshold is not None and self.harmless_threshold > self.threshold:
+        if band > self.threshold:
             raise ValueError(
                 f"harmless_threshold {self.harmless_threshold} is above threshold "
                 f"{self.threshold}: the abstain band is [harmless_threshold, threshold)"
