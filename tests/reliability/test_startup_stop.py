@@ -63,31 +63,30 @@ def serve(tmp_path: Path, how: str) -> tuple[subprocess.Popen[bytes], str, Path]
     return server, f"http://127.0.0.1:{port}", log
 
 
-def test_sigterm_during_startup_exits_at_once(tmp_path: Path) -> None:
-    server, url, log = serve(tmp_path, "hang")
+def stopped_at(tmp_path: Path, how: str, phase: str) -> tuple[int, str]:
+    """SIGTERM to a server once ``/health`` reports ``phase``: its exit status and its log."""
+    server, url, log = serve(tmp_path, how)
     try:
-        wait_for(lambda: health_phase(url) == "resolving the model", "the start-up phase")
+        wait_for(lambda: health_phase(url) == phase, f"the phase {phase!r}")
         server.send_signal(signal.SIGTERM)
         code = server.wait(EXIT_WITHIN_S)
     finally:
         server.kill()
-    assert code == STOPPED == 0, log.read_text()
-    assert "stopped during start-up (resolving the model): exiting" in log.read_text()
+    return code, log.read_text()
+
+
+def test_sigterm_during_startup_exits_at_once(tmp_path: Path) -> None:
+    code, log = stopped_at(tmp_path, "hang", "resolving the model")
+    assert code == STOPPED == 0, log
+    assert "stopped during start-up (resolving the model): exiting" in log
 
 
 def test_sigterm_once_started_stops_in_order_with_status_0_and_no_traceback(tmp_path: Path) -> None:
     """uvicorn raises the SIGTERM it caught again once it has stopped; that must not turn a stop
     that went well into status 143."""
-    server, url, log = serve(tmp_path, "started")
-    try:
-        wait_for(lambda: health_phase(url) == "started without an engine", "the start-up")
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(EXIT_WITHIN_S)
-    finally:
-        server.kill()
-    text = log.read_text()
-    assert code == STOPPED == 0, text
-    assert "Application shutdown complete" in text and "Traceback" not in text, text
+    code, log = stopped_at(tmp_path, "started", "started without an engine")
+    assert code == STOPPED == 0, log
+    assert "Application shutdown complete" in log and "Traceback" not in log, log
 
 
 def test_a_server_that_cannot_start_exits_with_status_1(tmp_path: Path) -> None:
