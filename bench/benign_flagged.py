@@ -17,7 +17,8 @@ short requests score lower, and harmless prompts flagged).
     python bench/benign_flagged.py [--mmlu 200] [--family-balance]
 
 The last line is ``mmlu_flagged_ratio=<all/k4> harmful_recall_ratio=<all/k4>`` (the first is 0
-when the default flags no MMLU question).
+when the default flags no MMLU question); the JSON record (``bench/record.py``) has each
+calibration's thresholds, rates and counts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from record import BenchRecord, add_out_argument
 
 from babelgate.evaluation.mmlu import (
     format_prompt,
@@ -52,7 +54,9 @@ def main() -> None:
     ap.add_argument("--mmlu", type=int, default=200, help="MMLU questions (seeded sample)")
     ap.add_argument("--family-balance", action="store_true",
                     help="both calibrations with --family-balance (not the default)")  # fmt: skip
+    add_out_argument(ap, "benign_flagged")
     args = ap.parse_args()
+    record = BenchRecord("benign_flagged")
     backend = CachedBackend(TransformersBackend(args.model), cache_root() / "activations")
     sources = default_data_sources()  # PolyRefuse first
     prompts = [p for src in sources for p in load_dataset(src)]
@@ -63,6 +67,7 @@ def main() -> None:
     labels = np.array([p.label for p in test])
     flagged: dict[int | str, float] = {}
     recall: dict[int | str, float] = {}
+    figures: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rule in (4, "all"):
             opts = CalibrationOptions(
@@ -83,11 +88,10 @@ def main() -> None:
                                                 progress=False))  # fmt: skip
             fires, scores = gate.decide(h, "en"), gate.score(h)
             recall[rule] = float(fires[labels == 1].mean())
-            by_length = ", ".join(
-                f"{name} words {fires[m].mean():.2f} (n={m.sum()})"
-                for name, lo, hi in LENGTHS
-                if (m := (labels == 1) & (words >= lo) & (words < hi)).any()
-            )
+            lengths = {name: m for name, lo, hi in LENGTHS
+                       if (m := (labels == 1) & (words >= lo) & (words < hi)).any()}  # fmt: skip
+            by_length = ", ".join(f"{name} words {fires[m].mean():.2f} (n={m.sum()})"
+                                  for name, m in lengths.items())  # fmt: skip
             print(
                 f"    PolyRefuse English test: harmful caught {recall[rule]:.3f} ({by_length}); "
                 f"harmless flagged {fires[labels == 0].mean():.3f} of {(labels == 0).sum()}"
@@ -98,8 +102,20 @@ def main() -> None:
                 if labels[i] == 1 and not fires[i] and words[i] < SHORT
             ]
             print(f"    missed, under {SHORT} words, lowest scores: " + "; ".join(short[:6]))
-    ratio = flagged["all"] / flagged[4] if flagged[4] else 0.0
-    print(f"mmlu_flagged_ratio={ratio:.3f} harmful_recall_ratio={recall['all'] / recall[4]:.3f}")
+            figures[f"threshold_k={rule}"] = {
+                "thresholds": {x: r["threshold"] for x, r in report["languages"].items()},
+                "mmlu_questions": len(mmlu), "mmlu_flagged": flagged[rule],
+                "harmful": int((labels == 1).sum()), "harmful_caught": recall[rule],
+                "harmless": int((labels == 0).sum()),
+                "harmless_flagged": float(fires[labels == 0].mean()),
+                "harmful_caught_by_words": {name: {"n": int(m.sum()),
+                                                   "caught": float(fires[m].mean())}
+                                            for name, m in lengths.items()},
+            }  # fmt: skip
+    ratios = {"mmlu_flagged_ratio": flagged["all"] / flagged[4] if flagged[4] else 0.0,
+              "harmful_recall_ratio": recall["all"] / recall[4]}  # fmt: skip
+    print(" ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
+    record.write(figures, ratios, args.out)
 
 
 if __name__ == "__main__":

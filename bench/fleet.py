@@ -9,11 +9,14 @@ or starts a throwaway cluster (Debian's binaries, as the tests do), then:
    ``--probe-interval-ms`` (each request's threshold is resolved when it arrives); the
    propagation time is when the first request whose verdict carries the new threshold was sent,
    after the acknowledgement (so its resolution is the probe interval);
-3. measures serving throughput (``bench/serving.py``'s load, ``--concurrency`` streams) of one
-   replica with the PostgreSQL store, then of a replica with the SQLite store, one after the
-   other (the store is read from memory per request, so the ratio should be about 1).
+3. stops B and waits until its processes are gone, starts a replica with the SQLite store and,
+   with A and it alive together, measures their serving throughput (``bench/serving.py``'s
+   load, ``--concurrency`` streams, ``ignore_eos``) in ``--rounds`` rounds whose first replica
+   alternates, so a drift of the shared machine's speed hits both stores alike (the store is
+   read from memory per request, so the ratio should be about 1).
 
-The last line is ``median_s=<s> max_s=<s> throughput_ratio=<PostgreSQL / SQLite>``.
+The last line is ``median_s=<s> max_s=<s> throughput_ratio=<PostgreSQL / SQLite, median over
+rounds> throughput_range=<min>-<max>``; the JSON record (``bench/record.py``) has every figure.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from serving import SERVED_NAME, Server, free_port, load_prompts, run_load, server_command
+from record import BenchRecord, add_out_argument, describe
+from serving import (
+    SERVED_NAME,
+    Server,
+    free_port,
+    interleaved,
+    load_prompts,
+    pair_ratios,
+    server_command,
+)
 
 from babelgate.gate.hf.embedded import MODEL_HELP, SMOLLM2, ensure_embedded_model, is_embedded
 from babelgate.server.engine.startup import bind_cpu_threads
@@ -99,11 +111,14 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=10, help="throughput rounds, interleaved")
+    add_out_argument(parser, "fleet")
     parser.add_argument(
         "--eager", action="store_true",
         help="replicas with --enforce-eager (default: compiled; the store does not depend on it)",
     )  # fmt: skip
     args = parser.parse_args()
+    record = BenchRecord("fleet")
 
     bind_cpu_threads()
     if is_embedded(args.model):
@@ -130,16 +145,23 @@ def main() -> int:
                     base[a], base[b], args.changes, args.probe_interval_ms / 1000))  # fmt: skip
             print(f"propagation over {len(delays)} changes: median {statistics.median(delays):.3f}"
                   f" s, max {max(delays):.3f} s", flush=True)  # fmt: skip
-            shared = asyncio.run(run_load(a.port, prompts, args.concurrency, args.max_tokens))
-        args.state_url = None  # the SQLite store in args.state_dir
-        with replica("sqlite") as single:
-            local = asyncio.run(run_load(single.port, prompts, args.concurrency, args.max_tokens))
-    for name, r in (("postgresql", shared), ("sqlite", local)):
-        print(f"{name:10s} c={args.concurrency} {r['tokens_per_s']:7.1f} tok/s, TTFT p50 "
-              f"{r['ttft_median_s'] * 1000:.0f} ms", flush=True)  # fmt: skip
-    ratio = shared["tokens_per_s"] / local["tokens_per_s"]
+            args.state_url = None  # the SQLite store in args.state_dir
+            with replica("sqlite") as single:
+                ports = {"postgresql": a.port, "sqlite": single.port}
+                rounds = interleaved(ports, prompts, [args.concurrency], args)
+    ratios = pair_ratios(rounds, "sqlite", "postgresql", [args.concurrency])
+    top = ratios[f"throughput_c{args.concurrency}"]
+    print(f"PostgreSQL / SQLite at c={args.concurrency}: throughput {describe(top)}, TTFT "
+          f"(SQLite / PostgreSQL) {describe(ratios[f'ttft_c{args.concurrency}'])}")  # fmt: skip
     print(f"median_s={statistics.median(delays):.3f} max_s={max(delays):.3f} "
-          f"throughput_ratio={ratio:.3f}")
+          f"throughput_ratio={top['median']:.3f} throughput_range={top['min']:.3f}-"
+          f"{top['max']:.3f}")  # fmt: skip
+    workload = {"changes": args.changes, "probe_interval_ms": args.probe_interval_ms,
+                "prompts": len(prompts), "max_tokens": args.max_tokens,
+                "concurrency": args.concurrency, "rounds": args.rounds, "eager": args.eager}
+    record.write({"workload": workload, "propagation_s": delays, "throughput_rounds": rounds},
+                 {"propagation_median_s": statistics.median(delays),
+                  "propagation_max_s": max(delays), **ratios}, args.out)  # fmt: skip
     return 0
 
 

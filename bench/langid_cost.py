@@ -12,7 +12,8 @@ mixed-text rule), on the same texts:
     python bench/langid_cost.py [--baseline REV] [--rounds 5]
 
 Per set: microseconds per call, the best of ``--rounds`` rounds (the machine is shared, so the
-least disturbed round is the closest to the cost itself), and the median text length.
+least disturbed round is the closest to the cost itself), and the median text length; the JSON
+record (``bench/record.py``) has every round's figure.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from record import BenchRecord, add_out_argument
 
 from babelgate.evaluation.langmix import (
     PAYLOAD_LANGUAGES,
@@ -63,17 +66,17 @@ def baseline_router(rev: str) -> LanguageRouter:
 
 def per_call_us(
     routers: dict[str, LanguageRouter], texts: Sequence[str], rounds: int
-) -> dict[str, float]:
-    """Microseconds per ``detect`` call for each router: the best of ``rounds`` rounds, the
+) -> dict[str, list[float]]:
+    """Microseconds per ``detect`` call for each router in each of ``rounds`` rounds, the
     routers taking turns within each round (so a busy moment of the machine hits both)."""
-    best = dict.fromkeys(routers, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in routers}
     for _ in range(rounds):
         for name, router in routers.items():
             start = time.perf_counter()
             for text in texts:
                 router.detect(text)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: seconds / len(texts) * 1e6 for name, seconds in best.items()}
+            times[name].append((time.perf_counter() - start) / len(texts) * 1e6)
+    return times
 
 
 def text_sets(per_set: int, seed: int) -> dict[str, list[str]]:
@@ -98,15 +101,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-set", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    add_out_argument(p, "langid_cost")
     args = p.parse_args(argv)
+    record = BenchRecord("langid_cost", argv)
     routers = {"now": LanguageRouter()}
     if args.baseline:
         routers[f"at {args.baseline}"] = baseline_router(args.baseline)
+    figures: dict[str, dict] = {}
+    best: dict[str, dict[str, float]] = {}
     for name, texts in text_sets(args.per_set, args.seed).items():
         length = statistics.median(len(t) for t in texts)
-        cost = per_call_us(routers, texts, args.rounds)
-        cells = [f"{label} {us:.1f} us" for label, us in cost.items()]
+        rounds_us = per_call_us(routers, texts, args.rounds)
+        best[name] = {label: min(us) for label, us in rounds_us.items()}
+        figures[name] = {"texts": len(texts), "median_characters": length,
+                         "us_per_call_by_round": rounds_us}  # fmt: skip
+        cells = [f"{label} {us:.1f} us" for label, us in best[name].items()]
         print(f"{name}: median {length:.0f} characters: " + ", ".join(cells))
+    record.write(figures, {"best_us_per_call": best}, args.out)
     return 0
 
 

@@ -1,25 +1,30 @@
 """Overhead of the guard inside vLLM: plain vLLM vs babelgate routing, compiled and eager.
 
-Runs in its own process; it starts four engines one after the other (never two at once), on the
-same model, options and prompts: plain compiled (vLLM's default), guarded compiled, plain eager,
-guarded eager. Workload: PolyRefuse test prompts in several languages, harmful and harmless
-mixed, greedy, a fixed number of output tokens per request (``ignore_eos``) so plain and guarded
-runs do the same work although steering changes what is generated. Guarded requests use routing
-and each carries its own threshold (its language's, plus a per-request offset).
+Runs in its own process. Per mode (compiled, vLLM's default, then eager) it starts a plain and a
+guarded engine on the same model, options and prompts and keeps both alive while it measures
+them in turns: round by round, A then B, then B then A (the first of a pair alternates), so both
+see the same minute of a machine whose speed drifts (by a fifth between phases on a shared
+2-core machine, enough to make the guard look 14 % faster than vLLM when each engine ran all its
+rounds in its own minutes). Workload: PolyRefuse test prompts in several languages, harmful and
+harmless mixed, greedy, a fixed number of output tokens per request (``ignore_eos``) so plain
+and guarded runs do the same work although steering changes what is generated. Guarded requests
+use routing and each carries its own threshold (its language's, plus a per-request offset).
 
 Per engine: its start time (guarded: including loading the gate and the self-check), then per
-round and batch size (default 1, 8, 32 requests at once) the output tok/s, and the median
-time-to-first-token of prefill-only requests sent one at a time (guarded: including the verdict
-RPC, as the server's first output does). The ratios guarded / plain are printed per mode and
-batch size; the last line is ``throughput_ratio=<x> ttft_ratio=<x>`` for compiled mode at the
-largest batch (goals: >= 0.97 and <= 1.05).
+round and batch size (default 1, 8, 32 requests at once) the output tok/s, and per round the
+median time-to-first-token of prefill-only requests sent one at a time (guarded: including the
+verdict RPC, as the server's first output does). Per round the ratios guarded / plain; printed
+and recorded: their median over rounds and its range. The last line is
+``throughput_ratio=<median> ttft_ratio=<median>`` for compiled mode at the largest batch
+(goals: >= 0.97 and <= 1.05). The JSON record (``bench/record.py``) has every round's figures.
 
-    python bench/overhead.py [--model ID] [--artifact DIR] [--batch-sizes 1,8,32] [--rounds 3]
+    python bench/overhead.py [--model ID] [--artifact DIR] [--batch-sizes 1,8,32] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 import uuid
@@ -28,12 +33,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from record import BenchRecord, add_out_argument, describe, portable, spread
+
 from babelgate.gate.hf.embedded import MODEL_HELP
 from babelgate.paths import DATA_ENV, data_dir
 from babelgate.server.shipped import shipped_artifact
 
 KV_BYTES = 1 << 30
-MODES = ("compiled", "eager")
+KINDS = ("plain", "guarded")  # the pair measured in turns: baseline first
 
 
 def polyrefuse() -> Path:
@@ -148,25 +155,60 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
     return tokens, time.perf_counter() - began
 
 
-def measure(engine: Engine, work: Workload, rounds: int) -> dict[str, Any]:
-    """Per batch size: mean output tok/s over ``rounds``; median single-prefill TTFT (ms); the
-    guard's host-side share of the wall time."""
-    engine.run(list(range(4)), work.sampling)  # warm caches and allocator alike
-    out: dict[str, Any] = {"start_s": engine.start_s}
-    host_before, wall = engine.host_seconds(), 0.0
+def throughput(engine: Engine, work: Workload, size: int) -> dict[str, float]:
+    """Output tokens, seconds and tok/s of ``size`` requests at once (1: four in a row)."""
+    tokens, seconds = 0, 0.0
+    for batch in work.batches(size):
+        n, s = timed(lambda b=batch: engine.run(b, work.sampling))
+        tokens, seconds = tokens + n, seconds + s
+    return {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds}
+
+
+def ttft_probes(engine: Engine, work: Workload) -> list[float]:
+    """Milliseconds of each single-prefill request, sent one at a time."""
+    return [1000 * timed(lambda i=i: engine.run([i], work.first))[1] for i in range(work.n_probe)]
+
+
+def run_round(engines: dict[str, Engine], order: tuple[str, ...], work: Workload) -> dict:
+    """One round: per batch size each engine in ``order``, then each engine's TTFT probes."""
+    out: dict[str, Any] = {"order": list(order)}
+    out.update({kind: {"batches": {}} for kind in order})
     for size in work.batch_sizes:
-        rates = []
-        for _ in range(rounds):
-            tokens, seconds = 0, 0.0
-            for batch in work.batches(size):
-                n, s = timed(lambda b=batch: engine.run(b, work.sampling))
-                tokens, seconds = tokens + n, seconds + s
-            rates.append(tokens / seconds)
-            wall += seconds
-        out[size] = statistics.mean(rates)
-    probes = [timed(lambda i=i: engine.run([i], work.first))[1] for i in range(work.n_probe)]
-    out["ttft_ms"] = 1000 * statistics.median(probes)
-    out["host_share"] = (engine.host_seconds() - host_before) / wall
+        for kind in order:
+            out[kind]["batches"][size] = throughput(engines[kind], work, size)
+    for kind in order:
+        out[kind]["ttft_ms"] = ttft_probes(engines[kind], work)
+    return out
+
+
+def measure_pair(engines: dict[str, Engine], work: Workload, rounds: int) -> dict[str, Any]:
+    """Both engines, alive together, measured in turns: the first of each round alternates, so
+    a drift of the machine's speed hits both alike. Every round's figures; the guard's
+    host-side share of its engine's batch wall time."""
+    for engine in engines.values():
+        engine.run(list(range(4)), work.sampling)  # warm caches and allocator alike
+    guarded = engines["guarded"]
+    host_before = guarded.host_seconds()
+    per_round = [run_round(engines, KINDS if r % 2 == 0 else KINDS[::-1], work)
+                 for r in range(rounds)]  # fmt: skip
+    wall = sum(b["seconds"] for r in per_round for b in r["guarded"]["batches"].values())
+    return {"start_s": {kind: engine.start_s for kind, engine in engines.items()},
+            "rounds": per_round,
+            "guard_host_share": (guarded.host_seconds() - host_before) / wall}  # fmt: skip
+
+
+def pair_ratios(result: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
+    """Guarded / plain per round (throughput per batch size, median TTFT), with their median
+    and range over rounds."""
+    rounds = result["rounds"]
+    out = {}
+    for size in sizes:
+        per = [r["guarded"]["batches"][size]["tok_s"] / r["plain"]["batches"][size]["tok_s"]
+               for r in rounds]  # fmt: skip
+        out[f"throughput_b{size}"] = {"per_round": per, **spread(per)}
+    per = [statistics.median(r["guarded"]["ttft_ms"]) / statistics.median(r["plain"]["ttft_ms"])
+           for r in rounds]  # fmt: skip
+    out["ttft"] = {"per_round": per, **spread(per)}
     return out
 
 
@@ -177,8 +219,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--languages", default="en,de,ja,ar,th,yo")
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="rounds per engine pair, interleaved")
     p.add_argument("--modes", default="compiled,eager", help="which modes to measure")
+    add_out_argument(p, "overhead")
     args = p.parse_args()
     if args.artifact is None:
         shipped = shipped_artifact(args.model)
@@ -188,34 +231,38 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def print_results(results: dict[tuple[str, str], dict[str, Any]], sizes: list[int]) -> None:
+def print_results(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
+                  sizes: list[int]) -> None:  # fmt: skip
+    """Per engine the medians over rounds; per mode the ratios' medians and ranges; the last
+    line for compiled mode (eager when only eager ran)."""
     print()
     head = "".join(f"{f'tok/s b={b}':>12}" for b in sizes)
-    print(f"{'engine':<20}{'start s':>9}{head}{'ttft ms':>10}{'host %':>8}")
-    for (mode, kind), r in results.items():
-        cells = "".join(f"{r[b]:12.1f}" for b in sizes)
-        print(f"{kind + ' ' + mode:<20}{r['start_s']:9.1f}{cells}{r['ttft_ms']:10.1f}"
-              f"{100 * r['host_share']:8.2f}")  # fmt: skip
+    print(f"{'engine (median)':<20}{'start s':>9}{head}{'ttft ms':>10}{'host %':>8}")
+    for mode, r in results.items():
+        for kind in KINDS:
+            rates = [statistics.median(x[kind]["batches"][b]["tok_s"] for x in r["rounds"])
+                     for b in sizes]  # fmt: skip
+            ttft = statistics.median(statistics.median(x[kind]["ttft_ms"]) for x in r["rounds"])
+            host = f"{100 * r['guard_host_share']:8.2f}" if kind == "guarded" else ""
+            print(f"{kind + ' ' + mode:<20}{r['start_s'][kind]:9.1f}"
+                  + "".join(f"{x:12.1f}" for x in rates) + f"{ttft:10.1f}{host}")  # fmt: skip
     print()
-    ratio_line = {}
-    for mode in MODES:
-        plain, guarded = results.get((mode, "plain")), results.get((mode, "guarded"))
-        if not plain or not guarded:
-            continue
-        ratios = ", ".join(f"b={b} {guarded[b] / plain[b]:.3f}" for b in sizes)
-        ttft = guarded["ttft_ms"] / plain["ttft_ms"]
-        print(f"{mode}: guarded/plain throughput {ratios}; ttft {ttft:.3f}")
-        top = sizes[-1]
-        ratio_line[mode] = f"throughput_ratio={guarded[top] / plain[top]:.3f} ttft_ratio={ttft:.3f}"
-    eager, compiled = results.get(("eager", "guarded")), results.get(("compiled", "plain"))
-    if eager and compiled:
-        print(f"guarded eager / plain compiled at b={sizes[-1]}: "
-              f"{eager[sizes[-1]] / compiled[sizes[-1]]:.3f} (the eager-only guard's tax)")
-    print(ratio_line.get("compiled") or ratio_line.get("eager", ""))
+    last = ""
+    for mode, by in ratios.items():
+        cells = ", ".join(f"b={b} {describe(by[f'throughput_b{b}'])}" for b in sizes)
+        print(f"{mode}: guarded/plain throughput {cells}; ttft {describe(by['ttft'])}")
+        top, ttft = by[f"throughput_b{sizes[-1]}"], by["ttft"]
+        line = (f"throughput_ratio={top['median']:.3f} throughput_range={top['min']:.3f}-"
+                f"{top['max']:.3f} ttft_ratio={ttft['median']:.3f} ttft_range={ttft['min']:.3f}-"
+                f"{ttft['max']:.3f}")  # fmt: skip
+        if mode == "compiled" or not last:
+            last = line
+    print(last)
 
 
 def main() -> None:
     args = parse_args()
+    record = BenchRecord("overhead")
     from babelgate.gate.estimator import HarmfulnessGate
     from babelgate.gate.hf.model_source import resolve_model
     from babelgate.server.engine.startup import bind_cpu_threads
@@ -227,19 +274,28 @@ def main() -> None:
 
     work = make_workload(args, AutoTokenizer.from_pretrained(load_path), gate)
     print(f"{len(work.prompts)} prompts ({args.languages}; harmful+harmless), {args.max_tokens} "
-          f"output tokens each, batch sizes {work.batch_sizes}, {args.rounds} rounds; gate "
-          f"{Path(args.artifact).name} reading layers {list(gate.layers)}", flush=True)  # fmt: skip
-    results: dict[tuple[str, str], dict[str, Any]] = {}
+          f"output tokens each, batch sizes {work.batch_sizes}, {args.rounds} interleaved rounds;"
+          f" gate {Path(args.artifact).name} reading layers {list(gate.layers)}",
+          flush=True)  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, Any] = {}
     for mode in args.modes.split(","):
-        for kind in ("plain", "guarded"):
-            print(f"starting {kind} {mode} ...", flush=True)
-            engine = Engine(kind, mode, args, work)
-            try:
-                results[(mode, kind)] = measure(engine, work, args.rounds)
-            finally:
-                engine.shutdown()
-            print(f"  {results[(mode, kind)]}", flush=True)
-    print_results(results, work.batch_sizes)
+        with contextlib.ExitStack() as alive:
+            engines = {}
+            for kind in KINDS:
+                print(f"starting {kind} {mode} ...", flush=True)
+                engines[kind] = Engine(kind, mode, args, work)
+                alive.callback(engines[kind].shutdown)
+            results[mode] = measure_pair(engines, work, args.rounds)
+        ratios[mode] = pair_ratios(results[mode], work.batch_sizes)
+        print(f"  {mode}: {ratios[mode]}", flush=True)
+    print_results(results, ratios, work.batch_sizes)
+    workload = {"prompts": len(work.prompts), "languages": args.languages.split(","),
+                "max_tokens": args.max_tokens, "batch_sizes": work.batch_sizes,
+                "rounds": args.rounds, "ttft_probes": work.n_probe,
+                "artifact": portable(str(Path(args.artifact).resolve())),
+                "gate_layers": list(gate.layers)}  # fmt: skip
+    record.write({"workload": workload, "modes": results}, ratios, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ What it counts, and the goal for each:
 - **TTFT**: p50 and p99, from the request to its first content chunk.
 
 It ends with one line: ``requests=<n> errors_5xx=<n> missing_verdicts=<n> leaked_requests=<n>
-rss_growth_pct=<x> ttft_p50_ms=<x> ttft_p99_ms=<x>``.
+rss_growth_pct=<x> ttft_p50_ms=<x> ttft_p99_ms=<x>``; the JSON record (``bench/record.py``) has
+the counts, every TTFT and the RSS readings.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 import openai
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
+from record import BenchRecord, add_out_argument
 from serving import SERVED_NAME, Server, free_port, load_prompts, server_command
 
 from babelgate.gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
@@ -155,9 +157,10 @@ def settle(base: str) -> dict[str, float]:
         time.sleep(1)
 
 
-async def soak(base: str, prompts: list[str], args: argparse.Namespace,
-               server: psutil.Process) -> tuple[Tally, tuple[float, float]]:  # fmt: skip
-    """Run the clients; the tally and the RSS at the end of the warm-up."""
+async def soak(base: str, prompts: list[str], args: argparse.Namespace, server: psutil.Process,
+               readings: list[dict[str, float]]) -> tuple[Tally, tuple[float, float]]:
+    """Run the clients; the tally and the RSS at the end of the warm-up. Each progress line's
+    RSS is appended to ``readings``."""
     tally = Tally()
     start = time.monotonic()
     deadline = start + args.minutes * 60
@@ -180,6 +183,8 @@ async def soak(base: str, prompts: list[str], args: argparse.Namespace,
         while not all(c.done() for c in clients):
             await asyncio.wait(clients, timeout=PROGRESS_S)
             api, engine = rss_mb(server)
+            readings.append({"s": round(time.monotonic() - start), "requests": tally.requests,
+                             "api_mb": round(api), "engine_mb": round(engine)})  # fmt: skip
             print(f"  {time.monotonic() - start:6.0f} s: {tally.requests} requests, "
                   f"{tally.errors_5xx} 5xx, {tally.missing_verdicts} missing verdicts, RSS api "
                   f"{api:.0f} MB, engine {engine:.0f} MB", flush=True)  # fmt: skip
@@ -197,9 +202,11 @@ def main() -> int:
     parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--artifact", default=None, help="gate artifact (default: cached)")
     parser.add_argument("--eager", action="store_true", help="serve with --enforce-eager")
+    add_out_argument(parser, "soak")
     args = parser.parse_args()
     if args.minutes <= 0 or args.clients < 1:
         parser.error("--minutes must be > 0 and --clients >= 1")
+    record = BenchRecord("soak")
 
     bind_cpu_threads()
     if is_embedded(args.model):
@@ -218,7 +225,8 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         api_process = psutil.Process(server.proc.pid)
         print(f"healthy after {server.start_s:.1f} s", flush=True)
-        tally, warm = asyncio.run(soak(base, prompts, args, api_process))
+        readings: list[dict[str, float]] = []
+        tally, warm = asyncio.run(soak(base, prompts, args, api_process, readings))
         left = settle(base)
         end = rss_mb(api_process)
     growth = [100 * (e - w) / w for e, w in zip(end, warm, strict=True)]
@@ -232,10 +240,20 @@ def main() -> int:
     print(f"429s {tally.rejected_429}, other 4xx {tally.other_4xx}, dropped connections "
           f"{tally.dropped}, streams without [DONE] {tally.no_done}, gate failures "
           f"{tally.gate_failures}")  # fmt: skip
-    print(f"requests={tally.requests} errors_5xx={tally.errors_5xx} "
-          f"missing_verdicts={tally.missing_verdicts} leaked_requests={int(leaked)} "
-          f"rss_growth_pct={max(growth):.2f} ttft_p50_ms={np.percentile(ttft, 50):.0f} "
-          f"ttft_p99_ms={np.percentile(ttft, 99):.0f}")  # fmt: skip
+    summary = {"requests": tally.requests, "errors_5xx": tally.errors_5xx,
+               "missing_verdicts": tally.missing_verdicts, "leaked_requests": int(leaked),
+               "rss_growth_pct": round(max(growth), 2),
+               "ttft_p50_ms": round(float(np.percentile(ttft, 50)), 1),
+               "ttft_p99_ms": round(float(np.percentile(ttft, 99)), 1)}  # fmt: skip
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    counts = {k: v for k, v in vars(tally).items() if k != "ttft_s"}
+    record.write({"workload": {"minutes": args.minutes, "clients": args.clients,
+                               "warmup_s": args.warmup_s, "max_tokens": args.max_tokens,
+                               "eager": args.eager},
+                  "start_s": server.start_s, "counts": counts, "held_after": left,
+                  "rss_mb": {"warm": warm, "end": end, "readings": readings},
+                  "ttft_ms": [round(1000 * t, 1) for t in tally.ttft_s]},
+                 summary, args.out)  # fmt: skip
     return 0
 
 

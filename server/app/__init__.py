@@ -5,9 +5,10 @@ behind admission control (``server.app.admission``), the admin API on the same l
 its own (``server.app.listeners``), and ``serve`` runs it under uvicorn; the
 lifespan starts the service in the background (``/health`` is 503 until the guarded engine and
 its self-check are up) and shuts the engine down on exit. What a supervisor sees: stopped
-(SIGTERM) it exits with status 143, at once when it is still starting (the start-up work runs in
-threads nothing can interrupt, a first-use calibration takes minutes, and asyncio would wait for
-them); when it could not start, or when its engine died, with status 1.
+(SIGTERM) it exits with status 0, in order once started (responses in flight finish, the engine
+is shut down), at once when it is still starting (the start-up work runs in threads nothing can
+interrupt, a first-use calibration takes minutes, and asyncio would wait for them); when it
+could not start, or when its engine died, with status 1.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn
 
 import uvicorn
@@ -39,7 +40,7 @@ from babelgate.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-STOPPED = 128 + signal.SIGTERM  # the status of a process ended by SIGTERM, as the CLI's
+STOPPED = 0  # stopped by SIGTERM: a stop asked for is a success (to make, systemd, a shell)
 FAILED = 1  # could not start, or its engine died
 # A stop waits this long for the responses in flight, then closes them (within systemd's
 # TimeoutStopSec=60 of deploy/babelgate.service).
@@ -111,5 +112,25 @@ def serve(settings: ServeSettings) -> int:
         timeout_keep_alive=30,
         timeout_graceful_shutdown=GRACEFUL_STOP_S,
     )
-    uvicorn.Server(config).run(sockets=sockets)
-    return 0
+    server = uvicorn.Server(config)
+    with sigterm_stops(server):
+        server.run(sockets=sockets)
+    return STOPPED
+
+
+@contextmanager
+def sigterm_stops(server: uvicorn.Server) -> Iterator[None]:
+    """While the block runs, SIGTERM asks ``server`` to stop, and nothing else.
+
+    uvicorn catches SIGTERM while it runs, stops in order (the lifespan shuts the engine down)
+    and then raises the signal again for the handler it found: the CLI's, which would end a
+    stop that went well with status 143 (``make`` reports it as an error, systemd as a failure).
+    This handler, in place before uvicorn's and after it, hands the signal to uvicorn instead:
+    a SIGTERM that comes before uvicorn listens stops it as soon as it has started, and the one
+    raised again once it has stopped does nothing, so ``serve`` returns ``STOPPED``.
+    """
+    previous = signal.signal(signal.SIGTERM, server.handle_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

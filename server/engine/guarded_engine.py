@@ -39,15 +39,24 @@ def _launch(
     model_path: str | Path | None,
     artifact_path: str | Path | GateParams,
     engine_kwargs: dict[str, Any] | None,
-) -> tuple[AsyncLLM, GateParams, str]:
-    """The engine (processes started, gate not yet loaded), the gate and the model id;
-    raises before any process starts when the artifact or the model does not fit."""
+    launched: list[tuple[AsyncLLM, GateParams, str]],
+) -> None:
+    """Append the engine (processes started, gate not yet loaded), the gate and the model id to
+    ``launched``; raises before any process starts when the artifact or the model does not fit.
+
+    Runs in a worker thread. It hands the engine over in ``launched`` (emptied by the caller)
+    instead of returning it: vLLM keeps the exception of an optional import it tried here (e.g.
+    torchcodec's, ``vllm.multimodal.media.audio``) in a module global, whose traceback keeps this
+    frame and the thread's frame alive until the interpreter tears down; a returned engine would
+    stay in those frames' locals and be finalized only then, when ``AsyncLLM.__del__`` fails
+    with ``TypeError: 'NoneType' object is not callable`` on its half-cleared module.
+    """
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     plan = prepare(model_path, artifact_path, engine_kwargs)
     args = AsyncEngineArgs(model=plan.load_path, **plan.engine_kwargs)
-    return AsyncLLM.from_engine_args(args), plan.gate, plan.model_id
+    launched.append((AsyncLLM.from_engine_args(args), plan.gate, plan.model_id))
 
 
 class _VerdictFetcher:
@@ -117,9 +126,9 @@ class GuardedEngine:
         API server's ``/health`` says 503 "starting" instead of timing out); vLLM starts its
         output tasks on the first request when built outside the loop.
         """
-        engine, gate, model_id = await asyncio.to_thread(
-            _launch, model_path, artifact_path, engine_kwargs
-        )
+        launched: list[tuple[AsyncLLM, GateParams, str]] = []
+        await asyncio.to_thread(_launch, model_path, artifact_path, engine_kwargs, launched)
+        engine, gate, model_id = launched.pop()
         try:
             self = cls(engine, gate, model_id, engine.get_tokenizer())
             self.install_info = await self.worker.install(gate)
