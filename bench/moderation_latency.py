@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from serving import REPO, SERVED_NAME, Server, free_port, load_prompts, server_command
+from record import BenchRecord, add_out_argument
+from serving import SERVED_NAME, Server, free_port, load_prompts, server_command
 
 from babelgate.gate.hf.embedded import MODEL_HELP, ensure_embedded_model, is_embedded
 from babelgate.server.engine.startup import bind_cpu_threads
@@ -111,26 +109,6 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def machine() -> dict[str, Any]:
-    """Cores, memory and CPU model of this machine (Linux)."""
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                  if line.startswith("model name")), "unknown")  # fmt: skip
-    return {"cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "memory_gib": round(total_kb / 2**20, 1), "cpu_model": model}  # fmt: skip
-
-
-def git_commit() -> str:
-    """HEAD, with ``-dirty`` when tracked files have changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
-
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "HEAD").strip() + ("-dirty" if changed else "")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded:smollm2-135m", help=MODEL_HELP)
@@ -141,13 +119,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--eager", action="store_true", help="serve with --enforce-eager")
-    parser.add_argument("--out", default="moderation_latency.json", help="the JSON record")
+    add_out_argument(parser, "moderation_latency")
     args = parser.parse_args()
 
-    record: dict[str, Any] = {
-        "command": ["python", *sys.argv], "git_commit": git_commit(),
-        "machine": machine(), "load_average_before": os.getloadavg(),
-    }  # fmt: skip
+    record = BenchRecord("moderation_latency")
+    extra: dict[str, Any] = {}
     bind_cpu_threads()
     if is_embedded(args.model):
         if args.artifact is None and (shipped := shipped_artifact(args.model)) is not None:
@@ -163,7 +139,7 @@ def main() -> int:
     command[command.index("--max-num-seqs") + 1] = str(max(levels))
     print(f"server log in {tmp}", flush=True)
     with Server(command, port, Path(tmp) / "serve.log") as server:
-        record["server_start_s"] = server.start_s
+        extra["server_start_s"] = server.start_s
         for call in CALLS.values():  # warm-up
             asyncio.run(run_level(url, call, load_prompts(4), 2))
         for r in range(args.rounds):
@@ -172,20 +148,15 @@ def main() -> int:
                 for kind in KINDS:
                     raw[kind][c].append(asyncio.run(run_level(url, CALLS[kind], prompts, c)))
             print(f"round {r + 1}/{args.rounds} done", flush=True)
-    record["load_average_after"] = os.getloadavg()
-    record["results"] = {k: {c: summary(raw[k][c]) for c in levels} for k in KINDS}
-    record["raw"] = raw
+    results = {k: {c: summary(raw[k][c]) for c in levels} for k in KINDS}
     print(f"\n{'kind':12s} {'callers':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'p50 / chat TTFT p50':>20s}")  # fmt: skip
     for kind in KINDS:
         for c in levels:
-            s, ttft = record["results"][kind][c], record["results"]["chat_ttft"][c]
+            s, ttft = results[kind][c], results["chat_ttft"][c]
             print(f"{kind:12s} {c:7d} {s['requests_per_s']:8.1f} {s['p50_ms']:8.1f} "
                   f"{s['p99_ms']:8.1f} {s['p50_ms'] / ttft['p50_ms']:20.2f}")  # fmt: skip
-    print(f"load average before {record['load_average_before']}, "
-          f"after {record['load_average_after']}; {record['machine']}")
-    Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    record.write({"raw": raw, **extra}, {"results": results}, args.out)
     return 0
 
 
