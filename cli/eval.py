@@ -19,6 +19,7 @@ from babelgate.evaluation.defaults import (
     DEFAULT_TRAIN_POOL,
 )
 from babelgate.evaluation.policies import POLICY_NAMES
+from babelgate.evaluation.portable import portable_text
 from babelgate.evaluation.protection import (
     DEFAULT_GATE_PER_CLASS,
     DEFAULT_PER_CLASS,
@@ -228,7 +229,8 @@ def run_protection_cli(args: argparse.Namespace, artifact: str) -> int:
         restart=args.restart,
         report_only=args.report_only,
         progress=not args.no_progress,
-        command="babelgate " + " ".join(sys.argv[1:]) if sys.argv else "",
+        # recorded in the report, which is committed: no path of this machine
+        command=portable_text("babelgate " + " ".join(sys.argv[1:])),
     )
     run_protection(options)
     print((Path(args.out) / REPORT_MD).read_text(encoding="utf-8"))
