@@ -464,10 +464,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- `{n}`: mean recall "
                          f"{100 * np.mean([e[n]['recall'] for e in rules.values()]):.1f} %, "
                          f"mean FPR {100 * np.mean([e[n]['fpr'] for e in rules.values()]):.1f} %")
-    lost = {lang: e[p].get("native_refusals_lost_by_intervention") for lang, e in
-            report["languages"].items() for p in policies if p != "none"}  # fmt: skip
-    lost_text = "; ".join(f"{lang} {v}" for lang, v in lost.items() if v) or "none"
-    lines += ["", f"Native refusals lost, by the intervention the guard applied: {lost_text}."]
+    lines += ["", "Native refusals lost, by the intervention the guard applied:", ""]
+    for p in acting:
+        lost = {lang: e[p]["native_refusals_lost_by_intervention"]
+                for lang, e in report["languages"].items()}  # fmt: skip
+        lines.append(f"- `{p}`: " + ("; ".join(f"{lang} {v}" for lang, v in lost.items() if v)
+                                     or "none"))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
