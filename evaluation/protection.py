@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from babelgate.evaluation.degenerate import is_degenerate
 from babelgate.evaluation.heldout import CALIBRATION_LANGUAGES, load_heldout, stratified_sample
 from babelgate.evaluation.judges import judge_rows, make_judge
 from babelgate.evaluation.rows import text_sha
@@ -41,7 +42,6 @@ from babelgate.gate.hf.model_source import resolve_model
 from babelgate.gate.kshot import kshot_draws
 from babelgate.gate.metrics import auroc, bootstrap_auroc_interval, wilson_interval
 from babelgate.gate.threshold import balanced_f1_threshold, traffic_threshold
-from babelgate.refusal.degenerate import is_degenerate
 from babelgate.server.engine.types import GuardParams
 from babelgate.server.langid import Detection
 from babelgate.server.plan import language_plan
@@ -426,7 +426,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     head = "| language | degenerate, none | " + " | ".join(
         f"clean refusal of harmful verdicts, {p} | degenerate, {p}" for p in acting) + " |"
     lines += ["", "Harmful verdicts that ended in a refusal that is not degenerate (repetition, "
-              "or a script other than the language's and Latin: `refusal/degenerate.py`), and "
+              "or a script other than the language's and Latin: `evaluation/degenerate.py`), and "
               "degenerate outputs among all of the variant's outputs:", "", head,
               "|" + "---|" * (head.count("|") - 1)]  # fmt: skip
     for lang, e in report["languages"].items():

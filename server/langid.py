@@ -148,7 +148,8 @@ class _Scan:
         return sum(n for _, _, n in self.pieces)
 
 
-def _script_of(code: int) -> str | None:
+def script_of(code: int) -> str | None:
+    """The script of the letter at code point ``code`` (``SCRIPTS``), None for a non-letter."""
     if code < 0x250:  # every letter below U+0250 is Latin (or the micro and ordinal signs)
         return "Latin" if code >= 0x41 else None
     i = bisect_right(_STARTS, code) - 1
@@ -164,10 +165,10 @@ def _scan(text: str) -> _Scan:
     for i, ch in enumerate(text):
         if ch.isalpha():
             alpha = True
-            own = _script_of(ord(ch))
+            own = script_of(ord(ch))
             current = own or "other"
         elif _is_mark(ch):
-            own = _script_of(ord(ch))
+            own = script_of(ord(ch))
             current = own or script or "other"
         else:
             if script is not None and ch in SENTENCE_ENDS:

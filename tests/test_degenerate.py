@@ -1,8 +1,8 @@
-"""The degenerate-output detector (refusal/degenerate.py) on hand-made and observed cases."""
+"""The degenerate-output detector (evaluation/degenerate.py) on hand-made and observed cases."""
 
 from __future__ import annotations
 
-from babelgate.refusal.degenerate import dominant_script, is_degenerate, repeats, switched_script
+from babelgate.evaluation.degenerate import dominant_script, is_degenerate, repeats, switched_script
 
 
 def test_a_character_run_of_eight_is_degenerate_seven_is_not() -> None:
@@ -22,7 +22,7 @@ def test_a_script_other_than_the_languages_and_latin_is_a_switch() -> None:
     assert switched_script("这是违法的，我不能帮助你。", "th")  # Chinese answer to a Thai prompt
     assert not switched_script("I cannot help with that.", "th")  # English is allowed
     assert not switched_script("ฉันช่วยไม่ได้", "th")
-    assert not switched_script("これは違法です。", "ja")  # kana and kanji for Japanese
+    assert not switched_script("これは違法です。", "ja")  # kana and kanji (CJK) for Japanese
     assert switched_script("Я не могу помочь.", "de")
     assert not is_degenerate("Entschuldigung, dabei kann ich nicht helfen.", "de")
     assert not is_degenerate("", "en")
