@@ -7,9 +7,10 @@ its forward). Stages, each stored as it finishes so a rerun resumes:
    language, spread over the prompt families), the prompt's own language routing each
    (``scores.jsonl``);
 2. generations of a stratified sample (``--per-class`` per class and language, spread over the
-   prompt families) under each policy, greedy; each request is planned the way ``babelgate
-   serve`` plans it with its default settings (``server.plan.language_plan``: the artifact's
-   threshold for the language or the zero-shot fallback, the unprotected-language rule)
+   prompt families) under each serving variant (``VARIANTS``: ``--variants``; ``options.policies``
+   holds their names), greedy; each request is planned the way ``babelgate serve`` plans it
+   with that variant's settings (``server.plan.language_plan``: the artifact's threshold for
+   the language or the zero-shot fallback, the unprotected-language rule, the abstain band)
    (``generations.jsonl``);
 3. the report (``protection.json``, ``protection.md``): per language, the gate's AUROC and its
    recall and false-positive rate at the shipped thresholds over every row; harmful and benign
