@@ -78,10 +78,12 @@ def plan_request(
     if not record.protected:
         action = unprotected_action
         if action == "refuse" and zero_shot_threshold < record.value:
+            band = record.harmless_below
             record = dataclasses.replace(
                 record,
                 value=zero_shot_threshold,
                 source="zero-shot",
+                harmless_below=None if band is None else min(band, zero_shot_threshold),
                 note=f"unprotected: the zero-shot threshold replaces its own {record.value:.6g}",
             )
     if action == "flag" and policy != "none":

@@ -219,6 +219,15 @@ def test_the_ablation_rule_sets_the_band_sent_and_shown(ablation, band, sent, sh
     assert p.harmless_threshold == sent and ablates_below(own, ablation) == shown
 
 
+def test_an_unprotected_language_under_refuse_keeps_its_band_below_the_zero_shot_threshold():
+    """The stricter zero-shot threshold replaces the language's own; a band edge above it
+    would be an invalid record (the band lies below the threshold), so it moves down too."""
+    own = dataclasses.replace(record(0.5, protected=False), harmless_below=0.0)
+    p = plan_request(DETECTION, own, "steer", policy="routing", unprotected_action="refuse",
+                     zero_shot_threshold=-1.0, ablation="band")  # fmt: skip
+    assert (p.record.value, p.record.harmless_below, p.harmless_threshold) == (-1.0, -1.0, -1.0)
+
+
 @pytest.mark.parametrize("policy", ["routing", "shadow", "always-steer", "always-ablate"])
 @pytest.mark.parametrize("verdict", ["unscored", "missing"])
 def test_fail_open_reports_the_intervention_the_worker_made_under_every_policy(policy, verdict):
