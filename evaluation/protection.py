@@ -152,10 +152,16 @@ def refused_by_template(gens: Sequence[dict[str, Any]], variant: str) -> list[di
     return out
 
 
+def row_key(language: str, prompt: LabelledPrompt) -> str:
+    """A prompt's key in the stores: its language and text hash (a generation's key prefixes the
+    variant)."""
+    return f"{language}/{text_sha(prompt.text)}"
+
+
 def pending_scores(langs: dict[str, list[LabelledPrompt]],
                    store: ResultStore) -> list[tuple[str, LabelledPrompt]]:
     return [(lang, p) for lang, rows in langs.items() for p in rows
-            if f"{lang}/{text_sha(p.text)}" not in store]  # fmt: skip
+            if row_key(lang, p) not in store]  # fmt: skip
 
 
 def pending_generations(samples: dict[str, list[LabelledPrompt]], store: ResultStore,
@@ -164,7 +170,7 @@ def pending_generations(samples: dict[str, list[LabelledPrompt]], store: ResultS
     (a ``refuse`` variant asks for its steer twin)."""
     wanted = list(dict.fromkeys(steer_twin(v) for v in variants))
     return [(v, lang, p) for v in wanted for lang, rows in samples.items()
-            for p in rows if f"{v}/{lang}/{text_sha(p.text)}" not in store]  # fmt: skip
+            for p in rows if f"{v}/{row_key(lang, p)}" not in store]  # fmt: skip
 
 
 def run_scores(engine: Any, langs: dict[str, list[LabelledPrompt]], store: ResultStore,
@@ -177,7 +183,7 @@ def run_scores(engine: Any, langs: dict[str, list[LabelledPrompt]], store: Resul
         for start in range(0, len(pending), options.batch_size):
             batch = pending[start : start + options.batch_size]
             scores = engine.gate_scores([p.text for p in batch], lang)
-            store.append({"key": f"{lang}/{text_sha(p.text)}", "language": lang,
+            store.append({"key": row_key(lang, p), "language": lang,
                           "style": p.style, "label": p.label, "score": float(s)}
                          for p, s in zip(batch, scores, strict=True))  # fmt: skip
             bar.update(len(batch))
@@ -195,7 +201,7 @@ def run_generations(engine: Any, samples: dict[str, list[LabelledPrompt]], store
         guards = [serve_guard(engine.gate, policy, lang) for policy, lang, _ in batch]
         gens = engine.generate_guarded([p.text for _, _, p in batch], guards,
                                        options.max_new_tokens)  # fmt: skip
-        store.append({"key": f"{policy}/{lang}/{text_sha(p.text)}", "policy": policy,
+        store.append({"key": f"{policy}/{row_key(lang, p)}", "policy": policy,
                       "language": lang, "style": p.style, "label": p.label, "prompt": p.text,
                       "output": g.text, "n_tokens": len(g.token_ids), "guard": g.info}
                      for (policy, lang, p), g in zip(batch, gens, strict=True))  # fmt: skip
@@ -512,8 +518,8 @@ def run_protection(options: ProtectionOptions) -> dict[str, Any]:
     gate = HarmfulnessGate.load(options.artifact)  # the thresholds the engine was sent
     # Only the rows of this run's samples: a folder reused with smaller sizes keeps rows the
     # current samples no longer hold, and they must not widen one language's cells.
-    scored = {f"{lang}/{text_sha(p.text)}" for lang, rows in langs.items() for p in rows}
-    sampled = {f"{lang}/{text_sha(p.text)}" for lang, rows in samples.items() for p in rows}
+    scored = {row_key(lang, p) for lang, rows in langs.items() for p in rows}
+    sampled = {row_key(lang, p) for lang, rows in samples.items() for p in rows}
     report = build_report(
         options, settings | {"partial": bool(pending) and options.report_only}, gate,
         [r for r in read_jsonl(out / SCORES_FILE) if r["key"] in scored],
