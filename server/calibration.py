@@ -149,9 +149,13 @@ def recalibrate_language(
 def _scored(
     artifact: str | Path, texts: Sequence[str], model: str | None
 ) -> tuple[HarmfulnessGate, np.ndarray]:
-    """The artifact's gate (checked against the model) and its scores of ``texts``."""
+    """The artifact's gate (checked against the model) and its scores of ``texts``.
+
+    Through the activation cache ``babelgate calibrate`` fills: the texts of a recalibration or
+    band measurement are usually the calibration data itself, already read once."""
     gate = HarmfulnessGate.load(artifact)
-    backend = TransformersBackend(model or gate.model.id)
+    backend = CachedBackend(TransformersBackend(model or gate.model.id),
+                            cache_root() / "activations")  # fmt: skip
     gate = HarmfulnessGate.load(artifact, expect_model=backend.model_info)
     acts = gate.inputs(backend.activations(list(texts), list(gate.layers), progress=False))
     return gate, gate.score(acts)
