@@ -78,6 +78,8 @@ VARIANTS: dict[str, Variant] = {
     "routing": Variant("routing", "always"),  # the paper's: every harmless verdict ablates
     "routing-band": Variant("routing", "band"),  # ablate only below the abstain band
     "routing-band-refuse": Variant("routing", "band", "refuse"),
+    "routing-never": Variant("routing", "never"),  # steer harmful verdicts, never ablate
+    "routing-never-refuse": Variant("routing", "never", "refuse"),  # the serving default
 }
 PROTECTION_POLICIES: tuple[str, ...] = tuple(VARIANTS)
 

@@ -136,12 +136,13 @@ def test_protection_runs_end_to_end_and_resumes_without_an_engine(tmp_path) -> N
     report = json.loads((out / "protection.json").read_text())
     assert set(report["languages"]) == {"en", "hi"}
     gens = (out / "generations.jsonl").read_text().splitlines()
-    # 3 generating variants (routing-band-refuse reuses routing-band's) x 2 languages x 2 x 2
-    assert len(gens) == 3 * 2 * 4
+    # 4 generating variants (each -refuse one reuses its steer twin's) x 2 languages x 2 x 2
+    assert len(gens) == 4 * 2 * 4
     hi = report["languages"]["hi"]
     assert not hi["calibration_language"] and hi["gate"]["n_harmful"] == 6
     assert hi["routing"]["harmful_refused"]["n"] == 2
     assert hi["routing-band-refuse"]["harmful_refused"]["n"] == 2
+    assert hi["routing-never-refuse"]["harmful_refused"]["n"] == 2
     # everything stored: the rerun rewrites the report without starting an engine
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Initializing a V1 LLM engine" not in again.stderr
