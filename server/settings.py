@@ -107,12 +107,21 @@ class ServeSettings(BaseSettings):
     policy: Policy = setting(
         "routing", GUARDRAIL, "engine policy (routing: steer harmful, ablate harmless)"
     )
-    action: Action = setting("steer", GUARDRAIL, "what a harmful verdict triggers")
+    # Defaults from the held-out protection benchmark (docs/eval/qwen2.5-coder-0.5b/protection):
+    # steering broke about 1 in 5 of the model's own refusals and ended in a clean refusal on
+    # 59 % of harmful verdicts; ablation on gate misses removed refusals the model would have made,
+    # even below the calibrated band. refuse + never is the only way of serving measured there
+    # that keeps every native refusal.
+    action: Action = setting(
+        "refuse", GUARDRAIL, "what a harmful verdict triggers: refuse = the templated refusal in "
+        "the request's language; steer = add the refusal direction (the paper's routing); flag "
+        "= served unchanged, the verdict says so",
+    )  # fmt: skip
     ablation: Ablation = setting(
-        "band", GUARDRAIL, "when a harmless verdict ablates the harm direction: band = only when "
-        "the score is below the language's harmless_below edge (measured at calibration; between "
-        "it and the threshold the verdict is unsure and nothing is done; no edge: never); "
-        "always = every harmless verdict (the paper's routing); never",
+        "never", GUARDRAIL, "when a harmless verdict ablates the harm direction: never; band = "
+        "only when the score is below the language's harmless_below edge (measured at "
+        "calibration; between it and the threshold the verdict is unsure and nothing is done); "
+        "always = every harmless verdict (the paper's routing)",
     )  # fmt: skip
     language_actions: dict[str, Action] = setting(
         {}, GUARDRAIL, "per-language action, e.g. yo=refuse (repeatable)",

@@ -158,7 +158,7 @@ def test_mixed_text_is_planned_by_its_strictest_language(tmp_path) -> None:
 
 
 def test_an_unprotected_language_in_the_mix_does_not_turn_acting_into_flagging(tmp_path) -> None:
-    svc, gate = service(tmp_path, unprotected_action="flag")  # yo is unprotected here
+    svc, gate = service(tmp_path, action="steer", unprotected_action="flag")  # yo unprotected
     gate.set_threshold("en", 0.5)
     plan = svc.plan(LanguageRouter().detect(f"{YO}\n\n{EN}"))
     assert set(plan.detection.languages) == {"yo", "en"}

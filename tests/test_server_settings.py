@@ -29,8 +29,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     s = ServeSettings()
-    assert (s.port, s.policy, s.action, s.gate_failure, s.default_language) == (
-        8000, "routing", "steer", "closed", "en"
+    assert (s.port, s.policy, s.action, s.ablation, s.gate_failure, s.default_language) == (
+        8000, "routing", "refuse", "never", "closed", "en"
     )
     assert s.engine_kwargs() == {"tensor_parallel_size": 1, "dtype": "auto", "seed": 0}
 
