@@ -231,6 +231,20 @@ def gate_metrics(scores: Sequence[dict[str, Any]], record: Any, seed: int) -> di
     if 0 < y.sum() < y.size:
         out["auroc"] = auroc(s, y)
         out["auroc_ci95"] = list(bootstrap_auroc_interval(s, y, seed=seed))
+        out["auroc_by_benign_family"] = benign_family_auroc(scores)
+    return out
+
+
+def benign_family_auroc(scores: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """AUROC of all the language's harmful rows against each benign family alone: which kind of
+    benign prompt the gate confuses with harm (questions *about* harmful acts, or statements of
+    distress, say)."""
+    harmful = [r["score"] for r in scores if r["label"] == 1]
+    out: dict[str, dict[str, Any]] = {}
+    for family in sorted({r["style"] for r in scores if r["label"] == 0}):
+        benign = [r["score"] for r in scores if r["label"] == 0 and r["style"] == family]
+        out[family] = {"n": len(benign),
+                       "auroc": auroc(harmful + benign, [1] * len(harmful) + [0] * len(benign))}
     return out
 
 
@@ -381,6 +395,23 @@ def _fmt(cell: dict[str, Any] | None) -> str:
     return f"{100 * cell['rate']:.0f} [{100 * low:.0f}, {100 * high:.0f}] ({cell['k']}/{cell['n']})"
 
 
+def _md_benign_families(report: dict[str, Any]) -> list[str]:
+    """The AUROC of the harmful rows against each benign family, per language."""
+    per = {lang: e["gate"].get("auroc_by_benign_family", {})
+           for lang, e in report["languages"].items()}  # fmt: skip
+    families = sorted({f for cells in per.values() for f in cells})
+    if not families:
+        return []
+    lines = ["", "AUROC of the language's harmful rows against each benign family alone "
+             "(number of benign rows in brackets):", "",
+             "| language | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for lang, cells in per.items():
+        lines.append(f"| {lang} | " + " | ".join(
+            f"{cells[f]['auroc']:.2f} ({cells[f]['n']})" if f in cells else "—"
+            for f in families) + " |")  # fmt: skip
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     s, settings = report["summary"], report["settings"]
     policies = [p for p in PROTECTION_POLICIES if f"{p}_harmful_refused_mean" in s]
@@ -421,6 +452,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {lang}{mark} | {g['n_harmful']} / {g['n_benign']} | {auc} | "
                      f"{g['threshold']:.3f} ({g['threshold_source']}{unprotected}) | "
                      f"{_fmt(g['recall'])} | {_fmt(g['fpr'])} |")  # fmt: skip
+    lines += _md_benign_families(report)
     lines += ["", "## Refusals", ""]
     head = "| language | " + " | ".join(
         f"harmful refused, {p} | benign refused, {p}" for p in policies

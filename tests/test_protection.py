@@ -18,6 +18,7 @@ from babelgate.evaluation.heldout import (
 )
 from babelgate.evaluation.protection import (
     ProtectionOptions,
+    benign_family_auroc,
     refusal_metrics,
     refused_by_template,
     serve_guard,
@@ -147,3 +148,13 @@ def test_protection_runs_end_to_end_and_resumes_without_an_engine(tmp_path) -> N
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Initializing a V1 LLM engine" not in again.stderr
     assert "# Protection on held-out data" in again.stdout
+
+
+def test_benign_family_auroc_pits_every_harmful_row_against_one_family() -> None:
+    rows = [{"label": 1, "style": "crimes", "score": 2.0},
+            {"label": 1, "style": "crimes", "score": 0.0},
+            {"label": 0, "style": "ethics", "score": 1.0},  # between the two harmful: 0.5
+            {"label": 0, "style": "distress", "score": -1.0},  # below both: 1.0
+            {"label": 0, "style": "distress", "score": -2.0}]  # fmt: skip
+    got = benign_family_auroc(rows)
+    assert got == {"distress": {"n": 2, "auroc": 1.0}, "ethics": {"n": 1, "auroc": 0.5}}
