@@ -185,8 +185,9 @@ def band_languages(
         old = gate.threshold(lang)
         record = gate.set_band(lang, scores[start : start + len(texts)])
         start += len(texts)
-        record.note = (f"{record.note} babelgate recalibrate --band-only: abstain band from "
-                       f"{len(texts)} harmful train examples").strip()  # fmt: skip
+        record.note = "; ".join(filter(None, [record.note, "babelgate recalibrate --band-only: "
+                                             f"abstain band from {len(texts)} harmful train "
+                                             "examples"]))  # fmt: skip
         out.append((old, record))
     gate.save_thresholds(artifact)
     return out

@@ -82,6 +82,42 @@ def test_recalibrate_cli_records_threshold(small_artifact, tmp_path, polyrefuse_
     assert str(examples) in record.note
 
 
+@pytest.mark.slow
+def test_recalibrate_band_only_sets_the_band_and_keeps_the_threshold(
+    small_artifact, tmp_path, polyrefuse_dir, capsys
+):
+    """6 harmful examples per language: floor(0.02 * 6) = 0, so the band's edge is the lowest
+    harmful score (capped at the threshold), scored here by the gate itself."""
+    from babelgate.gate.data import load_polyrefuse
+    from babelgate.gate.estimator import HarmfulnessGate
+    from babelgate.gate.hf.backend import TransformersBackend
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(small_artifact, artifact)
+    before = HarmfulnessGate.load(artifact)
+    rows = load_polyrefuse(polyrefuse_dir, languages=["de", "yo"], splits=["train"])
+    picked = {lang: [r.text for r in rows if r.label == 1 and r.language == lang][:6]
+              for lang in ("de", "yo")}  # fmt: skip
+    examples = tmp_path / "band.jsonl"
+    examples.write_text("".join(
+        json.dumps({"text": t, "label": 1, "language": lang}) + "\n"
+        for lang, texts in picked.items() for t in texts))  # fmt: skip
+    code = main(["recalibrate", "--artifact", str(artifact), "--band-only", "--language",
+                 "de,yo", "--examples", str(examples)])  # fmt: skip
+    assert code == 0
+    assert "harmless below" in capsys.readouterr().out
+    after = HarmfulnessGate.load(artifact)
+    backend = TransformersBackend(SMOLLM2.id)
+    for lang, texts in picked.items():
+        old, new = before.threshold(lang), after.threshold(lang)
+        scores = after.score(after.inputs(backend.activations(texts, list(after.layers),
+                                                              progress=False)))  # fmt: skip
+        assert (new.value, new.source, new.k) == (old.value, old.source, old.k)
+        assert new.harmless_below == pytest.approx(min(float(scores.min()), old.value), abs=1e-4)
+        assert new.note.endswith("; babelgate recalibrate --band-only: abstain band from 6 "
+                                 "harmful train examples")  # fmt: skip
+
+
 def test_calibrate_refuses_existing_output(tmp_path, capsys):
     out = tmp_path / "exists"
     out.mkdir()

@@ -84,9 +84,10 @@ class Server:
             # eager: the API's behaviour does not depend on the mode (both modes: test_vllm_engine)
             "--max-num-seqs", "8", "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),
             "--language-action", "yo=refuse", "--language-action", "sw=flag",
-            # the paper's routing: these tests pin thresholds by hand (no abstain band), and
-            # check that a harmless verdict ablates; the band is tested in test_server_outcome
-            "--ablation", "always",
+            # the paper's routing (steer harmful, ablate harmless): these tests pin thresholds by
+            # hand (no abstain band) and check both actions; the serving defaults (refuse, the
+            # band) are tested in test_server_outcome and test_server_settings
+            "--action", "steer", "--ablation", "always",
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
