@@ -20,10 +20,12 @@ health, commonsense: benign), on the residual at the last prompt token of each l
   content held fixed, not transfer to new content.
 
 Then one check across datasets, which is held out: the logistic probe fitted on every XSafety row
-of every language, scored on the English rows from other sources (Do-Not-Answer,
+of every language, on the shipped gate's calibration sources (PolyRefuse train and the style
+prompts), and on both, each scored on the English rows from other sources (Do-Not-Answer,
 SimpleSafetyTests and XSTest's unsafe contrasts against XSTest's safe prompts), at the gate's
 layer and at the layer with the best mean ``cv_logistic`` (chosen on XSafety alone), beside the
-shipped gate on the same rows.
+shipped gate on the same rows. And the probe fitted on the shipped gate's own sources, scored on
+each language's XSafety rows: held out, and comparable with the shipped gate's column.
 
 Activations go through the activation cache that ``babelgate calibrate`` fills, so a re-run only
 computes prompts it has not seen. Run from the repository root, one model job at a time:
@@ -46,6 +48,7 @@ import numpy as np
 
 from babelgate.evaluation.heldout import load_heldout
 from babelgate.gate.activation_cache import CachedBackend
+from babelgate.gate.data import load_dataset
 from babelgate.gate.directions import mean_difference
 from babelgate.gate.estimator import HarmfulnessGate
 from babelgate.gate.hf.backend import TransformersBackend
@@ -54,6 +57,7 @@ from babelgate.gate.readout import LogisticReadout
 from babelgate.paths import cache_root
 
 FOLDS = 5
+STYLES = Path("evaluation/data/styles")  # the question and narrative prompts calibration reads
 Probe = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -91,26 +95,37 @@ def cross_validated_auroc(probe: Probe, x: np.ndarray, y: np.ndarray, seed: int)
 
 
 def cross_dataset(
-    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    sources: dict[str, tuple[np.ndarray, np.ndarray]],
     other: tuple[np.ndarray, np.ndarray],
     shipped: np.ndarray,
     families: np.ndarray,
     layers: dict[str, int],
 ) -> dict:
-    """The XSafety-fitted logistic probe on the other datasets' rows, all of them and XSTest's
-    own safe/unsafe pairs, at each named layer; the shipped gate's scores beside it."""
-    x_all = np.concatenate([a for a, _ in data.values()])
-    y_all = np.concatenate([y for _, y in data.values()])
+    """Logistic probes fitted on each training source, scored on the other datasets' rows (all
+    of them, and XSTest's own safe/unsafe pairs) at each named layer; the shipped gate beside."""
     acts, y = other
     xstest = families == "xstest"
     out: dict = {"n_harmful": int(y.sum()), "n_benign": int((y == 0).sum()),
-                 "shipped": {"all": interval(shipped, y),
-                             "xstest": interval(shipped[xstest], y[xstest])}}  # fmt: skip
-    for name, layer in layers.items():
-        scores = logistic_probe(x_all[:, layer], y_all, acts[:, layer])
-        out[name] = {"layer": layer, "all": interval(scores, y),
-                     "xstest": interval(scores[xstest], y[xstest])}  # fmt: skip
+                 "shipped gate": {"all": interval(shipped, y),
+                                  "xstest": interval(shipped[xstest], y[xstest])}}  # fmt: skip
+    for source, (x_train, y_train) in sources.items():
+        for name, layer in layers.items():
+            scores = logistic_probe(x_train[:, layer], y_train, acts[:, layer])
+            out[f"{source}, {name} (L{layer})"] = {
+                "all": interval(scores, y),
+                "xstest": interval(scores[xstest], y[xstest]),
+            }
     return out
+
+
+def calibration_probe_on_xsafety(
+    train: tuple[np.ndarray, np.ndarray], data: dict[str, tuple[np.ndarray, np.ndarray]], layer: int
+) -> dict[str, dict[str, float]]:
+    """The logistic probe fitted on the shipped gate's own sources, at the gate's layer, scored
+    on each language's XSafety rows: held out, like the shipped gate's column beside it."""
+    readout = LogisticReadout().fit(train[0][:, layer], train[1])
+    return {lang: interval(readout.decision_function(acts[:, layer]), y)
+            for lang, (acts, y) in data.items()}  # fmt: skip
 
 
 def interval(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -159,7 +174,8 @@ def render(result: dict) -> str:
         "",
         "## Across datasets (held out)",
         "",
-        "The logistic probe fitted on every XSafety row above (all languages), scored on the "
+        "Logistic probes fitted on every XSafety row above (all languages), on PolyRefuse train "
+        "and the style prompts (the shipped gate's sources), and on both, scored on the "
         f"English rows of the other sources ({c['n_harmful']} harmful: Do-Not-Answer, "
         f"SimpleSafetyTests, XSTest's unsafe contrasts; {c['n_benign']} benign: XSTest's safe "
         "prompts), and on XSTest's pairs alone. AUROC [bootstrap 95 %]:",
@@ -169,8 +185,22 @@ def render(result: dict) -> str:
     ]
     for name, e in c.items():
         if isinstance(e, dict) and "all" in e:
-            label = "shipped gate" if "layer" not in e else f"XSafety probe, {name} (L{e['layer']})"
-            lines.append(f"| {label} | {_interval(e['all'])} | {_interval(e['xstest'])} |")
+            lines.append(f"| {name} | {_interval(e['all'])} | {_interval(e['xstest'])} |")
+    by_lang = c["xsafety_by_language"]
+    lines += [
+        "",
+        f"The probe fitted on PolyRefuse train and the style prompts at layer {layer}, scored on "
+        "each language's XSafety rows (held out: it never saw XSafety), beside the shipped gate "
+        "(fitted on the same sources, low-rank, layers "
+        f"{meta['gate_layers']}). AUROC [bootstrap 95 %]:",
+        "",
+        "| language | shipped gate | full-residual probe |",
+        "|---|---|---|",
+    ]
+    for lang, cell in by_lang.items():
+        lines.append(f"| {lang} | {_interval(langs[lang]['shipped'])} | {_interval(cell)} |")
+    probe_mean = np.mean([cell["auroc"] for cell in by_lang.values()])
+    lines.append(f"| mean | {shipped:.2f} | {probe_mean:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -183,6 +213,7 @@ def main() -> int:
     parser.add_argument("--model", default="embedded:qwen2.5-coder-0.5b")
     parser.add_argument("--artifact", default="server/artifacts/qwen2.5-coder-0.5b/robust")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--polyrefuse", default="../shared/data/polyrefuse")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--render", action="store_true", help="only rewrite ceiling.md")
     args = parser.parse_args()
@@ -238,7 +269,18 @@ def main() -> int:
     cv_mean = np.mean([e["cv_logistic"] for e in report.values()], axis=0)
     layers = {"gate_layer": gate.layers[-1], "best_cv_layer": int(np.argmax(cv_mean))}
     families = np.array([p.style for p in english])
-    crossed = cross_dataset(data, other, shipped_scores(other[0]), families, layers)
+    calibration = load_dataset(args.polyrefuse, splits=["train"]) + load_dataset(STYLES)
+    print(f"calibration sources: {len(calibration)} rows", flush=True)
+    sources = {"XSafety": (np.concatenate([a for a, _ in data.values()]),
+                           np.concatenate([y for _, y in data.values()])),
+               "PolyRefuse train + styles": (
+                   backend.activations([p.text for p in calibration], batch_size=16),
+                   np.array([p.label for p in calibration]))}  # fmt: skip
+    sources["both"] = tuple(np.concatenate(parts) for parts in zip(*sources.values(), strict=True))
+    crossed = cross_dataset(sources, other, shipped_scores(other[0]), families, layers)
+    crossed["xsafety_by_language"] = calibration_probe_on_xsafety(
+        sources["PolyRefuse train + styles"], data, gate.layers[-1]
+    )
     print("cross-dataset", json.dumps(crossed), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
