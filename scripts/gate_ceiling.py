@@ -1,7 +1,8 @@
 """How far a linear readout of the residual stream can separate XSafety's harmful and benign rows.
 
-A developer's diagnostic, not part of the package, and **not a held-out result**: the probes here
-are fitted on XSafety itself, the source of the protection benchmark's multilingual rows. It asks
+A developer's diagnostic, not part of the package. Its first part is **not a held-out result**:
+those probes are fitted on XSafety itself, the source of the protection benchmark's multilingual
+rows. It asks
 whether the shipped gate's held-out failure (mean AUROC 0.69, hi and bn at chance) comes from
 the model, which would not represent the difference in those languages, or from what the gate was
 fitted on (PolyRefuse's phrasing of crime and violence against Alpaca-style tasks).
@@ -21,11 +22,12 @@ health, commonsense: benign), on the residual at the last prompt token of each l
 
 Then one check across datasets, which is held out: the logistic probe fitted on every XSafety row
 of every language, on the shipped gate's calibration sources (PolyRefuse train and the style
-prompts), and on both, each scored on the English rows from other sources (Do-Not-Answer,
-SimpleSafetyTests and XSTest's unsafe contrasts against XSTest's safe prompts), at the gate's
-layer and at the layer with the best mean ``cv_logistic`` (chosen on XSafety alone), beside the
-shipped gate on the same rows. And the probe fitted on the shipped gate's own sources, scored on
-each language's XSafety rows: held out, and comparable with the shipped gate's column.
+prompts, all 14 languages; the shipped readout was fitted on 10 of them), and on both, each
+scored on the English rows from other sources (Do-Not-Answer, SimpleSafetyTests and XSTest's
+unsafe contrasts against XSTest's safe prompts), at the gate's layer and at the layer with the
+best mean ``cv_logistic`` (chosen on XSafety alone), beside the shipped gate on the same rows.
+And the probe fitted on the shipped gate's own sources, scored on each language's XSafety rows:
+held out, and comparable with the shipped gate's column.
 
 Activations go through the activation cache that ``babelgate calibrate`` fills, so a re-run only
 computes prompts it has not seen. Run from the repository root, one model job at a time:
@@ -146,7 +148,10 @@ def render(result: dict) -> str:
     layer = meta["gate_layers"][-1]
     probes = [k for k in next(iter(langs.values())) if k.startswith(("cv_", "lolo_"))]
     lines = [
-        "# How far a linear readout separates XSafety (a diagnostic, not a held-out result)",
+        "# How far a linear readout separates XSafety, and what carries over",
+        "",
+        "A diagnostic. The first table is **not held out** (its probes are fitted on XSafety); "
+        "the sections after it are.",
         "",
         f"Model `{meta['model']}`, shipped gate `{meta['artifact']}` (layers "
         f"{meta['gate_layers']}). Command: `{meta['command']}` ({meta['wall_time_s']} s). Rows: "
@@ -175,7 +180,8 @@ def render(result: dict) -> str:
         "## Across datasets (held out)",
         "",
         "Logistic probes fitted on every XSafety row above (all languages), on PolyRefuse train "
-        "and the style prompts (the shipped gate's sources), and on both, scored on the "
+        "and the style prompts (the shipped gate's sources, all 14 languages; its readout was "
+        "fitted on 10 of them), and on both, scored on the "
         f"English rows of the other sources ({c['n_harmful']} harmful: Do-Not-Answer, "
         f"SimpleSafetyTests, XSTest's unsafe contrasts; {c['n_benign']} benign: XSTest's safe "
         "prompts), and on XSTest's pairs alone. AUROC [bootstrap 95 %]:",
@@ -191,7 +197,7 @@ def render(result: dict) -> str:
         "",
         f"The probe fitted on PolyRefuse train and the style prompts at layer {layer}, scored on "
         "each language's XSafety rows (held out: it never saw XSafety), beside the shipped gate "
-        "(fitted on the same sources, low-rank, layers "
+        "(fitted on the same sources in 10 languages, low-rank, layers "
         f"{meta['gate_layers']}). AUROC [bootstrap 95 %]:",
         "",
         "| language | shipped gate | full-residual probe |",
@@ -246,7 +252,7 @@ def main() -> int:
     report: dict[str, dict] = {}
     for lang, (acts, y) in data.items():
         shipped = shipped_scores(acts)
-        others = [other for other in langs if other != lang]
+        others = [o for o in langs if o != lang]
         x_other = np.concatenate([data[o][0] for o in others])
         y_other = np.concatenate([data[o][1] for o in others])
         entry: dict = {"n_harmful": int(y.sum()), "n_benign": int((y == 0).sum()),
