@@ -123,8 +123,8 @@ def cross_dataset(
 def calibration_probe_on_xsafety(
     train: tuple[np.ndarray, np.ndarray], data: dict[str, tuple[np.ndarray, np.ndarray]], layer: int
 ) -> dict[str, dict[str, float]]:
-    """The logistic probe fitted on the shipped gate's own sources, at the gate's layer, scored
-    on each language's XSafety rows: held out, like the shipped gate's column beside it."""
+    """The logistic probe fitted on ``train`` at the gate's layer, scored on each language's
+    XSafety rows: held out, like the shipped gate's column beside it."""
     readout = LogisticReadout().fit(train[0][:, layer], train[1])
     return {lang: interval(readout.decision_function(acts[:, layer]), y)
             for lang, (acts, y) in data.items()}  # fmt: skip
@@ -192,21 +192,26 @@ def render(result: dict) -> str:
     for name, e in c.items():
         if isinstance(e, dict) and "all" in e:
             lines.append(f"| {name} | {_interval(e['all'])} | {_interval(e['xstest'])} |")
-    by_lang = c["xsafety_by_language"]
+    by_set = c["xsafety_by_language"]
     lines += [
         "",
-        f"The probe fitted on PolyRefuse train and the style prompts at layer {layer}, scored on "
-        "each language's XSafety rows (held out: it never saw XSafety), beside the shipped gate "
-        "(fitted on the same sources in 10 languages, low-rank, layers "
+        f"Probes fitted on PolyRefuse train and the style prompts at layer {layer}, in all 14 "
+        "languages or in the shipped gate's 10 training languages only, scored on each "
+        "language's XSafety rows (held out: they never saw XSafety), beside the shipped gate "
+        "(fitted on the same sources in its 10 languages, low-rank, layers "
         f"{meta['gate_layers']}). AUROC [bootstrap 95 %]:",
         "",
-        "| language | shipped gate | full-residual probe |",
-        "|---|---|---|",
+        "| language | shipped gate | " + " | ".join(f"probe, {n}" for n in by_set) + " |",
+        "|---|---|" + "---|" * len(by_set),
     ]
-    for lang, cell in by_lang.items():
-        lines.append(f"| {lang} | {_interval(langs[lang]['shipped'])} | {_interval(cell)} |")
-    probe_mean = np.mean([cell["auroc"] for cell in by_lang.values()])
-    lines.append(f"| mean | {shipped:.2f} | {probe_mean:.2f} |")
+    for lang in langs:
+        row = [_interval(langs[lang]["shipped"])]
+        row += [_interval(by_lang[lang]) for by_lang in by_set.values()]
+        lines.append(f"| {lang} | " + " | ".join(row) + " |")
+    means = [
+        f"{np.mean([cell['auroc'] for cell in cells.values()]):.2f}" for cells in by_set.values()
+    ]
+    lines.append(f"| mean | {shipped:.2f} | " + " | ".join(means) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -284,9 +289,13 @@ def main() -> int:
                    np.array([p.label for p in calibration]))}  # fmt: skip
     sources["both"] = tuple(np.concatenate(parts) for parts in zip(*sources.values(), strict=True))
     crossed = cross_dataset(sources, other, shipped_scores(other[0]), families, layers)
-    crossed["xsafety_by_language"] = calibration_probe_on_xsafety(
-        sources["PolyRefuse train + styles"], data, gate.layers[-1]
-    )
+    own = np.array([p.language in gate.training_languages for p in calibration])
+    x_cal, y_cal = sources["PolyRefuse train + styles"]
+    crossed["xsafety_by_language"] = {
+        "14 languages": calibration_probe_on_xsafety((x_cal, y_cal), data, gate.layers[-1]),
+        "the gate's 10": calibration_probe_on_xsafety((x_cal[own], y_cal[own]), data,
+                                                      gate.layers[-1]),
+    }  # fmt: skip
     print("cross-dataset", json.dumps(crossed), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
