@@ -250,13 +250,9 @@ def main() -> int:
     other = (backend.activations([p.text for p in english], batch_size=16),
              np.array([p.label for p in english]))  # fmt: skip
 
-    def shipped_scores(acts: np.ndarray) -> np.ndarray:
-        chosen = acts[:, list(gate.layers)]
-        return gate.score(chosen[:, 0] if len(gate.layers) == 1 else chosen)
-
     report: dict[str, dict] = {}
     for lang, (acts, y) in data.items():
-        shipped = shipped_scores(acts)
+        shipped = gate.score_all_layers(acts)
         others = [o for o in langs if o != lang]
         x_other = np.concatenate([data[o][0] for o in others])
         y_other = np.concatenate([data[o][1] for o in others])
@@ -288,7 +284,7 @@ def main() -> int:
                    backend.activations([p.text for p in calibration], batch_size=16),
                    np.array([p.label for p in calibration]))}  # fmt: skip
     sources["both"] = tuple(np.concatenate(parts) for parts in zip(*sources.values(), strict=True))
-    crossed = cross_dataset(sources, other, shipped_scores(other[0]), families, layers)
+    crossed = cross_dataset(sources, other, gate.score_all_layers(other[0]), families, layers)
     own = np.array([p.language in gate.training_languages for p in calibration])
     x_cal, y_cal = sources["PolyRefuse train + styles"]
     crossed["xsafety_by_language"] = {

@@ -85,8 +85,8 @@ class Server:
             "--max-num-seqs", "8", "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),
             "--language-action", "yo=refuse", "--language-action", "sw=flag",
             # the paper's routing (steer harmful, ablate harmless): these tests pin thresholds by
-            # hand (no abstain band) and check both actions; the serving defaults (refuse, the
-            # band) are tested in test_server_outcome and test_server_settings
+            # hand (no abstain band) and check both actions; the serving defaults (refuse, never
+            # ablate) are tested in test_server_outcome and test_server_settings
             "--action", "steer", "--ablation", "always",
         ]  # fmt: skip
         log = self.log_path.open("ab")
