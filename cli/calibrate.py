@@ -9,6 +9,7 @@ import argparse
 import json
 
 from babelgate.gate.calibration import REPORT_MD, CalibrationOptions
+from babelgate.gate.estimator import READOUTS
 from babelgate.gate.hf.embedded import MODEL_HELP
 from babelgate.server.calibration import calibrate_artifact
 
@@ -54,6 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--languages", default=None, help="comma-separated codes to evaluate")
     p.add_argument("--layer", type=int, default=None, help="force the layer (default: chosen)")
     p.add_argument("--rank", type=int, default=10, help="rank of the gate's basis (default 10)")
+    p.add_argument(
+        "--readout",
+        choices=READOUTS,
+        default="low-rank",
+        help="what the gate's logistic unit reads: low-rank (METHOD: the projections on the "
+        "basis of the training languages' harm directions; default) or full (the whole "
+        "residual of each layer read; --rank is then unused)",
+    )
     p.add_argument("--max-per-class", type=int, default=None, help="cap per class and language")
     p.add_argument(
         "--eval-max-per-class", type=int, default=None, help="cap for evaluation splits only"
@@ -116,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         balance_families=args.family_balance,
         seed=args.seed,
         steering_lambda=args.steering_lambda,
+        readout=args.readout,
         threshold_k=args.threshold_k,
         batch_size=args.batch_size,
         progress=not args.no_progress,

@@ -37,6 +37,7 @@ from babelgate.gate.data import (
 )
 from babelgate.gate.estimator import (
     MIN_PROTECTED_AUROC,
+    READOUTS,
     WEAK_FAMILY_AUROC,
     GateConfig,
     HarmfulnessGate,
@@ -99,8 +100,13 @@ class CalibrationOptions:
     # Steering strength: alpha = lambda * (q75 harmful - q25 harmless projections), METHOD §5
     # (lambda = 1); `babelgate sweep` measures which lambda makes a model refuse.
     steering_lambda: float = 1.0
+    # What the gate's logistic unit reads (``gate.estimator.READOUTS``): "low-rank" (METHOD §3)
+    # or "full" (the whole residual of each layer read).
+    readout: str = "low-rank"
 
     def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout {self.readout!r} is not one of {', '.join(READOUTS)}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.preset == "robust" and self.layer is not None:
@@ -251,7 +257,7 @@ def calibrate(
     rank = min(opts.rank, len(hrl))
     gate, selection = _fit_gate(backend, preset, train, paper, rank, opts)
     by_family = family_auroc(
-        Candidate(gate.layers, gate.config.weight_decay),
+        Candidate(gate.layers, gate.config.weight_decay, gate.config.readout),
         {lang: (sp.prompts, sp.acts) for lang, sp in train.items()},
         {key: (rows, encoded.acts_of(rows)) for key, rows in checked.items()},
         rank=rank,
@@ -392,7 +398,7 @@ def _fit_gate(
     the paper's single layer, or the robust configuration chosen by held-out family."""
     if preset == "robust":
         families = _families(train)
-        grid = candidates(candidate_layers(backend.num_layers))
+        grid = candidates(candidate_layers(backend.num_layers), readout=opts.readout)
         best, robust = select_robust(grid, families, rank=rank, seed=opts.seed)
         selection = {
             **robust,
@@ -404,7 +410,7 @@ def _fit_gate(
         gate.model = backend.model_info
         return gate, selection
     config = GateConfig(layer=paper.layer, rank=rank, seed=opts.seed,
-                        steering_lambda=opts.steering_lambda)  # fmt: skip
+                        steering_lambda=opts.steering_lambda, readout=opts.readout)  # fmt: skip
     gate = HarmfulnessGate(config, backend.model_info)
     gate.fit({lang: (sp.acts[:, paper.layer], sp.labels) for lang, sp in train.items()})
     return gate, paper.selection
@@ -480,6 +486,7 @@ def _report_summary(
             x: r["weak_families"] for x, r in per_language.items() if r["weak_families"]
         },
         "weak_family_auroc": opts.weak_family_auroc,
+        "readout": gate.config.readout,
         "rank": gate.config.rank,
         "alpha": gate.alpha,
         "steering_lambda": gate.config.steering_lambda,
@@ -615,6 +622,11 @@ def _choose_layer(
 def render_markdown(report: dict) -> str:
     """A human summary of a calibration report."""
     layers = "+".join(str(x) for x in report["layers"])
+    readout = (
+        "full readout (the whole residual of each layer)"
+        if report.get("readout") == "full"
+        else f"rank {report['rank']} per layer"
+    )
     unprotected = report["unprotected_languages"]
     weak = report["weak_languages"]
     lines = [
@@ -622,7 +634,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"- preset **{report['preset']}** ({report['preset_reason']}), layer(s) **{layers}** — "
         f"{report['layer_selection']['reason']}",
-        f"- rank {report['rank']} per layer, weight decay {report['weight_decay']:g}, alpha "
+        f"- {readout}, weight decay {report['weight_decay']:g}, alpha "
         f"{report['alpha']:.4f}, zero-shot threshold {report['zero_shot_threshold']:.4f}",
         f"- trained on {', '.join(report['training_languages'])} "
         f"({sum(report['n_train'].values())} prompts; families"

@@ -54,6 +54,11 @@ HARMLESS_BAND_SHARE = 0.02
 # Below this AUROC on a prompt family (measured at calibration, ``gate.style_check``), a
 # language is reported weak on that family: the project's target under style shift is 0.7.
 WEAK_FAMILY_AUROC = 0.7
+# What the logistic unit reads: "low-rank" (METHOD §3: the projections on the SVD basis of the
+# training languages' harm directions) or "full" (the whole residual of each layer read). On the
+# embedded Qwen model the full readout carried over better to held-out datasets
+# (docs/eval/qwen2.5-coder-0.5b/gate-ceiling/).
+READOUTS: tuple[str, ...] = ("low-rank", "full")
 
 
 def utc_now() -> str:
@@ -76,8 +81,12 @@ class GateConfig:
     # low-rank logistic readout); ``layer`` must be the last of them, where the decision is
     # complete and the intervention happens. Empty: the paper's single layer.
     feature_layers: tuple[int, ...] = ()
+    # "low-rank" (the paper's) or "full" (see ``READOUTS``); a full readout ignores ``rank``.
+    readout: str = "low-rank"
 
     def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         if self.layer < 0:
             raise ValueError(f"layer must be >= 0, got {self.layer}")
         feats = tuple(sorted({int(x) for x in self.feature_layers}))
@@ -202,8 +211,9 @@ class HarmfulnessGate:
     ``fit(train)`` with ``train = {language: (activations, labels (n,))}``, labels 1 = harmful;
     activations are ``(n, d)`` for a single-layer gate and ``(n, k, d)`` (the k
     ``config.layers``, ascending) for a multi-layer one, whose features are the per-layer basis
-    projections concatenated. ``model`` (optional) ties the gate to the model whose activations
-    trained it; ``load(..., expect_model=...)`` refuses a gate made for another model.
+    projections concatenated (a ``readout="full"`` gate reads h itself: no basis ``B``).
+    ``model`` (optional) ties the gate to the model whose activations trained it;
+    ``load(..., expect_model=...)`` refuses a gate made for another model.
     """
 
     MANIFEST_KEYS: ClassVar[tuple[str, ...]] = (
@@ -266,7 +276,10 @@ class HarmfulnessGate:
         return acts[:, None, :] if len(self.layers) == 1 else acts
 
     def _features(self, blocks: np.ndarray) -> np.ndarray:
-        """Basis projections of ``(n, k, d)`` activations, concatenated: ``(n, k * r)``."""
+        """Basis projections of ``(n, k, d)`` activations, concatenated: ``(n, k * r)``; for a
+        full readout the activations themselves, concatenated: ``(n, k * d)``."""
+        if self.config.readout == "full":
+            return blocks.astype(np.float64).reshape(blocks.shape[0], -1)
         basis = self._basis3().astype(np.float64)
         z = np.einsum("nkd,kdr->nkr", blocks.astype(np.float64), basis)
         return z.reshape(z.shape[0], -1)
@@ -338,14 +351,15 @@ class HarmfulnessGate:
         for j in range(k):  # one basis per layer read, from that layer's language directions
             per_layer = {lang: (a[:, j], y) for lang, (a, y) in data.items()}
             langs, dirs = language_directions(per_layer)
-            bases.append(svd_basis(dirs, self.config.rank).astype(np.float32))
+            if self.config.readout == "low-rank":
+                bases.append(svd_basis(dirs, self.config.rank).astype(np.float32))
         # The intervention layer (the last read) carries the steering/ablation direction.
         last = {lang: (a[:, -1], y) for lang, (a, y) in data.items()}
         direction = pooled_direction(last).astype(np.float32)
 
         blocks = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in data.values()])
         labels = np.concatenate([y for _, y in data.values()])
-        self.basis = bases[0] if k == 1 else np.stack(bases)
+        self.basis = None if not bases else bases[0] if k == 1 else np.stack(bases)
         readout = LogisticReadout(
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
@@ -411,8 +425,11 @@ class HarmfulnessGate:
         self._require_fitted()
         r = self.readout
         scale = r.coef_.astype(np.float64) / r.std_.astype(np.float64)
-        basis = self._basis3().astype(np.float64)
-        u = np.einsum("kdr,kr->kd", basis, scale.reshape(basis.shape[0], -1))
+        if self.config.readout == "full":
+            u = scale.reshape(len(self.layers), -1)
+        else:
+            basis = self._basis3().astype(np.float64)
+            u = np.einsum("kdr,kr->kd", basis, scale.reshape(basis.shape[0], -1))
         c = r.intercept_ - float(scale @ r.mean_.astype(np.float64))
         return (u[0] if u.shape[0] == 1 else u), float(c)
 
@@ -586,9 +603,10 @@ class HarmfulnessGate:
 
     def _tensors(self) -> dict[str, np.ndarray]:
         r = self.readout
+        basis = {} if self.basis is None else {"basis": self.basis}
         return {
             "direction": self.direction,
-            "basis": self.basis,
+            **basis,
             "language_directions": np.stack(
                 [self.language_directions[lang] for lang in self.training_languages]
             ),
@@ -638,6 +656,7 @@ class HarmfulnessGate:
             "model": asdict(self.model) if self.model is not None else None,
             "layer": cfg.layer,
             "feature_layers": list(cfg.feature_layers),
+            "readout": cfg.readout,
             "rank": cfg.rank,
             "hidden_size": self.hidden_size,
             "alpha": self.alpha,
@@ -705,6 +724,7 @@ class HarmfulnessGate:
                 seed=training["seed"],
                 steering_lambda=manifest["steering_lambda"],
                 feature_layers=tuple(manifest.get("feature_layers") or ()),
+                readout=manifest.get("readout", "low-rank"),
             )
             gate = cls(config, model)
             stored = _StoredFields(
@@ -743,7 +763,7 @@ class HarmfulnessGate:
         readout.coef_ = tensors["readout.coef"]
         readout.intercept_ = float(tensors["readout.intercept"][0])
         self.direction = tensors["direction"]
-        self.basis = tensors["basis"]
+        self.basis = tensors.get("basis")
         self.language_directions = dict(
             zip(stored.languages, tensors["language_directions"], strict=True)
         )
@@ -834,10 +854,12 @@ def _check_tensors(
     """The tensors have the shapes the manifest implies and are finite."""
     tensors_path = path / TENSORS_NAME
     hidden, langs = stored.hidden, stored.languages
-    rank, k = config.rank, len(config.layers)
+    k = len(config.layers)
+    full = config.readout == "full"
+    rank = hidden if full else config.rank  # features per layer read
     expected = {
         "direction": (hidden,),
-        "basis": (hidden, rank) if k == 1 else (k, hidden, rank),
+        **({} if full else {"basis": (hidden, rank) if k == 1 else (k, hidden, rank)}),
         "language_directions": (len(langs), hidden),
         "readout.mean": (k * rank,),
         "readout.std": (k * rank,),
@@ -848,7 +870,8 @@ def _check_tensors(
     if shapes != expected:
         raise ArtifactError(
             f"{tensors_path} holds tensors {shapes} but its manifest (hidden size {hidden}, "
-            f"rank {rank}, {len(langs)} languages) implies {expected}: {_REDO}"
+            f"{config.readout} readout, {rank} features per layer, {len(langs)} languages) "
+            f"implies {expected}: {_REDO}"
         )
     if not all(np.all(np.isfinite(t)) for t in tensors.values()):
         raise ArtifactError(f"{tensors_path} contains NaN or infinity: {_REDO}")

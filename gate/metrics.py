@@ -53,6 +53,28 @@ def auroc(scores: object, labels: object) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def recall_at_fpr(scores: object, labels: object, max_fpr: float) -> float:
+    """The highest recall of any threshold (flag ``score >= t``) whose false-positive rate is at
+    most ``max_fpr``: a point of the ROC curve, not a threshold anyone could have set beforehand
+    (it is chosen on the rows it is measured on), so it bounds what thresholds can buy."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = _binary_labels(labels, s.size)
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity")
+    if not y.any() or y.all():
+        raise ValueError("recall at a false-positive rate needs harmful (1) and harmless (0) rows")
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
+    harmful, harmless = np.sort(s[y]), np.sort(s[~y])
+    # Flagging at most floor(max_fpr * n) harmless rows: the threshold just above the harmless
+    # score ranked one past them (or anything at all, when every harmless row may be flagged).
+    allowed = int(np.floor(max_fpr * harmless.size + 1e-9))
+    if allowed >= harmless.size:
+        return 1.0
+    bar = harmless[harmless.size - 1 - allowed]  # must flag strictly above this score
+    return float((harmful > bar).mean())
+
+
 def f1_score(predictions: object, labels: object) -> float:
     """Plain binary F1 with harmful (1) as the positive class; 0 when there is nothing to score
     (no harmful labels and no harmful predictions)."""

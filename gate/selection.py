@@ -34,6 +34,7 @@ class Candidate:
 
     layers: tuple[int, ...]
     weight_decay: float
+    readout: str = "low-rank"  # gate.estimator.READOUTS
 
     def config(self, rank: int, seed: int, steering_lambda: float = 1.0) -> GateConfig:
         return GateConfig(
@@ -43,11 +44,13 @@ class Candidate:
             seed=seed,
             steering_lambda=steering_lambda,
             feature_layers=self.layers if len(self.layers) > 1 else (),
+            readout=self.readout,
         )
 
     def describe(self) -> str:
         layers = "+".join(str(x) for x in self.layers)
-        return f"layers {layers}, weight decay {self.weight_decay:g}"
+        full = ", full readout" if self.readout == "full" else ""
+        return f"layers {layers}, weight decay {self.weight_decay:g}{full}"
 
 
 def candidates(
@@ -56,15 +59,17 @@ def candidates(
     spans: Sequence[int] = SPANS,
     weight_decays: Sequence[float] = WEIGHT_DECAYS,
     stride: int = 2,
+    readout: str = "low-rank",
 ) -> list[Candidate]:
-    """The grid over the middle layers (every ``stride``-th), spans and weight decays."""
+    """The grid over the middle layers (every ``stride``-th), spans and weight decays, all
+    with the given ``readout``."""
     out = []
     for layer in list(middle)[::stride]:
         for span in spans:
             if span and layer - span < 0:
                 continue
             layers = (layer - span, layer) if span else (layer,)
-            out.extend(Candidate(layers, wd) for wd in weight_decays)
+            out.extend(Candidate(layers, wd, readout) for wd in weight_decays)
     return out
 
 

@@ -184,6 +184,31 @@ def test_robust_preset_trains_on_several_datasets_and_reads_its_chosen_layers(
     assert "(instruction, narrative, question) weighted equally" in en.note
 
 
+@pytest.mark.slow
+def test_full_readout_reads_the_whole_residual_and_stores_no_basis(
+    tmp_path, polyrefuse_dir, embedded_model_dir, capsys
+):
+    from babelgate.gate.estimator import HarmfulnessGate
+    from babelgate.gate.hf.model_source import model_info
+
+    out = tmp_path / "full"
+    code = main([
+        "calibrate", "--model", SMOLLM2.id, "--preset", "paper", "--layer", "12", "--readout",
+        "full", "--threshold-k", "all", "--data", str(polyrefuse_dir), "--out", str(out),
+        "--languages", "en,yo", "--max-per-class", "8", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "calibration_report.json").read_text())
+    assert report["readout"] == "full" and report["layers"] == [12]
+    assert "full readout" in (out / "calibration_report.md").read_text()
+    gate = HarmfulnessGate.load(out, expect_model=model_info(SMOLLM2.id))
+    hidden = gate.hidden_size
+    assert gate.config.readout == "full" and gate.basis is None
+    assert gate.readout.coef_.shape == (hidden,) and gate.linear_form()[0].shape == (hidden,)
+    assert gate.threshold("yo").source == "recalibrated"
+    assert report["languages"]["en"]["auroc"] > 0.7
+
+
 def test_threshold_k_is_a_count_all_or_auto(tmp_path, capsys):
     from babelgate.gate.calibration import CalibrationOptions
 

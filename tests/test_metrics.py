@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from babelgate.gate.metrics import auroc, f1_score, selectivity
+from babelgate.gate.metrics import auroc, f1_score, recall_at_fpr, selectivity
 
 
 def test_auroc_with_ties_matches_a_hand_count():
@@ -46,3 +46,22 @@ def test_selectivity_in_percentage_points():
     assert selectivity(0.2, 0.5) == pytest.approx(-30.0)
     with pytest.raises(ValueError, match="fraction"):
         selectivity(87.9, 1.1)
+
+
+def test_recall_at_fpr_hand_count():
+    # harmless 1, 2, 3, 4, 5; harmful 2.5, 4.5, 6, 7
+    scores = [1, 2, 3, 4, 5, 2.5, 4.5, 6, 7]
+    labels = [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert recall_at_fpr(scores, labels, 0.0) == 0.5  # above 5: 6 and 7
+    assert recall_at_fpr(scores, labels, 0.2) == 0.75  # one harmless (5) flagged: above 4
+    assert recall_at_fpr(scores, labels, 0.39) == 0.75  # still only one of five allowed
+    assert recall_at_fpr(scores, labels, 0.4) == 0.75  # above 3: 4.5, 6, 7
+    assert recall_at_fpr(scores, labels, 0.6) == 1.0  # above 2: all four
+    assert recall_at_fpr(scores, labels, 1.0) == 1.0
+    # ties: a harmful row tied with a harmless row that may not be flagged is lost
+    assert recall_at_fpr([1, 2, 2], [0, 0, 1], 0.0) == 0.0
+    assert recall_at_fpr([1, 2, 2], [0, 0, 1], 0.5) == 1.0
+    with pytest.raises(ValueError, match="needs harmful"):
+        recall_at_fpr([1, 2], [0, 0], 0.1)
+    with pytest.raises(ValueError, match="max_fpr"):
+        recall_at_fpr([1, 2], [0, 1], 1.5)
