@@ -41,10 +41,13 @@ from babelgate.gate.directions import (
 from babelgate.gate.languages import validate_language
 from babelgate.gate.metrics import auroc
 from babelgate.gate.readout import LogisticReadout
-from babelgate.gate.threshold import balanced_f1_threshold, harmless_below
+from babelgate.gate.threshold import balanced_f1_threshold, harmless_below, traffic_threshold
 
 TENSORS_NAME = "tensors.safetensors"
-THRESHOLD_SOURCES: tuple[str, ...] = ("zero-shot", "recalibrated", "manual", "default")
+THRESHOLD_SOURCES: tuple[str, ...] = ("zero-shot", "recalibrated", "traffic", "manual", "default")
+# The traffic rule reads a low quantile of each language's unlabelled scores; fewer prompts than
+# this per language make that quantile too noisy to move a threshold by.
+MIN_TRAFFIC_PROMPTS = 20
 # A language whose labelled examples the gate separates no better than this (AUROC) is not
 # protected by any threshold: its record is marked unprotected instead of trusted.
 MIN_PROTECTED_AUROC = 0.6
@@ -119,8 +122,10 @@ class ThresholdRecord:
     """A language's threshold and where it came from.
 
     ``source`` is "zero-shot" (the rule on the training logits), "recalibrated" (the rule on
-    k labelled examples of this language), "manual" (set by an operator) or "default" (the
-    language has no threshold of its own and falls back to the zero-shot value).
+    k labelled examples of this language), "traffic" (a labelled language's threshold moved by
+    the shift of this language's unlabelled scores, ``set_traffic_threshold``), "manual" (set by
+    an operator) or "default" (the language has no threshold of its own and falls back to the
+    zero-shot value).
     ``auroc`` is how well the gate separated the labelled examples behind the record (None when
     none were used); ``protected`` is False when that separation was too weak (AUROC at most
     ``MIN_PROTECTED_AUROC``): no threshold protects such a language, and serving applies its
@@ -566,6 +571,52 @@ class HarmfulnessGate:
             protected=bool(protected),
             harmless_below=harmless_below(ev_scores[ev_labels == 1], tau, HARMLESS_BAND_SHARE),
         )
+        self._thresholds[lang] = record
+        return record
+
+    def set_traffic_threshold(
+        self,
+        language: str,
+        scores: np.ndarray,
+        reference_scores: np.ndarray,
+        reference: ThresholdRecord,
+        *,
+        quantile: float = 0.25,
+        note: str = "",
+    ) -> ThresholdRecord:
+        """Set ``language``'s threshold without labels, from unlabelled prompts of it.
+
+        ``gate.threshold.traffic_threshold``: the ``reference`` language's threshold (one set
+        from labels) moved by how far ``language``'s unlabelled gate scores sit from the
+        reference's unlabelled ``reference_scores`` at ``quantile``. Nothing measures how well
+        the gate separates the language, so the record carries no AUROC and no abstain band.
+        """
+        self._require_fitted()
+        lang = validate_language(language)
+        if reference.language == lang:
+            raise ValueError(f"{lang!r} cannot be its own reference: name a labelled language")
+        if reference.source not in ("recalibrated", "manual", "zero-shot"):
+            raise ValueError(
+                f"reference {reference.language!r} has a {reference.source} threshold: the "
+                "reference needs one set from labels (recalibrate it first)"
+            )
+        counts = (np.asarray(scores).size, np.asarray(reference_scores).size)
+        if min(counts) < MIN_TRAFFIC_PROMPTS:
+            raise ValueError(
+                f"the traffic rule needs at least {MIN_TRAFFIC_PROMPTS} unlabelled prompts of "
+                f"each language, got {counts[0]} of {lang!r} and {counts[1]} of "
+                f"{reference.language!r}"
+            )
+        value = traffic_threshold(scores, reference_scores, reference.value, quantile)
+        how = (
+            f"traffic rule: the threshold of {reference.language!r} ({reference.value:.4f}) moved "
+            f"by the shift of the {quantile:g} quantiles of unlabelled scores ({counts[0]} "
+            f"{lang!r}, {counts[1]} {reference.language!r} prompts); not checked against labels"
+        )
+        record = ThresholdRecord(
+            language=lang, value=value, source="traffic", k=None, n_harmful=None,
+            n_harmless=None, set_at=utc_now(), note=f"{how}. {note}".strip(),
+        )  # fmt: skip
         self._thresholds[lang] = record
         return record
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,20 @@ def test_fit_refuses_bad_training_data():
 def test_unfitted_gate_says_how_to_get_a_fitted_one():
     with pytest.raises(RuntimeError, match=r"call fit\(train\) or HarmfulnessGate.load"):
         HarmfulnessGate(GateConfig(layer=0)).score(np.zeros(D))
+
+
+def test_traffic_threshold_moves_the_reference_by_the_quantile_shift(gate):
+    g = copy.deepcopy(gate)
+    en = g.set_threshold("en", 1.0)
+    ref = np.arange(20.0)  # 25th percentile 4.75 (linear interpolation)
+    record = g.set_traffic_threshold("sw", ref + 5.0, ref, en)  # shift 5
+    assert (record.language, record.value, record.source) == ("sw", pytest.approx(6.0), "traffic")
+    assert record.auroc is None and record.harmless_below is None and record.k is None
+    assert "'en'" in record.note and "20 'sw'" in record.note
+    assert g.threshold("sw") == record
+    with pytest.raises(ValueError, match="at least 20 unlabelled prompts"):
+        g.set_traffic_threshold("sw", ref[:19], ref, en)
+    with pytest.raises(ValueError, match="reference needs one set from labels"):
+        g.set_traffic_threshold("sw", ref, ref, g.threshold("th"))
+    with pytest.raises(ValueError, match="its own reference"):
+        g.set_traffic_threshold("en", ref, ref, en)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from conftest import polyrefuse_or_skip
@@ -528,6 +529,42 @@ def test_admin_recalibrate_on_live_engine(
         unpin(admin, "yo")
     audit = admin.get("/audit", params={"language": "yo", "limit": 2}).json()["entries"]
     assert [e["operation"] for e in audit] == ["delete", "recalibrate"]
+
+
+def test_admin_threshold_from_unlabelled_traffic(
+    client: openai.OpenAI, admin: httpx.Client
+) -> None:
+    # sw has no threshold of its own and no labelled prompts: its traffic moves en's threshold.
+    traffic = polyrefuse("harmful", "train", "yo", 5) + polyrefuse("harmless", "train", "yo", 15)
+    reference = polyrefuse("harmful", "test", "en", 5) + polyrefuse("harmless", "test", "en", 15)
+    en = admin.get("/thresholds/en").json()
+    body = {"prompts": traffic, "reference_language": "en", "reference_prompts": reference}
+    r = admin.post("/thresholds/sw/from-traffic", json=body)
+    try:
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert (out["source"], out["origin"], out["auroc"], out["harmless_below"]) == (
+            "traffic", "override", None, None)
+        got, ref = out["scores"]["prompts"], out["scores"]["reference_prompts"]
+        assert len(got) == len(ref) == 20
+        shift = float(np.quantile(got, 0.25) - np.quantile(ref, 0.25))
+        assert out["value"] == pytest.approx(en["value"] + shift, abs=1e-9)
+        mod = client.moderations.create(
+            input=traffic[0], extra_body={"babelgate": {"language": "sw"}}
+        )
+        info = mod.results[0].model_extra["babelgate"]
+        assert (info["threshold"], info["threshold_source"]) == (out["value"], "traffic")
+    finally:
+        unpin(admin, "sw")
+    audit = admin.get("/audit", params={"language": "sw", "limit": 2}).json()["entries"]
+    assert [e["operation"] for e in audit] == ["delete", "from-traffic"]
+    few = admin.post("/thresholds/sw/from-traffic", json={**body, "prompts": traffic[:19]})
+    assert few.status_code == 400 and "at least 20" in few.text
+    unlabelled_ref = {**body, "reference_language": "th"}  # th has no threshold in this artifact
+    r = admin.post("/thresholds/sw/from-traffic", json=unlabelled_ref)
+    assert r.status_code == 400 and "reference needs one set from labels" in r.text
+    r = admin.post("/thresholds/en/from-traffic", json=body)
+    assert r.status_code == 400 and "its own reference" in r.text
 
 
 # ----------------------------------------------------------------------------- errors

@@ -23,7 +23,11 @@ from pydantic import BaseModel
 from babelgate.server.app.auth import authenticated, require_admin_token
 from babelgate.server.app.chat import service_of
 from babelgate.server.app.errors import APIError, error_responses
-from babelgate.server.app.schemas import RecalibrationRequest, ThresholdUpdate
+from babelgate.server.app.schemas import (
+    RecalibrationRequest,
+    ThresholdUpdate,
+    TrafficThresholdRequest,
+)
 from babelgate.server.app.service import GuardrailService, validated_language
 from babelgate.server.engine.types import faults_enabled
 from babelgate.server.langid import TARGET_LANGUAGES
@@ -161,6 +165,45 @@ async def recalibrate(
         "previous": previous.to_dict(),
         "scores": {"harmful": [float(s) for s in scores[: len(body.harmful)]],
                    "harmless": [float(s) for s in scores[len(body.harmful):]]},
+    }  # fmt: skip
+
+
+@router.post("/thresholds/{language}/from-traffic")
+async def from_traffic(
+    language: str, body: TrafficThresholdRequest, request: Request
+) -> dict[str, Any]:
+    """A threshold for a language without labels: the reference language's live threshold
+    moved by the shift between the two languages' unlabelled scores on the live engine
+    (``HarmfulnessGate.set_traffic_threshold``)."""
+    svc, actor = _admin(request)
+    lang = validated_language(language, "language")
+    ref = validated_language(body.reference_language, "reference_language")
+    assert svc.store is not None
+    cap = svc.settings.max_recalibration_examples
+    if max(len(body.prompts), len(body.reference_prompts)) > cap:
+        raise APIError(400, f"at most {cap} prompts per language", param="prompts")
+    try:
+        scores = await svc.require_engine().gate_scores(body.prompts, lang)
+        ref_scores = await svc.require_engine().gate_scores(body.reference_prompts, ref)
+    except Exception as err:
+        svc.metrics.gate_failures.labels("recalibrate").inc()
+        raise APIError(503, f"scoring the prompts on the engine failed: {err}") from err
+    previous = svc.threshold(lang)
+    try:
+        record = svc.scratch_gate().set_traffic_threshold(
+            lang, np.asarray(scores), np.asarray(ref_scores), svc.threshold(ref),
+            quantile=body.quantile, note=body.note,
+        )  # fmt: skip
+    except ValueError as err:
+        raise APIError(400, str(err), param="prompts") from err
+    await asyncio.to_thread(
+        svc.store.put, record, previous=previous, actor=actor, operation="from-traffic"
+    )
+    return {
+        **_publish(svc, lang),
+        "previous": previous.to_dict(),
+        "scores": {"prompts": [float(x) for x in scores],
+                   "reference_prompts": [float(x) for x in ref_scores]},
     }  # fmt: skip
 
 

@@ -230,6 +230,26 @@ class RecalibrationRequest(BaseModel):
         return [unicode_text(t) for t in texts]
 
 
+class TrafficThresholdRequest(BaseModel):
+    """``POST /admin/thresholds/{lang}/from-traffic``: unlabelled prompts of the language and of
+    a reference language with a threshold set from labels (``gate.threshold.traffic_threshold``):
+    for a language nobody has labelled examples of, only its traffic."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str] = Field(min_length=1)
+    reference_language: str = "en"
+    reference_prompts: list[str] = Field(min_length=1)
+    quantile: float = Field(0.25, gt=0.0, lt=1.0)
+    note: str = Field("", max_length=500)
+
+    @field_validator("prompts", "reference_prompts")
+    @classmethod
+    def _nonblank(cls, texts: list[str]) -> list[str]:
+        if any(not t.strip() for t in texts):
+            raise ValueError("prompts must be non-empty strings")
+        return [unicode_text(t) for t in texts]
+
+
 # --------------------------------------------------------------------------------- responses
 
 
