@@ -63,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "basis of the training languages' harm directions; default) or full (the whole "
         "residual of each layer read; --rank is then unused)",
     )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="AdamW weight decay of the paper preset's readout (default: METHOD's 0.01; the "
+        "robust preset chooses its own)",
+    )
     p.add_argument("--max-per-class", type=int, default=None, help="cap per class and language")
     p.add_argument(
         "--eval-max-per-class", type=int, default=None, help="cap for evaluation splits only"
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         steering_lambda=args.steering_lambda,
         readout=args.readout,
+        weight_decay=args.weight_decay,
         threshold_k=args.threshold_k,
         batch_size=args.batch_size,
         progress=not args.no_progress,

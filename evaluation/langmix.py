@@ -49,7 +49,7 @@ from babelgate.paths import DATA_ENV, data_dir, style_prompts_dir
 from babelgate.server.langid import Detection, LanguageRouter
 from babelgate.server.plan import GuardPlan, language_plan, strictest_plan, strictness
 from babelgate.server.settings import ServeSettings
-from babelgate.server.shipped import DEFAULT_PRESET, SHIPPED_PRESETS, shipped_artifact
+from babelgate.server.shipped import SHIPPED_PRESETS, shipped_artifact
 
 PAYLOAD_LANGUAGES: tuple[str, ...] = ("de", "ru", "ar", "ja", "th", "yo")
 WRAPPER_LANGUAGES: tuple[str, ...] = ("en", "es", "zh")  # English, the loosest Latin, Han
@@ -338,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m babelgate.evaluation.langmix", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--model", default=DEFAULT_EMBEDDED.id, help=MODEL_HELP)
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=SHIPPED_PRESETS)
+    p.add_argument("--preset", default=None, choices=SHIPPED_PRESETS,
+                   help="which shipped calibration (default: the model's default)")  # fmt: skip
     p.add_argument("--artifact", help="a gate artifact (default: the model's shipped one)")
     p.add_argument("--data", type=Path, default=data_dir(), help=f"PolyRefuse (${DATA_ENV})")
     p.add_argument("--per-language", type=int, help="harmful test prompt ids (default: all)")

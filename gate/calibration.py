@@ -103,6 +103,9 @@ class CalibrationOptions:
     # What the gate's logistic unit reads (``gate.estimator.READOUTS``): "low-rank" (METHOD §3)
     # or "full" (the whole residual of each layer read).
     readout: str = "low-rank"
+    # AdamW's weight decay for the paper preset's readout (None: METHOD's 0.01); the robust
+    # preset chooses its own.
+    weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.readout not in READOUTS:
@@ -111,6 +114,11 @@ class CalibrationOptions:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.preset == "robust" and self.layer is not None:
             raise ValueError("--layer fixes the paper's single layer: use it with --preset paper")
+        if self.preset == "robust" and self.weight_decay is not None:
+            raise ValueError(
+                "--weight-decay fixes the paper preset's readout: the robust preset chooses its "
+                "own; use it with --preset paper"
+            )
         k = self.threshold_k
         if k not in ("auto", "all") and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
             raise ValueError(f"threshold_k must be an int >= 0, 'all' or 'auto', got {k!r}")
@@ -410,7 +418,9 @@ def _fit_gate(
         gate.model = backend.model_info
         return gate, selection
     config = GateConfig(layer=paper.layer, rank=rank, seed=opts.seed,
-                        steering_lambda=opts.steering_lambda, readout=opts.readout)  # fmt: skip
+                        steering_lambda=opts.steering_lambda, readout=opts.readout,
+                        **({} if opts.weight_decay is None
+                           else {"weight_decay": opts.weight_decay}))  # fmt: skip
     gate = HarmfulnessGate(config, backend.model_info)
     gate.fit({lang: (sp.acts[:, paper.layer], sp.labels) for lang, sp in train.items()})
     return gate, paper.selection
@@ -538,6 +548,8 @@ def resolve_preset(
         return opts.preset, "asked for"
     if opts.layer is not None:
         return "paper", "auto: --layer fixes the paper's single layer"
+    if opts.weight_decay is not None:
+        return "paper", "auto: --weight-decay fixes the paper preset's readout"
     if len(families) < 2:
         return "paper", (
             f"auto: the training rows form one prompt family ({', '.join(families)}); robust "

@@ -16,19 +16,26 @@ from pathlib import Path
 from babelgate.gate.hf.embedded import embedded_model
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "artifacts"
-SHIPPED_PRESETS: tuple[str, ...] = ("robust", "paper")
-DEFAULT_PRESET = "robust"
+# The shipped calibrations' folder names, in the order a model's default is chosen:
+# "crossdata" (the configuration chosen on a held-out dataset, scripts/gate_search.py; shipped
+# where that was measured), "robust" (layers chosen by held-out prompt family), "paper"
+# (METHOD.md's reproduction).
+SHIPPED_PRESETS: tuple[str, ...] = ("crossdata", "robust", "paper")
 
 
 def shipped_artifact(
-    model: str | os.PathLike[str] | None, preset: str = DEFAULT_PRESET
+    model: str | os.PathLike[str] | None, preset: str | None = None
 ) -> Path | None:
-    """The shipped calibration of ``model`` with ``preset``, or None when ``model`` is not an
-    embedded model or nothing is shipped for it."""
-    if preset not in SHIPPED_PRESETS:
+    """The shipped calibration of ``model`` named ``preset`` (None: the model's default, the
+    first of ``SHIPPED_PRESETS`` shipped for it), or None when ``model`` is not an embedded
+    model or nothing is shipped for it."""
+    if preset is not None and preset not in SHIPPED_PRESETS:
         raise ValueError(f"preset {preset!r} is not one of {', '.join(SHIPPED_PRESETS)}")
     spec = embedded_model(model)
     if spec is None:
         return None
-    path = SHIPPED_DIR / spec.slug / preset
-    return path if (path / "manifest.json").is_file() else None
+    for name in SHIPPED_PRESETS if preset is None else (preset,):
+        path = SHIPPED_DIR / spec.slug / name
+        if (path / "manifest.json").is_file():
+            return path
+    return None

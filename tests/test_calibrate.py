@@ -194,8 +194,8 @@ def test_full_readout_reads_the_whole_residual_and_stores_no_basis(
     out = tmp_path / "full"
     code = main([
         "calibrate", "--model", SMOLLM2.id, "--preset", "paper", "--layer", "12", "--readout",
-        "full", "--threshold-k", "all", "--data", str(polyrefuse_dir), "--out", str(out),
-        "--languages", "en,yo", "--max-per-class", "8", "--no-progress",
+        "full", "--weight-decay", "0.1", "--threshold-k", "all", "--data", str(polyrefuse_dir),
+        "--out", str(out), "--languages", "en,yo", "--max-per-class", "8", "--no-progress",
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "calibration_report.json").read_text())
@@ -204,6 +204,7 @@ def test_full_readout_reads_the_whole_residual_and_stores_no_basis(
     gate = HarmfulnessGate.load(out, expect_model=model_info(SMOLLM2.id))
     hidden = gate.hidden_size
     assert gate.config.readout == "full" and gate.basis is None
+    assert gate.config.weight_decay == report["weight_decay"] == 0.1
     assert gate.readout.coef_.shape == (hidden,) and gate.linear_form()[0].shape == (hidden,)
     assert gate.threshold("yo").source == "recalibrated"
     assert report["languages"]["en"]["auroc"] > 0.7
@@ -259,6 +260,11 @@ def test_auto_preset_is_robust_only_with_two_prompt_families():
     assert preset == "robust" and "2 prompt families" in why
     forced = CalibrationOptions(layer=9)
     assert resolve_preset(_rows(["instruction", "question"]), forced)[0] == "paper"
+    decay = CalibrationOptions(weight_decay=0.1)  # the robust grid would ignore it: paper
+    assert resolve_preset(_rows(["instruction", "question"]), decay) == (
+        "paper", "auto: --weight-decay fixes the paper preset's readout")
+    with pytest.raises(ValueError, match="--weight-decay fixes the paper preset's readout"):
+        CalibrationOptions(preset="robust", weight_decay=0.1)
     asked = CalibrationOptions(preset="paper")
     assert resolve_preset(_rows(["instruction", "question"]), asked) == ("paper", "asked for")
 

@@ -65,4 +65,5 @@ def test_the_strictest_plan_closes_what_whole_text_routing_lets_through(prompts)
     wrapped = summarise([r for r in rows if r.variant.kind != "pure"])
     assert wrapped["looser_before"] > 0.5  # a paragraph in another language: mostly looser
     assert wrapped["looser_after"] < 0.02
-    assert wrapped["stricter_than_own_after"] == 0.0
+    # (How often the strictest plan is stricter than the payload's own language is the
+    # artifact's business: where a wrapper language's threshold is lower, the rule takes it.)

@@ -72,7 +72,8 @@ def test_the_wheel_carries_every_subpackage_data_and_entry_point(wheel: Path) ->
         path = package if package == "babelgate" else f"babelgate/{package}"
         assert f"{path}/__init__.py" in names, package
     assert "babelgate/refusal/markers.json" in names
-    assert any(n.startswith("babelgate/server/artifacts/qwen2.5-coder-0.5b/robust/") for n in names)
+    shipped = "babelgate/server/artifacts/qwen2.5-coder-0.5b/crossdata/"
+    assert any(n.startswith(shipped) for n in names)
     assert any(n.startswith("babelgate/evaluation/data/styles/") for n in names)
     assert parsed["console_scripts"]["babelgate"] == "babelgate.cli.main:main"
     plugin = parsed["vllm.general_plugins"]["babelgate_parent_watch"]
