@@ -58,9 +58,9 @@ HARMLESS_BAND_SHARE = 0.02
 # language is reported weak on that family: the project's target under style shift is 0.7.
 WEAK_FAMILY_AUROC = 0.7
 # What the logistic unit reads: "low-rank" (METHOD §3: the projections on the SVD basis of the
-# training languages' harm directions) or "full" (the whole residual of each layer read). On the
-# embedded Qwen model the full readout carried over better to held-out datasets
-# (docs/eval/qwen2.5-coder-0.5b/gate-ceiling/).
+# training languages' harm directions) or "full" (the whole residual of each layer read). The
+# embedded Qwen model's default gate is a full readout: chosen on held-out data, it separated
+# held-out data better (docs/eval/qwen2.5-coder-0.5b/gate-search/).
 READOUTS: tuple[str, ...] = ("low-rank", "full")
 
 
