@@ -131,6 +131,18 @@ async def delete_threshold(language: str, request: Request) -> dict[str, Any]:
     return {**_publish(svc, lang), "previous": previous.to_dict()}
 
 
+async def _engine_scores(
+    svc: GuardrailService, texts: list[str], language: str, what: str
+) -> list[float]:
+    """Gate scores of an admin call's ``texts`` on the live engine; a failure is counted and
+    answers 503 (the threshold is left as it was)."""
+    try:
+        return await svc.require_engine().gate_scores(texts, language)
+    except Exception as err:
+        svc.metrics.gate_failures.labels("recalibrate").inc()
+        raise APIError(503, f"scoring the {what} on the engine failed: {err}") from err
+
+
 @router.post("/thresholds/{language}/recalibrate")
 async def recalibrate(
     language: str, body: RecalibrationRequest, request: Request
@@ -143,11 +155,7 @@ async def recalibrate(
         raise APIError(400, f"at most {cap} examples per class", param="harmful")
     texts = body.harmful + body.harmless
     labels = np.array([1] * len(body.harmful) + [0] * len(body.harmless))
-    try:
-        scores = await svc.require_engine().gate_scores(texts, lang)
-    except Exception as err:
-        svc.metrics.gate_failures.labels("recalibrate").inc()
-        raise APIError(503, f"scoring the examples on the engine failed: {err}") from err
+    scores = await _engine_scores(svc, texts, lang, "examples")
     previous = svc.threshold(lang)
     try:
         record = svc.scratch_gate().recalibrate_from_scores(lang, np.asarray(scores), labels)
@@ -182,12 +190,8 @@ async def from_traffic(
     cap = svc.settings.max_recalibration_examples
     if max(len(body.prompts), len(body.reference_prompts)) > cap:
         raise APIError(400, f"at most {cap} prompts per language", param="prompts")
-    try:
-        scores = await svc.require_engine().gate_scores(body.prompts, lang)
-        ref_scores = await svc.require_engine().gate_scores(body.reference_prompts, ref)
-    except Exception as err:
-        svc.metrics.gate_failures.labels("recalibrate").inc()
-        raise APIError(503, f"scoring the prompts on the engine failed: {err}") from err
+    scores = await _engine_scores(svc, body.prompts, lang, "prompts")
+    ref_scores = await _engine_scores(svc, body.reference_prompts, ref, "prompts")
     previous = svc.threshold(lang)
     try:
         record = svc.scratch_gate().set_traffic_threshold(

@@ -214,6 +214,13 @@ class ThresholdUpdate(BaseModel):
         return value
 
 
+def _nonblank_texts(texts: list[str], what: str) -> list[str]:
+    """The admin calls' prompt lists: every text non-blank, each normalised (``unicode_text``)."""
+    if any(not t.strip() for t in texts):
+        raise ValueError(f"{what} must be non-empty strings")
+    return [unicode_text(t) for t in texts]
+
+
 class RecalibrationRequest(BaseModel):
     """``POST /admin/thresholds/{lang}/recalibrate``: k >= 1 labelled prompts per class."""
 
@@ -225,9 +232,7 @@ class RecalibrationRequest(BaseModel):
     @field_validator("harmful", "harmless")
     @classmethod
     def _nonblank(cls, texts: list[str]) -> list[str]:
-        if any(not t.strip() for t in texts):
-            raise ValueError("examples must be non-empty strings")
-        return [unicode_text(t) for t in texts]
+        return _nonblank_texts(texts, "examples")
 
 
 class TrafficThresholdRequest(BaseModel):
@@ -245,9 +250,7 @@ class TrafficThresholdRequest(BaseModel):
     @field_validator("prompts", "reference_prompts")
     @classmethod
     def _nonblank(cls, texts: list[str]) -> list[str]:
-        if any(not t.strip() for t in texts):
-            raise ValueError("prompts must be non-empty strings")
-        return [unicode_text(t) for t in texts]
+        return _nonblank_texts(texts, "prompts")
 
 
 # --------------------------------------------------------------------------------- responses
