@@ -13,13 +13,14 @@ script chooses on data from outside the training sources instead, and keeps the 
   row, per language (the protection benchmark's rows in all 10 languages are drawn from these).
 
 The grid: the layer read (every other middle layer), the readout (low-rank of rank 1, 3 or 10,
-or full), AdamW's weight decay, and the training data. The rule: among the configurations whose
-mean AUROC on PolyRefuse's validation split (32 prompts per class in each of the 14 languages,
-as ``babelgate calibrate`` samples it) is at most ``--max-val-drop`` below the shipped gate's
-(issue 23 bounds the in-distribution loss at 0.02), the highest dev recall at a false-positive
-rate of at most 10 % (the operating point a guard that refuses needs), ties to the higher dev
-AUROC. Every configuration's dev and test numbers go to
-``search.json``, with the rank correlation between dev and test over the grid: whether this
+or full), AdamW's weight decay, and the training data; ``--pairs`` adds full readouts of two
+layers (the layer and the one 4 or 8 blocks before it, as the robust preset's spans).
+The rule: among the configurations whose mean AUROC on PolyRefuse's validation split (32
+prompts per class in each of the 14 languages, as ``babelgate calibrate`` samples it) is at most
+``--max-val-drop`` below the shipped gate's (issue 23 bounds the in-distribution loss at 0.02),
+the highest dev recall at a false-positive rate of at most 10 % (the operating point a guard
+that refuses needs), ties to the higher dev AUROC. Every configuration's dev and test numbers go
+to ``search.json``, with the rank correlation between dev and test over the grid: whether this
 dev set predicts the test at all. Gates are fitted and scored by the library
 (``gate.selection.fit_on``); activations go through the cache ``babelgate calibrate`` fills.
 
@@ -53,6 +54,16 @@ READOUTS = (("low-rank", 1), ("low-rank", 3), ("low-rank", 10), ("full", 10))
 WEIGHT_DECAYS = (0.01, 0.1, 1.0)
 MAX_FPR = 0.1
 VAL_PER_CLASS = 32  # calibrate's --eval-max-per-class for the shipped artifacts
+
+
+def readouts(pairs: bool) -> list[tuple[tuple[int, ...], str, int]]:
+    """The grid's (layers read, readout, rank): every layer with every readout, and with
+    ``pairs`` each layer's full readout together with the layer 4 or 8 blocks before it."""
+    out = [((layer,), readout, rank) for layer in LAYERS for readout, rank in READOUTS]
+    if pairs:
+        out += [((layer - span, layer), "full", 10) for layer in LAYERS for span in (4, 8)
+                if layer - span >= 0]  # fmt: skip
+    return out
 
 
 def training_rows(polyrefuse: str, topics: bool) -> list[LabelledPrompt]:
@@ -167,6 +178,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-val-drop", type=float, default=0.02)
+    parser.add_argument("--pairs", action="store_true", help="add two-layer full readouts")
     parser.add_argument("--render", action="store_true", help="only rewrite search.md")
     args = parser.parse_args()
     if args.render:
@@ -195,14 +207,15 @@ def main() -> int:
           f"{ {k: sum(len(y) for _, y in v.values()) for k, v in train.items()} }", flush=True)
 
     grid, gates = [], []
-    for topics, layer, (readout, rank), wd in itertools.product(
-        (False, True), LAYERS, READOUTS, WEIGHT_DECAYS
+    for topics, (layers, readout, rank), wd in itertools.product(
+        (False, True), readouts(args.pairs), WEIGHT_DECAYS
     ):
-        cand = Candidate((layer,), wd, readout)
+        cand = Candidate(layers, wd, readout)
         gate = fit_on(cand, train[topics], rank=rank, seed=args.seed)
         per = test_scores(gate, test)
         entry = {
-            "layer": layer, "readout": readout, "rank": rank if readout == "low-rank" else None,
+            "layer": layers[-1], "layers": list(layers), "readout": readout,
+            "rank": rank if readout == "low-rank" else None,
             "weight_decay": wd, "topics": topics,
             "describe": cand.describe() + (f", rank {rank}" if readout == "low-rank" else "")
                         + (", + topics" if topics else ""),
@@ -218,7 +231,7 @@ def main() -> int:
               {k: round(v, 3) for k, v in entry["dev"].items()},
               {k: round(v, 3) for k, v in entry["test_mean"].items()}, flush=True)
 
-    shipped = {"describe": "shipped robust gate",
+    shipped = {"describe": f"shipped gate ({Path(args.artifact).name})",
                "dev": point(shipped_gate.score_all_layers(dev[0]), dev[1]),
                "val": mean_auroc(shipped_gate, val),
                "test": test_scores(shipped_gate, test, intervals=True)}  # fmt: skip
@@ -235,7 +248,8 @@ def main() -> int:
             "train": "PolyRefuse train + styles (+ topics where marked), 10 training languages",
             "dev": f"{len(dev_rows)} English rows of Do-Not-Answer, SimpleSafetyTests, XSTest",
             "wall_time_s": round(time.monotonic() - started),
-            "command": f"python scripts/gate_search.py --out {args.out}",
+            "command": f"python scripts/gate_search.py --artifact {args.artifact} "
+                       f"{'--pairs ' if args.pairs else ''}--out {args.out}",
         },
         "chosen": chosen,
         "shipped": shipped,
