@@ -17,6 +17,7 @@ from babelgate.evaluation.defaults import (
     DEFAULT_MAX_PER_CLASS,
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
+    EVAL_SPLITS,
 )
 from babelgate.evaluation.policies import POLICY_NAMES
 from babelgate.evaluation.portable import portable_text
@@ -133,7 +134,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kshot-draws", type=int, default=10, help="draws per k in the k-shot curve")
     p.add_argument(
-        "--policies", default=None, help=f"comma-separated subset of: {', '.join(POLICY_NAMES)}"
+        "--policies",
+        default=None,
+        help=f"comma-separated subset of: {', '.join(POLICY_NAMES)}; adasteer@SCALE and "
+        "cast@SCALE run a baseline at SCALE times its fitted strength (a strength sweep)",
+    )
+    p.add_argument(
+        "--split",
+        choices=EVAL_SPLITS,
+        default="test",
+        help="the split the table is measured on (default test); val is for choosing something, "
+        "such as a baseline's strength, on rows no reported number comes from",
     )
     p.add_argument(
         "--judge",
@@ -205,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         full=args.full,
         restart=args.restart,
         progress=not args.no_progress,
+        split=args.split,
     )
     report = run_eval(options)
     print(render_markdown(report))

@@ -17,3 +17,5 @@ DEFAULT_MAX_PER_CLASS = 8
 DEFAULT_TRAIN_POOL = 48
 DEFAULT_MMLU_MAX = 40
 BASELINE_K = 32
+# Splits ``babelgate eval`` measures its table on: test, or val for a choice made before it.
+EVAL_SPLITS: tuple[str, ...] = ("test", "val")

@@ -163,9 +163,10 @@ class EvalEngine:
         method: str,
         max_tokens: int,
         allowed_token_ids: list[int] | None = None,
+        scale: float = 1.0,
     ) -> list[Generation]:
         """Greedy generations under AdaSteer or CAST, each prompt with the fit installed for
-        its own language."""
+        its own language, at ``scale`` times the fitted strength."""
         ids = [uuid.uuid4().hex for _ in prompts]
         requests = [
             # The intervention changes this request's KV: never share it through the cache.
@@ -176,13 +177,22 @@ class EvalEngine:
         params = [
             self._sampling(
                 max_tokens,
-                extra_args={BASELINE_KEY: {"id": bid, "method": method, "language": lang}},
+                extra_args={
+                    BASELINE_KEY: {"id": bid, "method": method, "language": lang, "scale": scale}
+                },
                 **extra,
             )
             for bid, lang in zip(ids, languages, strict=True)
         ]
         outs = self.llm.generate(requests, params, use_tqdm=False)
         records = self.worker.baseline_records(ids)
+        unseen = sum(1 for bid in ids if bid not in records)
+        if unseen:
+            raise RuntimeError(
+                f"{method}: {unseen} of {len(ids)} requests never reached the worker's hooks, "
+                "so their rows would be the unsteered model's: the baselines are not installed "
+                "or their hooks do not fire (install_baselines; an eager engine)"
+            )
         return [
             Generation(o.outputs[0].text, list(o.outputs[0].token_ids), records.get(bid, {}))
             for o, bid in zip(outs, ids, strict=True)

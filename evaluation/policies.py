@@ -11,6 +11,8 @@ twice.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from babelgate.server.engine.types import Policy
@@ -25,6 +27,7 @@ class PolicySpec:
     threshold: str | None = None  # "zero-shot" | "k1" | "k4" for routing rows
     method: str | None = None  # "adasteer" | "cast" for baseline rows
     source: str | None = None  # for refuse: the routing row whose requests it reuses
+    scale: float = 1.0  # baseline rows: multiplies the fitted strength (``METHOD@SCALE``)
 
 
 POLICIES: tuple[PolicySpec, ...] = (
@@ -66,19 +69,47 @@ RECALIBRATION_KS: dict[str, int] = {"k1": 1, "k4": 4}
 
 
 def policy(name: str) -> PolicySpec:
+    """The spec of ``name``: a row of ``POLICIES``, or ``adasteer@S`` / ``cast@S``, a baseline at
+    S times its fitted strength (the strength sweep routing's lambda gets from ``babelgate
+    sweep``)."""
+    base, at, scale_text = name.partition("@")
     for spec in POLICIES:
-        if spec.name == name:
+        if spec.name != base:
+            continue
+        if not at:
             return spec
-    raise ValueError(f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}")
+        if spec.kind != "baseline":
+            raise ValueError(f"{name!r}: only the baselines (adasteer, cast) take @SCALE")
+        scale = parse_scale(name, scale_text)
+        return dataclasses.replace(
+            spec, name=name, scale=scale,
+            description=f"{spec.description}, {scale:g} x its fitted strength",
+        )  # fmt: skip
+    raise ValueError(
+        f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}, or adasteer@SCALE / "
+        "cast@SCALE"
+    )
+
+
+def parse_scale(name: str, text: str) -> float:
+    """The SCALE of ``METHOD@SCALE``: a finite number > 0."""
+    try:
+        scale = float(text)
+    except ValueError:
+        raise ValueError(f"{name!r}: SCALE must be a number, got {text!r}") from None
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{name!r}: SCALE must be a finite number > 0")
+    return scale
 
 
 def select_policies(names: list[str] | None) -> list[PolicySpec]:
-    """The chosen policies in table order, adding the routing row a refuse row reuses."""
+    """The chosen policies in table order (a scaled baseline after its method's row, by scale),
+    adding the routing row a refuse row reuses."""
     if not names:
         return list(POLICIES)
-    wanted = {policy(n).name for n in names}
-    for n in list(wanted):
-        source = policy(n).source
-        if source:
-            wanted.add(source)
-    return [p for p in POLICIES if p.name in wanted]
+    wanted = {spec.name: spec for spec in map(policy, names)}
+    for spec in list(wanted.values()):
+        if spec.source:
+            wanted.setdefault(spec.source, policy(spec.source))
+    order = {p.name: i for i, p in enumerate(POLICIES)}
+    return sorted(wanted.values(), key=lambda s: (order[s.name.partition("@")[0]], s.scale))

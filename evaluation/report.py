@@ -127,6 +127,28 @@ def refusal_table(
     return table
 
 
+def strength_sweep(refusal: dict[str, Any], policies: Sequence[PolicySpec]) -> dict[str, Any]:
+    """For each baseline method run at two or more scales (``METHOD@SCALE``): every scale's
+    selectivity (the "all" cell: mean over the report's languages) and the best one, ties to the
+    smaller scale. It is the rule ``babelgate sweep`` chooses routing's lambda by, so a run on
+    the val split gives the baselines the same strength sweep. Empty when no method was swept."""
+    runs: dict[str, list[tuple[float, str, float]]] = {}
+    for p in policies:
+        cell = refusal.get(p.name, {}).get("all")
+        if p.kind == "baseline" and cell is not None:
+            runs.setdefault(str(p.method), []).append((p.scale, p.name, cell["selectivity"]))
+    out: dict[str, Any] = {}
+    for method, rows in runs.items():
+        if len(rows) < 2:
+            continue
+        best = max(rows, key=lambda r: (r[2], -r[0]))
+        out[method] = {
+            "scales": [{"policy": n, "scale": s, "selectivity": sel} for s, n, sel in rows],
+            "best": best[1],
+        }
+    return out
+
+
 def gate_quality(setup: dict[str, Any], langs: Sequence[Any], zero_shot: float,
                  options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per language AUROC and F1 at the thresholds used; and the k-shot curve."""
@@ -205,6 +227,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _md_kshot(report)
     lines += _md_mmlu(report)
     lines += _md_baselines(report)
+    lines += _md_strength_sweep(report)
     lines += _md_judge_agreement(report)
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
@@ -221,7 +244,8 @@ def _md_header(report: dict[str, Any]) -> list[str]:
         f"- artifact: `{report['artifact']['path']}` (fingerprint "
         f"`{report['artifact']['fingerprint']}`, layer {report['artifact']['layer']})",
         f"- judge: **{report['judge']['name']}**",
-        f"- data: `{report['data']}`; test rows per class and language: "
+        f"- data: `{report['data']}`; {report['sizes'].get('split', 'test')} rows per class and "
+        "language: "
         f"{report['sizes']['test_per_class']}; train pool per class: "
         f"{report['sizes']['train_pool_per_class']}; baseline fit: "
         f"{report['sizes']['baseline_k']} per class",
@@ -339,6 +363,25 @@ def _md_baselines(report: dict[str, Any]) -> list[str]:
             f"{c['comparator']}, {c['threshold']:.4f} | {c['train_f1']:.3f} | "
             f"{_pct(c.get('fired_on_test'))} |"
         )
+    lines.append("")
+    return lines
+
+
+def _md_strength_sweep(report: dict[str, Any]) -> list[str]:
+    """Each swept baseline's selectivity per scale and the best (none swept: no section)."""
+    sweep = report.get("strength_sweep") or {}
+    if not sweep:
+        return []
+    split = report["sizes"].get("split", "test")
+    lines = ["## Baseline strength sweep", "",
+             f"Selectivity (points, mean over the languages) per scale of the fitted strength, "
+             f"on the {split} split; the best, ties to the smaller scale, is the one to run on "
+             "the test split (`babelgate sweep` chooses routing's lambda by the same rule).", "",
+             "| method | scale | selectivity |", "|---|---|---|"]  # fmt: skip
+    for method, s in sweep.items():
+        for row in s["scales"]:
+            mark = " **best**" if row["policy"] == s["best"] else ""
+            lines.append(f"| {method} | {row['scale']:g}{mark} | {row['selectivity']:.1f} |")
     lines.append("")
     return lines
 
@@ -503,8 +546,10 @@ def write_report(
         "generation": {"max_new_tokens": options.max_new_tokens, "greedy": True,
                        "batch_size": options.batch_size},
         "policies": [{"name": p.name, "kind": p.kind, "description": p.description}
+                     | ({"scale": p.scale} if p.kind == "baseline" else {})
                      for p in policies],
         "refusal": refusal,
+        "strength_sweep": strength_sweep(refusal, policies),
         "gate_quality": quality,
         "kshot": {lang: {str(k): v for k, v in c.items()} for lang, c in curves.items()},
         "mmlu": mmlu_table(mmlu_rows, policies, mmlu_meta),
@@ -589,6 +634,7 @@ def _record_invocation(out: Path, timings: dict[str, float], started: float,
 def _sizes(options: Any, langs: Sequence[Any]) -> dict[str, Any]:
     """The run's sizes: per-class caps, baseline fit size and the test rows per language."""
     return {
+        "split": options.split,
         "test_per_class": options.max_per_class or "all",
         "train_pool_per_class": options.train_pool_per_class or "all",
         "baseline_k": options.baseline_k,

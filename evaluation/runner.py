@@ -3,7 +3,8 @@
 
 Runs in the CLI process and drives one ``EvalEngine``. Stages:
 
-1. data: the test split of each language (``max_per_class`` per class, seeded) and a train pool
+1. data: the test split of each language (``max_per_class`` per class, seeded; ``--split val``
+   measures on the validation split instead, to choose a baseline's strength) and a train pool
    (the only source of the few labelled examples: thresholds, k-shot draws, baselines; any train
    row whose text is also a test text is excluded);
 2. setup (written once to ``setup.json``): gate scores of test rows and of the train pool, the
@@ -34,6 +35,7 @@ from babelgate.evaluation.defaults import (
     DEFAULT_MAX_PER_CLASS,
     DEFAULT_MMLU_MAX,
     DEFAULT_TRAIN_POOL,
+    EVAL_SPLITS,
 )
 from babelgate.evaluation.engine import EvalEngine
 from babelgate.evaluation.kshot import DEFAULT_KS, not_test, recalibrated_threshold
@@ -86,8 +88,13 @@ class EvalOptions:
     full: bool = False
     restart: bool = False
     progress: bool = True
+    # The split the table is measured on: "test", or "val" to choose something (a baseline's
+    # strength) on rows no reported number comes from.
+    split: str = "test"
 
     def __post_init__(self) -> None:
+        if self.split not in EVAL_SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {self.split!r}")
         if self.full:
             self.max_per_class = None
             self.train_pool_per_class = None
@@ -112,16 +119,16 @@ def load_languages(options: EvalOptions, data_source: str) -> tuple[list[Languag
     """Test rows and train pool per language; languages without both test classes are skipped
     with a note (PolyRefuse has no Chinese harmless test split)."""
     wanted = options.languages
-    prompts = load_dataset(data_source, languages=wanted, splits=("train", "test"))
+    prompts = load_dataset(data_source, languages=wanted, splits=("train", options.split))
     present = sorted({p.language for p in prompts})
     if wanted is None:
         wanted = [x for x in DEFAULT_LANGUAGES if x in present] or present
     out: list[LanguageData] = []
     notes: list[str] = []
     for i, lang in enumerate(wanted):
-        test = select(prompts, language=lang, split="test")
+        test = select(prompts, language=lang, split=options.split)
         if {p.label for p in test} != {0, 1}:
-            notes.append(f"{lang}: skipped, its test split lacks a class")
+            notes.append(f"{lang}: skipped, its {options.split} split lacks a class")
             continue
         test = subsample(test, options.max_per_class, options.seed + i)
         test_texts = {p.text for p in test}
@@ -133,7 +140,9 @@ def load_languages(options: EvalOptions, data_source: str) -> tuple[list[Languag
             continue
         out.append(LanguageData(lang, test, train))
     if not out:
-        raise ValueError(f"no language with harmful and harmless test rows among {wanted}")
+        raise ValueError(
+            f"no language with harmful and harmless {options.split} rows among {wanted}"
+        )
     return out, notes
 
 
@@ -269,7 +278,8 @@ def run_generations(
         texts = [item[3].text for item in batch]
         langs = [item[1] for item in batch]
         if spec.kind == "baseline":
-            gens = engine.generate_baseline(texts, langs, spec.method, options.max_new_tokens)
+            gens = engine.generate_baseline(texts, langs, spec.method, options.max_new_tokens,
+                                            scale=spec.scale)  # fmt: skip
         else:
             guards = [_guard_params(spec, lang, setup["languages"][lang]) for lang in langs]
             gens = engine.generate_guarded(texts, guards, options.max_new_tokens)
@@ -335,7 +345,7 @@ def run_mmlu(
                     f"MMLU language {lang!r} has no {spec.name} fit: add it to --languages"
                 )
             gens = engine.generate_baseline(prompts, [lang] * len(prompts), spec.method, 1,
-                                            allowed)  # fmt: skip
+                                            allowed, scale=spec.scale)  # fmt: skip
         else:
             lang_setup = setup["languages"].get(lang)
             if lang_setup is None and spec.threshold in RECALIBRATION_KS:
@@ -373,6 +383,7 @@ def settings_of(options: EvalOptions, langs: list[LanguageData], model_id: str,
         "model": model_id,
         "artifact_fingerprint": artifact_fingerprint(options.artifact),
         "data": source_name(data_source),
+        "split": options.split,
         "languages": [x.language for x in langs],
         "test_sha": {x.language: text_sha("\n".join(p.text for p in x.test)) for x in langs},
         "train_sha": {x.language: text_sha("\n".join(p.text for p in x.train)) for x in langs},

@@ -15,6 +15,7 @@ from babelgate.evaluation.baselines.interventions import (
     AdaSteerIntervention,
     CastIntervention,
     PromptCapture,
+    request_scale,
 )
 
 N_LAYERS, D = 8, 6
@@ -107,3 +108,44 @@ def test_prompt_capture_mean_and_last_token_across_chunks():
     for layer in range(2):
         assert np.allclose(got[0, layer], rows[3].numpy() * (layer + 1), atol=1e-6)
         assert np.allclose(got[1, layer], rows.mean(dim=0).numpy() * (layer + 1), atol=1e-6)
+
+
+def test_a_request_scale_multiplies_each_baseline_fitted_strength():
+    cast, ada = _fits()
+    # CAST: a prompt that fires, scale 0.5: half of 1.5 x the behaviour vector.
+    gen = torch.Generator().manual_seed(0)
+    prompts = (torch.randn(3, D, generator=gen, dtype=torch.float64) * 3 for _ in range(200))
+    prompt = next(p for p in prompts if cast.fires(p.mean(dim=0).numpy()))
+    hook = CastIntervention([cast.to_wire()], torch.device("cpu"), torch.float32)
+    span = _span("r3", 0, 3, 0, 3)
+    span.extra[BASELINE_KEY]["scale"] = 0.5
+    hook.on_layer(cast.condition_layer, prompt.float().clone(), torch.zeros(3, D), [span])
+    assert hook.active["r3"].fired and hook.active["r3"].scale == 0.5
+    hidden = torch.zeros(1, D)
+    step = [RowSpan("r3", 0, 1, 3, 3, span.extra)]
+    hook.on_layer(cast.behaviour_layers[0], hidden, torch.zeros(1, D), step)
+    assert np.allclose(hidden[0].numpy(), 0.75 * cast.behaviour_vectors[0], atol=1e-5)
+    # AdaSteer, scale 2: alpha and beta (and so the added vector) twice the fitted ones.
+    hook = AdaSteerIntervention([ada.to_wire()], N_LAYERS, torch.device("cpu"), torch.float32)
+    h_last = torch.randn(D, generator=gen)
+    span = _span("r4", 0, 4, 0, 4, method="adasteer")
+    span.extra[BASELINE_KEY]["scale"] = 2.0
+    for layer in range(N_LAYERS):
+        hidden = torch.zeros(4, D)
+        hidden[3] = h_last
+        hook.on_layer(layer, hidden, torch.zeros(4, D), [span])
+    alpha, beta = ada.coefficients(h_last.double().numpy(), h_last.double().numpy())
+    rec = hook.active["r4"]
+    assert (rec.alpha, rec.beta) == pytest.approx((2 * float(alpha), 2 * float(beta)))
+    assert hook.records(["r4"])["r4"]["scale"] == 2.0
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), "x"])
+def test_a_bad_request_scale_fails_the_step_loudly(scale):
+    cast, _ = _fits()
+    hook = CastIntervention([cast.to_wire()], torch.device("cpu"), torch.float32)
+    span = _span("r5", 0, 3, 0, 3)
+    span.extra[BASELINE_KEY]["scale"] = scale
+    with pytest.raises(ValueError):
+        hook.on_layer(cast.condition_layer, torch.zeros(3, D), torch.zeros(3, D), [span])
+    assert request_scale({}) == 1.0

@@ -20,13 +20,13 @@ from babelgate.gate.hf.embedded import SMOLLM2  # the fast model the mechanism t
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _command(artifact: Path, data: Path, out: Path) -> list[str]:
+def _command(artifact: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "babelgate", "eval", "--model", SMOLLM2.id,
         "--artifact", str(artifact), "--data", str(data), "--out", str(out),
         "--languages", "en,yo", "--max-per-class", "3", "--train-pool", "8",
         "--max-new-tokens", "8", "--batch-size", "3", "--mmlu-max", "4",
-        "--kshot-draws", "3", "--no-progress",
+        "--kshot-draws", "3", "--no-progress", *extra,
     ]
 
 
@@ -43,8 +43,11 @@ def test_eval_interrupted_then_resumed_writes_a_complete_report(
     generations = out / "generations.jsonl"
     cmd = _command(small_artifact, polyrefuse_dir, out)
 
+    # The first run generates AdaSteer rows in the process that fitted it (setup installs the
+    # capture, then the baselines: both must be live); the second resumes with every policy.
     first = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+        _command(small_artifact, polyrefuse_dir, out, "--policies", "adasteer"),
+        cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, INTERRUPT_ENV: "1"},
     )
     assert first.returncode == 130, (first.stdout + first.stderr)[-3000:]
@@ -74,7 +77,8 @@ def test_eval_interrupted_then_resumed_writes_a_complete_report(
     # Interventions really ran: the hook's policies intervene on every row, none never does.
     assert report["refusal"]["always-steer"]["en"]["intervened_rate"] == 1.0
     assert report["refusal"]["none"]["en"]["intervened_rate"] == 0.0
-    assert report["refusal"]["adasteer"]["yo"]["intervened_rate"] == 1.0
+    for lang in ("en", "yo"):
+        assert report["refusal"]["adasteer"][lang]["intervened_rate"] == 1.0
     for lang in ("en", "yo"):
         q = report["gate_quality"][lang]
         assert 0.0 <= q["auroc"] <= 1.0 and "f1_k4" in q

@@ -14,7 +14,8 @@ from babelgate.evaluation.kshot import (
     recalibrated_threshold,
 )
 from babelgate.evaluation.policies import policy, select_policies
-from babelgate.evaluation.report import mmlu_table, refusal_table, refuse_rows
+from babelgate.evaluation.report import mmlu_table, refusal_table, refuse_rows, strength_sweep
+from babelgate.evaluation.runner import EvalOptions
 from babelgate.gate.metrics import selectivity
 from babelgate.server.refusal_templates import refusal_text
 
@@ -76,6 +77,26 @@ def test_select_policies_adds_the_routing_row_a_refuse_row_reuses():
         select_policies(["nope"])
 
 
+def test_scaled_baselines_parse_and_sort_after_their_method():
+    spec = policy("cast@2.5")
+    assert (spec.name, spec.kind, spec.method, spec.scale) == ("cast@2.5", "baseline", "cast", 2.5)
+    assert spec.description.endswith("2.5 x its fitted strength")
+    assert policy("cast").scale == 1.0
+    names = [p.name for p in select_policies(["cast@4", "adasteer@0.5", "cast", "none"])]
+    assert names == ["none", "adasteer@0.5", "cast", "cast@4"]
+    for bad, message in (("routing-k4@2", "only the baselines"), ("cast@x", "must be a number"),
+                         ("cast@0", "finite number > 0"), ("cast@nan", "finite number > 0"),
+                         ("nope@2", "unknown policy")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            policy(bad)
+
+
+def test_eval_options_take_only_the_test_or_val_split():
+    assert EvalOptions(artifact="a", out="o", split="val").split == "val"
+    with pytest.raises(ValueError, match="--split must be one of test, val"):
+        EvalOptions(artifact="a", out="o", split="train")
+
+
 def test_mmlu_table_counts_refused_questions_as_wrong():
     rows = [
         {"mmlu": "m", "policy": "routing-k4", "answer": "A", "predicted": "A",
@@ -132,3 +153,20 @@ def test_kshot_curve_zero_shot_draws_and_unavailable_k():
     assert 8 not in curve  # only 5 usable train rows per class
     again = kshot_curve(train, test, zero_shot_threshold=5.0, ks=(0, 1, 4, 8), draws=3, seed=0)
     assert again == curve
+
+
+def test_strength_sweep_picks_the_best_mean_selectivity_ties_to_the_smaller_scale():
+    specs = select_policies(["none", "cast@0.5", "cast", "cast@2", "adasteer@2", "adasteer"])
+    refusal = {
+        "none": {"all": {"selectivity": 50.0}},
+        "cast@0.5": {"all": {"selectivity": 10.0}},
+        "cast": {"all": {"selectivity": 30.0}},
+        "cast@2": {"all": {"selectivity": 30.0}},
+        "adasteer": {"all": {"selectivity": -5.0}},
+        "adasteer@2": {"all": {"selectivity": 4.2}},
+    }
+    out = strength_sweep(refusal, specs)
+    assert out["cast"]["best"] == "cast"  # 30 at scale 1 and 2: the smaller
+    assert [r["scale"] for r in out["cast"]["scales"]] == [0.5, 1.0, 2.0]
+    assert out["adasteer"]["best"] == "adasteer@2"
+    assert strength_sweep(refusal, select_policies(["none", "cast"])) == {}  # one scale: none

@@ -2,8 +2,11 @@
 installs them beside routing (``babelgate eval`` compares every policy in one serving mechanism).
 
 Runs in the vLLM worker. Requests opt in through ``extra_args[BASELINE_KEY] = {"id", "method",
-"language"}`` (no ``"babelgate"`` key, so routing leaves them alone); the fitted parameters per
-language (``evaluation.baselines.fitting``) are installed once by RPC. Both strategies keep
+"language"}`` and an optional ``"scale"`` (no ``"babelgate"`` key, so routing leaves them alone);
+the fitted parameters per language (``evaluation.baselines.fitting``) are installed once by RPC.
+``scale`` multiplies the fitted strength of that one request (AdaSteer's ``alpha_max`` and
+``beta_max``, CAST's ``strength``): the strength sweep that routing's lambda gets, without a
+refit or a second install. Both strategies keep
 per-request state keyed by the baseline id and decide inside the request's own prefill, like
 routing:
 
@@ -33,6 +36,7 @@ eval starts ``vllm.LLM`` eagerly with it and attaches ``GuardedLLM`` to it).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +59,7 @@ class BaselineRecord:
     id: str
     method: str
     language: str
+    scale: float = 1.0  # multiplies the fitted strength (``request_scale``)
     alpha: float | None = None
     beta: float | None = None
     score: float | None = None
@@ -69,6 +74,7 @@ class BaselineRecord:
             "id": self.id,
             "method": self.method,
             "language": self.language,
+            "scale": self.scale,
             "alpha": self.alpha,
             "beta": self.beta,
             "score": self.score,
@@ -76,6 +82,16 @@ class BaselineRecord:
             "prompt_rows_seen": self.prompt_rows_seen,
             "intervened_positions": self.positions,
         }
+
+
+def request_scale(params: dict[str, Any]) -> float:
+    """A request's strength multiplier: ``params["scale"]``, 1 when absent; a finite number > 0.
+    A bad one raises in the worker's hook, which fails that step loudly rather than steering a
+    request at a strength nobody asked for."""
+    scale = float(params.get("scale", 1.0))
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"baseline scale must be a finite number > 0, got {scale!r}")
+    return scale
 
 
 def _prompt_rows(span: RowSpan) -> range:
@@ -108,7 +124,9 @@ class _PerRequest:
                     continue
                 bid = str(params["id"])
                 if bid not in self.active:
-                    self.active[bid] = BaselineRecord(bid, self.method, str(params["language"]))
+                    self.active[bid] = BaselineRecord(
+                        bid, self.method, str(params["language"]), request_scale(params)
+                    )
                 self.by_runner_id[span.req_id] = bid
                 self.active[bid].runner_ids.add(span.req_id)
             out.append((span, self.active[bid]))
@@ -208,10 +226,12 @@ class AdaSteerIntervention(_PerRequest):
                 h = hidden[row].double() + residual[row].double()
                 if layer == p.alpha_layer and rec.alpha is None:
                     x = (float(h @ p.alpha_unit) - p.alpha_offset) / p.alpha_span
-                    rec.alpha = min(max(p.alpha_max * x, 0.0), p.alpha_max)
+                    a_max = p.alpha_max * rec.scale
+                    rec.alpha = min(max(a_max * x, 0.0), a_max)
                 if layer == p.beta_layer and rec.beta is None:
                     x = (float(h @ p.beta_unit) - p.beta_offset) / p.beta_span
-                    rec.beta = min(max(-p.beta_max * (1.0 - x), -p.beta_max), 0.0)
+                    b_max = p.beta_max * rec.scale
+                    rec.beta = min(max(-b_max * (1.0 - x), -b_max), 0.0)
             if rec.alpha is None or rec.beta is None:
                 continue
             # The last prompt row only on layers after both coefficients became known.
@@ -308,7 +328,7 @@ class CastIntervention(_PerRequest):
                 continue
             span_rows = range(span.start, span.stop)
             rows.extend(span_rows)
-            vectors.extend([vector] * len(span_rows))
+            vectors.extend([vector * rec.scale] * len(span_rows))
             rec.positions += len(span_rows)
         if rows:
             hidden.index_add_(0, _index(rows, hidden.device), torch.stack(vectors))
@@ -382,7 +402,16 @@ class BaselineWorkerExtension:
         prompt_capture: bool = False,
     ) -> dict[str, Any]:
         """Install (replacing earlier ones) the baselines fitted per language, and/or the
-        fitting capture, as eager forward hooks; describe them."""
+        fitting capture, as eager forward hooks; describe them.
+
+        The earlier hooks come off first: each set wraps the runner's ``execute_model`` and
+        puts back, on removal, the one it found, so removing the old set after the new one was
+        made would unwrap the new set too and leave its interventions silently idle (the
+        evaluation's setup installs the capture, then the baselines)."""
+        if self._babelgate_hooks is not None:
+            self._babelgate_hooks.remove()
+            self._babelgate_hooks = None
+            self._babelgate_baselines = ()
         runner = self.model_runner  # type: ignore[attr-defined]
         model = runner.get_model()
         param = next(model.parameters())
@@ -395,8 +424,6 @@ class BaselineWorkerExtension:
         if prompt_capture:
             chosen.append(PromptCapture(num_layers))
         hooks = BaselineHooks(runner, self.vllm_config, chosen)  # type: ignore[attr-defined]
-        if self._babelgate_hooks is not None:
-            self._babelgate_hooks.remove()
         self._babelgate_hooks = hooks
         self._babelgate_baselines = tuple(chosen)
         return {
