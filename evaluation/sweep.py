@@ -250,7 +250,48 @@ def render_table(report: dict[str, Any]) -> str:
         "Row 'none' is the unsteered model; harmless prompts are ablated (independent of lambda).",
         f"Direction: {report['direction_source']}.",
     ]
+    lines += render_by_language(report)
     return "\n".join(lines)
+
+
+def best_by_language(cells: Sequence[dict[str, Any]], languages: Sequence[str]) -> dict[str, Any]:
+    """Per language, the cell with the highest selectivity in that language alone (its
+    steered harmful refusal minus its ablated harmless refusal), ties to the smaller lambda, then
+    the earlier layer: the per-language strength and layer the pooled choice averages over."""
+    out: dict[str, Any] = {}
+    for lang in languages:
+        scored = [
+            (c["harmful_refusal_by_language"][lang] - c["harmless_refusal_by_language"][lang], c)
+            for c in cells
+            if all(lang in c[k] for k in ("harmful_refusal_by_language",
+                                          "harmless_refusal_by_language"))
+        ]  # fmt: skip
+        if not scored:
+            continue
+        sel, best = max(scored, key=lambda t: (t[0], -t[1]["lambda"], -t[1]["layer"]))
+        out[lang] = {"layer": best["layer"], "lambda": best["lambda"], "selectivity": sel,
+                     "harmful_refusal": best["harmful_refusal_by_language"][lang]}  # fmt: skip
+    return out
+
+
+def render_by_language(report: dict[str, Any]) -> list[str]:
+    """Steered harmful refusal % per cell and language, and each language's best cell."""
+    langs = [x for x in report["languages"] if x in report.get("best_by_language", {})]
+    if not langs:
+        return []
+    b = report["baseline"]["harmful_refusal_by_language"]
+    lines = ["", "Per language: harmful refusal % (steered), the unsteered model first.", "",
+             "| layer | lambda | " + " | ".join(langs) + " |", "|---:|---:|" + "---:|" * len(langs),
+             "| none | — | " + " | ".join(f"{b.get(x, float('nan')):.1f}" for x in langs) + " |"]
+    for c in report["cells"]:
+        by = c["harmful_refusal_by_language"]
+        lines.append(f"| {c['layer']} | {c['lambda']:g} | "
+                     + " | ".join(f"{by.get(x, float('nan')):.1f}" for x in langs) + " |")
+    lines += ["", "Best per language (its own selectivity, harmful steered minus harmless "
+              "ablated): " + "; ".join(
+                  f"{x} layer {v['layer']}, lambda {v['lambda']:g} ({v['selectivity']:+.1f})"
+                  for x, v in report["best_by_language"].items()) + "."]  # fmt: skip
+    return lines
 
 
 def render_heatmap(report: dict[str, Any]) -> bytes:
@@ -367,6 +408,7 @@ def run_sweep(options: SweepOptions) -> dict[str, Any]:
         },
         **grid,
         "best": {k: best[k] for k in ("layer", "lambda", "alpha", "selectivity")},
+        "best_by_language": best_by_language(grid["cells"], languages),
     }
     report["wall_time_s"] = round(time.perf_counter() - started, 1)
     table = render_table(report)

@@ -101,3 +101,33 @@ def test_sweep_with_an_artifact_uses_its_layer(tmp_path, polyrefuse_dir, embedde
     ])
     with pytest.raises(ValueError, match="layer 12 only"):
         args.func(args)
+
+
+def test_best_by_language_is_each_language_own_selectivity_ties_to_the_smaller_lambda() -> None:
+    def cell(layer, lam, harmful, harmless):
+        return {"layer": layer, "lambda": lam, "alpha": lam, "harmful_refusal": 0.0,
+                "harmless_refusal": 0.0, "selectivity": 0.0,
+                "harmful_refusal_by_language": harmful, "harmless_refusal_by_language": harmless}
+
+    cells = [
+        cell(14, 1.0, {"th": 12.5, "de": 50.0}, {"th": 0.0, "de": 0.0}),
+        cell(14, 2.0, {"th": 25.0, "de": 75.0}, {"th": 12.5, "de": 0.0}),  # th 12.5 again
+        cell(14, 4.0, {"th": 37.5, "de": 87.5}, {"th": 0.0, "de": 50.0}),
+    ]
+    best = sweep.best_by_language(cells, ["de", "th", "yo"])
+    assert best["de"] == {"layer": 14, "lambda": 2.0, "selectivity": 75.0, "harmful_refusal": 75.0}
+    assert best["th"]["lambda"] == 4.0 and best["th"]["selectivity"] == 37.5
+    assert "yo" not in best  # no cell measured it
+    cells[2]["harmful_refusal_by_language"]["th"] = 12.5  # now 1, 2 and 4 tie at +12.5
+    assert sweep.best_by_language(cells, ["th"])["th"]["lambda"] == 1.0
+    report = {
+        "model": "m", "languages": ["de", "th"], "n_per_class": 8, "split": "val",
+        "max_new_tokens": 8, "judge": "refusal-markers", "direction_source": "d",
+        "baseline": {"harmful_refusal": 0.0, "harmless_refusal": 0.0, "selectivity": 0.0,
+                     "harmful_refusal_by_language": {"de": 0.0, "th": 12.5}},
+        "cells": cells, "best": {**cells[1], "selectivity": 60.0}, "best_by_language": best,
+    }
+    table = sweep.render_table(report)
+    assert "| none | — | 0.0 | 12.5 |" in table
+    assert "| 14 | 2 | 75.0 | 25.0 |" in table
+    assert "de layer 14, lambda 2 (+75.0); th layer 14, lambda 4 (+37.5)." in table
