@@ -6,9 +6,8 @@ Runs in the vLLM worker. Requests opt in through ``extra_args[BASELINE_KEY] = {"
 the fitted parameters per language (``evaluation.baselines.fitting``) are installed once by RPC.
 ``scale`` multiplies the fitted strength of that one request (AdaSteer's ``alpha_max`` and
 ``beta_max``, CAST's ``strength``): the strength sweep that routing's lambda gets, without a
-refit or a second install. Both strategies keep
-per-request state keyed by the baseline id and decide inside the request's own prefill, like
-routing:
+refit or a second install. Both strategies keep per-request state keyed by the baseline id and
+decide inside the request's own prefill, like routing:
 
 - ``AdaSteerIntervention`` hooks every layer. At the alpha and beta layers it reads the last
   prompt token's residual and freezes alpha and beta; from then on it adds
