@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from babelgate.evaluation.portable import source_name
 from babelgate.gate.artifact import read_manifest
 from babelgate.gate.calibration import candidate_layers
 from babelgate.gate.data import DataError, load_dataset, normalise_split, select, subsample
@@ -391,7 +392,7 @@ def run_sweep(options: SweepOptions) -> dict[str, Any]:
     report = {
         "model": backend.model_info.id,
         "model_fingerprint": backend.model_info.fingerprint,
-        "data": str(data),
+        "data": source_name(data),
         "languages": languages,
         "split": split,
         "n_per_class": options.n,
