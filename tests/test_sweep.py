@@ -76,7 +76,10 @@ def test_tiny_sweep_writes_table_json_and_png(tmp_path, polyrefuse_dir, capsys) 
     assert len(report["prompts"]["harmful"]) == 2 and len(report["prompts"]["harmless"]) == 2
     assert (out / sweep.SWEEP_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / sweep.SWEEP_MD).read_text()
-    assert table.count("\n| 8 |") == 2 and table.count("\n| 14 |") == 2
+    # Each layer x lambda cell is a row of the pooled table and of the per-language one.
+    assert table.count("\n| 8 |") == 4 and table.count("\n| 14 |") == 4
+    assert set(report["best_by_language"]) == set(report["languages"])
+    assert "Best per language" in table
     assert "| none |" in capsys.readouterr().out
 
 
