@@ -97,8 +97,17 @@ def parse_scale(name: str, text: str) -> float:
         scale = float(text)
     except ValueError:
         raise ValueError(f"{name!r}: SCALE must be a number, got {text!r}") from None
+    try:
+        return valid_scale(scale)
+    except ValueError as err:
+        raise ValueError(f"{name!r}: SCALE: {err}") from None
+
+
+def valid_scale(scale: float) -> float:
+    """A baseline's strength multiplier, checked: a finite number > 0 (the CLI's ``@SCALE`` and
+    the worker's per-request ``scale`` both go through here)."""
     if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"{name!r}: SCALE must be a finite number > 0")
+        raise ValueError(f"must be a finite number > 0, got {scale!r}")
     return scale
 
 

@@ -35,7 +35,6 @@ eval starts ``vllm.LLM`` eagerly with it and attaches ``GuardedLLM`` to it).
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 from babelgate.evaluation.baselines.hooks import BaselineHooks, Intervention, RowSpan
+from babelgate.evaluation.policies import valid_scale
 
 BASELINE_KEY = "babelgate_baseline"
 BASELINE_CAPTURE_KEY = "babelgate_baseline_capture"
@@ -87,10 +87,7 @@ def request_scale(params: dict[str, Any]) -> float:
     """A request's strength multiplier: ``params["scale"]``, 1 when absent; a finite number > 0.
     A bad one raises in the worker's hook, which fails that step loudly rather than steering a
     request at a strength nobody asked for."""
-    scale = float(params.get("scale", 1.0))
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"baseline scale must be a finite number > 0, got {scale!r}")
-    return scale
+    return valid_scale(float(params.get("scale", 1.0)))
 
 
 def _prompt_rows(span: RowSpan) -> range:
