@@ -85,10 +85,14 @@ def by_language(rows: list[LabelledPrompt], acts: np.ndarray) -> dict:
 
 def validation_rows(polyrefuse: str, seed: int) -> list[LabelledPrompt]:
     """PolyRefuse's validation split, sampled per language as ``babelgate calibrate`` does."""
-    rows = load_dataset(polyrefuse, splits=["val"])
+    return per_language_sample(load_dataset(polyrefuse, splits=["val"]), VAL_PER_CLASS, seed)
+
+
+def per_language_sample(rows: list[LabelledPrompt], n: int, seed: int) -> list[LabelledPrompt]:
+    """At most ``n`` rows per class of each language (``subsample``, the same seed each)."""
     out: list[LabelledPrompt] = []
     for lang in sorted({r.language for r in rows}):
-        out += subsample([r for r in rows if r.language == lang], VAL_PER_CLASS, seed)
+        out += subsample([r for r in rows if r.language == lang], n, seed)
     return out
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gate_search import by_language
+from gate_search import by_language, per_language_sample
 from tqdm import tqdm
 
 from babelgate.evaluation.heldout import load_heldout
-from babelgate.gate.data import LabelledPrompt, load_dataset, subsample
+from babelgate.gate.data import load_dataset, subsample
 from babelgate.gate.hf.backend import TransformersBackend
 from babelgate.gate.languages import HIGH_RESOURCE
 from babelgate.gate.metrics import auroc, recall_at_fpr
@@ -78,13 +78,6 @@ def pooled(backend: TransformersBackend, texts: list[str], batch: int = 16) -> n
             for p, name in enumerate(POSITIONS):
                 for j, layer in enumerate(LAYERS):
                     out[i, p, j] = captured[layer][row, spans[name]].float().mean(0).numpy()
-    return out
-
-
-def per_language_sample(rows: list[LabelledPrompt], n: int, seed: int) -> list[LabelledPrompt]:
-    out: list[LabelledPrompt] = []
-    for lang in sorted({r.language for r in rows}):
-        out += subsample([r for r in rows if r.language == lang], n, seed)
     return out
 
 
