@@ -20,6 +20,8 @@ its forward). Stages, each stored as it finishes so a rerun resumes:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 import zlib
 from collections.abc import Sequence
@@ -514,6 +516,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def earlier_run(options: ProtectionOptions, report: Path) -> ProtectionOptions:
+    """``options`` with the command and timings of the earlier ``report``, if there is one. A
+    run that generates nothing (``--report-only``, or a resume with every row stored) re-renders
+    the rows an earlier run produced (after a judge or detector change, say), and its report must
+    still say how they were produced and what that took."""
+    if not report.is_file():
+        return options
+    earlier = json.loads(report.read_text(encoding="utf-8"))
+    return dataclasses.replace(options, command=earlier.get("command") or options.command,
+                               timings=dict(earlier.get("timings") or {}))  # fmt: skip
+
+
 def run_protection(options: ProtectionOptions) -> dict[str, Any]:
     """Run (or resume) the protection benchmark and write its report; returns the report."""
     from babelgate.evaluation.engine import EvalEngine
@@ -537,7 +551,9 @@ def run_protection(options: ProtectionOptions) -> dict[str, Any]:
     open_run(out, settings, restart=options.restart)
     scores, gens = ResultStore(out / SCORES_FILE), ResultStore(out / GENERATIONS_FILE)
     pending = pending_scores(langs, scores) or pending_generations(samples, gens, options.policies)
-    if pending and not options.report_only:
+    if not pending or options.report_only:
+        options = earlier_run(options, out / REPORT_JSON)
+    else:
         engine = EvalEngine(options.model, options.artifact, seed=options.seed)
         try:
             options.timings["engine_start_s"] = time.monotonic() - started

@@ -148,6 +148,10 @@ def test_protection_runs_end_to_end_and_resumes_without_an_engine(tmp_path) -> N
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Initializing a V1 LLM engine" not in again.stderr
     assert "# Protection on held-out data" in again.stdout
+    # and it still says how the rows were produced: the first run's command and timings
+    rerun = json.loads((out / "protection.json").read_text())
+    assert report["timings"]["generations_s"] > 0
+    assert (rerun["command"], rerun["timings"]) == (report["command"], report["timings"])
 
 
 def test_benign_family_auroc_pits_every_harmful_row_against_one_family() -> None:
