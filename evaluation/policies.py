@@ -2,11 +2,12 @@
 
 Runs in the CLI process. ``guard`` rows are requests with babelgate guard parameters (the hook's
 own policies and routing at three thresholds); ``baseline`` rows are AdaSteer and CAST in the same
-hook machinery; ``refuse`` is routing with the server's ``refuse`` action: the server runs the
-request exactly as under routing and, when the verdict is harmful, answers with the templated
-refusal (``server.refusal_templates``) instead of the generation. Its rows are therefore built
-from the generations of the routing row it names (same requests, same verdicts), not generated
-twice.
+hook machinery; ``refuse`` is the server's ``refuse`` action: the server runs the request
+exactly as under the row it names (routing, or ``shadow``: scored, nothing changed, which with
+the refuse action is ``babelgate serve``'s default) and, when the verdict is harmful, answers
+with the templated refusal (``server.refusal_templates``) instead of the generation. Its rows
+are therefore built from the generations of that row (same requests, same verdicts), not
+generated twice.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ POLICIES: tuple[PolicySpec, ...] = (
         "routing-k4+refuse", "refuse",
         "routing k=4 with the refuse action: a harmful verdict answers with the templated "
         "refusal", source="routing-k4",
+    ),
+    PolicySpec(
+        "shadow-k4", "guard",
+        "scored with the k=4 threshold, every output untouched (the guard only flags)",
+        guard_policy="shadow", threshold="k4",
+    ),
+    PolicySpec(
+        "shadow-k4+refuse", "refuse",
+        "the serving default: a harmful verdict (k=4) answers with the templated refusal, every "
+        "other request is served untouched (never ablates)", source="shadow-k4",
     ),
 )
 POLICY_NAMES: tuple[str, ...] = tuple(p.name for p in POLICIES)

@@ -45,7 +45,7 @@ PLOTS = {
 
 
 def refuse_rows(source_rows: Sequence[dict[str, Any]], spec: PolicySpec) -> list[dict[str, Any]]:
-    """The refuse action's rows from its routing row's: a harmful verdict gets the template."""
+    """The refuse action's rows from its source row's: a harmful verdict gets the template."""
     out = []
     for row in source_rows:
         new = dict(row)

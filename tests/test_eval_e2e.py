@@ -60,7 +60,7 @@ def test_eval_interrupted_then_resumed_writes_a_complete_report(
     final = _lines(generations)
     assert final[: len(kept)] == kept, "finished rows were regenerated instead of skipped"
     keys = [json.loads(line)["key"] for line in final]
-    assert len(keys) == len(set(keys)) == 8 * 2 * 6  # 8 generating policies x 2 langs x 6
+    assert len(keys) == len(set(keys)) == 9 * 2 * 6  # 9 generating policies x 2 langs x 6
 
     report = json.loads((out / "report.json").read_text())
     assert report["resumed"] is True
@@ -77,6 +77,10 @@ def test_eval_interrupted_then_resumed_writes_a_complete_report(
     # Interventions really ran: the hook's policies intervene on every row, none never does.
     assert report["refusal"]["always-steer"]["en"]["intervened_rate"] == 1.0
     assert report["refusal"]["none"]["en"]["intervened_rate"] == 0.0
+    # shadow scores every request and changes none: its rows carry a verdict, never a change
+    shadow = [json.loads(line) for line in final if json.loads(line)["policy"] == "shadow-k4"]
+    assert all(r["guard"]["decision"] in ("harmful", "harmless") for r in shadow)
+    assert not any(r["guard"]["intervened"] for r in shadow)
     for lang in ("en", "yo"):
         assert report["refusal"]["adasteer"][lang]["intervened_rate"] == 1.0
     for lang in ("en", "yo"):

@@ -74,6 +74,12 @@ def test_refuse_action_rows_replace_harmful_verdicts_with_the_template():
 def test_select_policies_adds_the_routing_row_a_refuse_row_reuses():
     names = [p.name for p in select_policies(["routing-k4+refuse", "none"])]
     assert names == ["none", "routing-k4", "routing-k4+refuse"]
+    # the serving default: scored in shadow (nothing changed), the template on a harmful verdict
+    default = policy("shadow-k4+refuse")
+    assert (default.kind, default.source) == ("refuse", "shadow-k4")
+    assert policy("shadow-k4").guard_policy == "shadow"
+    assert [p.name for p in select_policies(["shadow-k4+refuse"])] == [
+        "shadow-k4", "shadow-k4+refuse"]
     with pytest.raises(ValueError, match="unknown policy"):
         select_policies(["nope"])
 
