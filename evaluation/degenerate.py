@@ -27,11 +27,10 @@ agreement on a second sample, labelled afterwards, that they were not.
 from __future__ import annotations
 
 import re
-import unicodedata
 import zlib
 from collections import Counter
 
-from babelgate.server.langid import SCRIPT_LANGUAGE, script_of
+from babelgate.server.langid import SCRIPT_LANGUAGE, is_mark, script_of
 
 MAX_RUN = 8
 MIN_COMPRESS_LEN = 64
@@ -57,6 +56,11 @@ def language_scripts(language: str) -> frozenset[str]:
     """The scripts ``language`` is written in, by the router's tables (``server.langid``)."""
     own = {script for script, lang in SCRIPT_LANGUAGE.items() if lang == language}
     return frozenset(own) | _SHARED_SCRIPTS.get(language, frozenset())
+
+
+def allowed_scripts(language: str) -> frozenset[str]:
+    """The scripts an answer to ``language`` may be in: the language's own, and Latin."""
+    return language_scripts(language) | {"Latin"}
 
 
 def dominant_script(text: str) -> str | None:
@@ -96,12 +100,12 @@ def repeats(text: str) -> bool:
 def foreign_run(text: str, language: str) -> bool:
     """``FOREIGN_RUN`` letters in a row in a script neither ``language``'s nor Latin (the
     marks between letters do not break the run)."""
-    allowed = language_scripts(language) | {"Latin"}
+    allowed = allowed_scripts(language)
     run = 0
     for c in text:
+        if is_mark(c):
+            continue
         if not c.isalpha():
-            if unicodedata.category(c).startswith("M"):
-                continue
             run = 0
             continue
         script = script_of(ord(c))
@@ -115,7 +119,7 @@ def switched_script(text: str, language: str) -> bool:
     """Most letters, or a run of ``FOREIGN_RUN``, in a script neither ``language``'s nor
     Latin."""
     script = dominant_script(text)
-    if script is not None and script not in language_scripts(language) | {"Latin"}:
+    if script is not None and script not in allowed_scripts(language):
         return True
     return foreign_run(text, language)
 

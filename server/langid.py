@@ -167,7 +167,7 @@ def _scan(text: str) -> _Scan:
             alpha = True
             own = script_of(ord(ch))
             current = own or "other"
-        elif _is_mark(ch):
+        elif is_mark(ch):
             own = script_of(ord(ch))
             current = own or script or "other"
         else:
@@ -208,7 +208,8 @@ def _script_language(scan: _Scan) -> str | None:
     return SCRIPT_LANGUAGE[script] if n >= SCRIPT_SHARE * scan.letters else None
 
 
-def _is_mark(ch: str) -> bool:
+def is_mark(ch: str) -> bool:
+    """A combining mark (a vowel sign, a virama): it belongs to the letter it follows."""
     return unicodedata.category(ch).startswith("M")
 
 
