@@ -7,7 +7,7 @@ make the model refuse low-resource harmful prompts it answers unguarded, and lea
 answered. The prompts are PolyRefuse test prompts picked from the committed evaluation
 (``docs/eval/qwen2.5-coder-0.5b/``), where the unguarded model answered them. The default
 ``crossdata`` gate steers at layer 14, unswept: its routing is measured in
-``docs/eval/qwen2.5-coder-0.5b/eval-crossdata/`` (Thai harmful refusal 4.2 %), not asserted here.
+``docs/eval/qwen2.5-coder-0.5b/eval-crossdata/`` (Thai harmful refusal 0.0 %), not asserted here.
 """
 
 from __future__ import annotations
