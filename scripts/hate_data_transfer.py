@@ -33,6 +33,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from gate_search import (
     by_language,
     mean_auroc,
@@ -145,25 +146,33 @@ def main() -> int:
     started = time.monotonic()
     backend = CachedBackend(TransformersBackend(args.model), cache_root() / "activations")
 
-    def data(rows: list[LabelledPrompt], what: str) -> dict:
+    def activations(rows: list[LabelledPrompt], what: str) -> np.ndarray:
         t = time.monotonic()
-        out = by_language(rows, backend.activations([p.text for p in rows], batch_size=16))
+        out = backend.activations([p.text for p in rows], batch_size=16)
         print(f"{what}: {len(rows)} rows, {time.monotonic() - t:.0f} s", flush=True)
         return out
+
+    def data(rows: list[LabelledPrompt], what: str) -> dict:
+        return by_language(rows, activations(rows, what))
 
     bench_rows, dev_rows = split_xsafety(args.seed)
     bench, dev = data(bench_rows, "benchmark"), data(dev_rows, "dev")
     hate = load_dataset(HATE)
     benign = [p for p in hate if p.label == 0]
-    data(hate, "hatecheck")
     base = training_rows(args.polyrefuse, topics=False)
-    data(base, "train")
+    # every variant is the shipped rows followed by some of HateCheck's, in file order: read
+    # the activations once and pick each variant's rows from them
+    train_rows = base + hate
+    train_acts = activations(train_rows, "train and hatecheck")
     val = data(validation_rows(args.polyrefuse, args.seed), "validation")
-    variants = {"shipped data": base, "+ HateCheck benign": base + benign,
-                "+ HateCheck benign and threats": base + hate}  # fmt: skip
+    shipped = list(range(len(base)))
+    variants = {"shipped data": shipped,
+                "+ HateCheck benign": shipped + [len(base) + i for i, p in enumerate(hate)
+                                                 if p.label == 0],
+                "+ HateCheck benign and threats": list(range(len(train_rows)))}  # fmt: skip
     results = []
-    for name, rows in variants.items():
-        fitted = by_language(rows, backend.activations([p.text for p in rows], batch_size=16))
+    for name, picked in variants.items():
+        fitted = by_language([train_rows[i] for i in picked], train_acts[picked])
         for layer, wd in CONFIGS:
             gate = fit_on(Candidate((layer,), wd, "full"), fitted, rank=10, seed=args.seed)
             entry = {"variant": name, "layer": layer, "weight_decay": wd,
